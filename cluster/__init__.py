@@ -1,0 +1,1 @@
+"""Cluster layer: the spec, local runs, rendering and (later) inventory and placement."""

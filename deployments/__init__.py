@@ -1,0 +1,1 @@
+"""Ray Serve deployments: one vLLM engine deployment per tier, and the gateway ingress."""

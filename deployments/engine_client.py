@@ -1,0 +1,134 @@
+"""How the gateway talks to a tier's engine: a small Protocol and its Ray Serve implementation.
+
+Engine output is normalised to three kinds of item so the gateway's streaming logic does
+not depend on Ray Serve LLM's batching or response classes:
+- `EngineError`: the engine refused the request (status and message from vLLM);
+- a `dict`: a whole non-streaming response body;
+- a `str`: one or more SSE events (`data: {...}\\n\\n`), possibly `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Method = Literal["chat", "completions"]
+
+
+@dataclass(frozen=True)
+class EngineError:
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+
+
+EngineItem = EngineError | dict[str, Any] | str
+
+
+class EngineClient(Protocol):
+    def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]: ...
+
+    async def healthy(self, timeout_s: float) -> bool: ...
+
+
+def normalise(item: Any) -> list[EngineItem]:
+    """Turn one item of LLMServer's output stream into gateway items."""
+    if isinstance(item, list):
+        return [n for sub in item for n in normalise(sub)]
+    if isinstance(item, str):
+        return [item]
+    error = getattr(item, "error", None)
+    if error is not None and hasattr(error, "code"):
+        return [EngineError(int(error.code), str(error.message), str(error.type))]
+    if hasattr(item, "model_dump_json"):
+        if getattr(item, "object", "") in ("chat.completion", "text_completion"):
+            return [item.model_dump(mode="json")]
+        return [f"data: {item.model_dump_json()}\n\n"]
+    if isinstance(item, dict):
+        return [item]
+    return [f"data: {json.dumps(item)}\n\n"]
+
+
+def _engine_request(method: Method, body: dict[str, Any]) -> Any:
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+    if method == "chat":
+        request = ChatCompletionRequest.model_validate(body)
+        # Pydantic keeps iterable message content as a lazy, unpicklable iterator.
+        for i, message in enumerate(request.messages):
+            plain: dict[str, Any] = (
+                message if isinstance(message, dict) else message.model_dump()  # type: ignore[assignment]
+            )
+            content = plain.get("content")
+            if content is not None and not isinstance(content, str):
+                plain["content"] = list(content)
+            request.messages[i] = plain
+        return request
+    return CompletionRequest.model_validate(body)
+
+
+def import_request_models() -> None:
+    """Import vLLM's protocol models now (seconds of work) instead of on the first request."""
+    from ray.serve.llm import openai_api_models  # noqa: F401
+
+
+class ServeEngineClient:
+    """An engine reached through a Ray Serve `DeploymentHandle` to its `LLMServer`.
+
+    Readiness means a request really went through: the first `healthy` call starts a
+    one-token generation in the background (vLLM's first request pays one-off set-up
+    costs of many seconds), and the client reports healthy only once it has succeeded.
+    """
+
+    def __init__(self, handle: Any, model: str) -> None:
+        self._handle = handle
+        self._stream = handle.options(stream=True)
+        self._model = model
+        self._warm: asyncio.Future[None] | None = None
+
+    async def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        from pydantic import ValidationError
+
+        try:
+            request = _engine_request(method, body)
+        except (ValidationError, ValueError) as err:
+            yield EngineError(400, f"invalid request: {err}")
+            return
+        stream = getattr(self._stream, method).remote(request)
+        async for item in stream:
+            for out in normalise(item):
+                yield out
+
+    async def _warm_up(self) -> None:
+        base = {"model": self._model, "max_tokens": 1, "temperature": 0}
+        bodies: list[tuple[Method, dict[str, Any]]] = [
+            ("completions", {**base, "prompt": "ready"}),
+            ("chat", {**base, "messages": [{"role": "user", "content": "ready"}]}),
+        ]
+        for method, body in bodies:
+            async for item in self.generate(method, body):
+                if isinstance(item, EngineError):
+                    raise RuntimeError(f"warm-up {method} request failed: {item.message}")
+
+    async def healthy(self, timeout_s: float) -> bool:
+        if self._warm is None:
+            self._warm = asyncio.ensure_future(self._warm_up())
+        if not self._warm.done():
+            await asyncio.wait({self._warm}, timeout=timeout_s)
+            if not self._warm.done():
+                return False
+        if self._warm.cancelled() or self._warm.exception() is not None:
+            self._warm = None  # try again on the next check
+            return False
+        try:
+            await asyncio.wait_for(self._handle.check_health.remote(), timeout_s)
+        except Exception:
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: store, chunking, retrieval (see the RAG issue)."""

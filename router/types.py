@@ -1,0 +1,54 @@
+"""Plain data the router decides on. No Ray, no HTTP: everything here is a value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    """What the router knows about one request."""
+
+    text: str
+    """The request's user-visible text (messages or prompt), for content heuristics."""
+    prompt_tokens: Mapping[str, int]
+    """Prompt length in each tier's own tokenizer, chat template included."""
+    completion_tokens: int
+    """Tokens the request may generate (max_tokens, or 1 when unset)."""
+    pinned_tier: str | None = None
+    """A tier named by the request's `model` field; None for `auto`."""
+
+    def context_needed(self, tier: str) -> int:
+        return self.prompt_tokens[tier] + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TierState:
+    """A tier as the router sees it at decision time."""
+
+    name: str
+    max_context_tokens: int
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: str
+    score: float
+    """The policy's difficulty estimate in [0, 1]; 0 for pinned requests."""
+    reason: str
+    """Why, as a short machine-readable string: it goes in x-tierline-route-reason."""
+    escalations: tuple[str, ...] = field(default=())
+    """Tiers passed over on the way up, each with why (e.g. 'small:context')."""
+
+
+class RoutingError(Exception):
+    """No tier can take the request. Carries the HTTP status the gateway should answer."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param

@@ -1,0 +1,84 @@
+"""`tierline render serve` + real `serve deploy` against a `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from openai import OpenAI
+
+from cluster.local import endpoint, logical_cpus, wait_ready
+from cluster.render import serve_config
+from tests.integration.conftest import free_port, leftover_processes, local_spec
+
+BIN = Path(sys.executable).parent
+
+
+TOKEN_ENV: dict[str, str] = {}
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **TOKEN_ENV}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Ray's token authentication stays on: the head, `serve deploy` and `serve status` all
+    # read the same token file.
+    token = tmp_path_factory.mktemp("ray") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    TOKEN_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    dash = free_port()
+    spec = local_spec(free_port())
+    started = run(
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--num-cpus={logical_cpus(spec)}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    dash_url = f"http://127.0.0.1:{dash}"
+    try:
+        yield dash_url
+    finally:
+        # Graceful order: Serve first (replicas stop their vLLM engine processes), then Ray.
+        # `ray stop --force` alone SIGKILLs replicas and orphans their EngineCore children.
+        run(str(BIN / "serve"), "shutdown", "--address", dash_url, "-y")
+        run(str(BIN / "ray"), "stop")
+    leaked = leftover_processes()
+    assert not leaked, "ray stop left processes behind:\n" + "\n".join(leaked)
+
+
+def test_rendered_config_deploys_and_serves(ray_head: str, tmp_path: Path) -> None:
+    spec = local_spec(free_port())
+    config_file = tmp_path / "serve.yaml"
+    config_file.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
+    deployed = run(str(BIN / "serve"), "deploy", str(config_file), "--address", ray_head)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    url = endpoint(spec)
+    wait_ready(url, timeout_s=600)
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    assert raw.headers["x-tierline-tier"] == "small"
+    assert raw.parse().usage.completion_tokens <= 4
+    status = run(str(BIN / "serve"), "status", "--address", ray_head)
+    assert status.returncode == 0
+    apps = yaml.safe_load(status.stdout)["applications"]
+    assert apps[spec.name]["status"] == "RUNNING"

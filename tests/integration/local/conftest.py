@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from openai import OpenAI
+
+from cluster import local
+from cluster.spec import ClusterSpec
+from tests.integration.conftest import free_port, leftover_processes, local_spec
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    spec: ClusterSpec
+    ready_s: float
+
+    def client(self) -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="package")
+def cluster() -> Iterator[Cluster]:
+    spec = local_spec(free_port())
+    run = local.start(spec, ready_timeout_s=600)
+    try:
+        yield Cluster(run.endpoint, spec, run.ready_s)
+    finally:
+        local.stop()
+    leaked = leftover_processes()
+    assert not leaked, "cluster teardown left processes behind:\n" + "\n".join(leaked)

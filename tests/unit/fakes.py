@@ -1,0 +1,71 @@
+"""Honest fakes: they implement the same Protocols as the real collaborators."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from deployments.engine_client import EngineError, EngineItem, Method
+
+
+class FakeEngine:
+    """An `EngineClient` that answers like vLLM's OpenAI server, with scripted failures.
+
+    fail: None, "before" (raise before the first item), "error" (an engine error
+    response), "midway" (raise after the first stream chunk).
+    """
+
+    def __init__(self, model: str, fail: str | None = None, status: int = 400) -> None:
+        self.model = model
+        self.fail = fail
+        self.status = status
+        self.calls: list[tuple[Method, dict[str, Any]]] = []
+        self.healthy_answer = True
+
+    async def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        self.calls.append((method, body))
+        if self.fail == "before":
+            raise ConnectionError("replica died")
+        if self.fail == "error":
+            yield EngineError(self.status, "engine says no")
+            return
+        n = body.get("max_tokens") or 4
+        words = [f"w{i}" for i in range(n)]
+        usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
+        chat = method == "chat"
+        if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": " ".join(words)}
+            else:
+                choice["text"] = " ".join(words)
+            yield {
+                "id": "x",
+                "object": "chat.completion" if chat else "text_completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            }
+            return
+        for i, w in enumerate(words):
+            delta = {"delta": {"content": w}} if chat else {"text": w}
+            chunk = {
+                "id": "x",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, **delta, "finish_reason": None}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n"
+            if self.fail == "midway" and i == 0:
+                raise ConnectionError("replica died mid-stream")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def healthy(self, timeout_s: float) -> bool:
+        return self.healthy_answer

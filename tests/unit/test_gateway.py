@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cluster.specfile import load_spec_text
+from cluster.tiny_models import build_tokenizer
+from deployments.gateway import GatewayCore, create_app
+from deployments.tokens import EstimatingCounter, HFCounter
+from tests.unit.fakes import FakeEngine
+
+SPEC = """
+tiers:
+  - name: small
+    model_source: org/small
+    served_model_name: small-model
+    max_context_tokens: 128
+  - name: large
+    model_source: org/large
+    max_context_tokens: 1024
+router:
+  params:
+    long_prompt_tokens: 64
+gateway:
+  max_body_bytes: 16384
+  max_tokens_limit: 256
+  max_n: 4
+  max_messages: 8
+"""
+
+
+def make(fail: dict[str, str] | None = None) -> tuple[TestClient, dict[str, FakeEngine]]:
+    spec = load_spec_text(SPEC)
+    engines = {t.name: FakeEngine(t.model_name, (fail or {}).get(t.name)) for t in spec.tiers}
+    counters = {t.name: EstimatingCounter() for t in spec.tiers}
+    core = GatewayCore(spec, engines, counters)
+    return TestClient(create_app(core), raise_server_exceptions=False), engines
+
+
+def chat(content: str = "hi", **kw: object) -> dict[str, object]:
+    return {
+        "model": "auto",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 4,
+        **kw,
+    }
+
+
+def assert_openai_error(resp, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"]
+    return err
+
+
+def sse_events(resp) -> list[str]:
+    return [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
+
+
+def test_auto_chat_routes_and_sets_headers() -> None:
+    client, engines = make()
+    r = client.post("/v1/chat/completions", json=chat())
+    assert r.status_code == 200
+    assert r.headers["x-tierline-tier"] == "small"
+    assert r.headers["x-tierline-route-reason"] == "auto:default"
+    assert r.headers["x-request-id"]
+    assert r.json()["usage"]["completion_tokens"] == 4
+    # the engine gets the served model name, not what the client asked for
+    assert engines["small"].calls[0][1]["model"] == "small-model"
+
+
+@pytest.mark.parametrize("model", ["small", "small-model", "large"])
+def test_pinned_by_tier_or_served_name(model: str) -> None:
+    client, _ = make()
+    r = client.post("/v1/chat/completions", json=chat(model=model))
+    assert r.status_code == 200
+    assert r.headers["x-tierline-tier"] == ("large" if model == "large" else "small")
+    assert r.headers["x-tierline-route-reason"] == "pinned"
+
+
+def test_keyword_and_context_escalation() -> None:
+    client, _ = make()
+    r = client.post("/v1/chat/completions", json=chat("Please prove that it halts"))
+    assert (r.headers["x-tierline-tier"], r.headers["x-tierline-route-reason"]) == (
+        "large",
+        "auto:keyword",
+    )
+    long = client.post("/v1/chat/completions", json=chat("word " * 150))
+    assert long.headers["x-tierline-tier"] == "large"
+
+
+def test_streaming_ends_with_done_and_carries_usage() -> None:
+    client, _ = make()
+    r = client.post("/v1/chat/completions", json=chat(stream=True))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 4
+
+
+def test_completions_endpoint() -> None:
+    client, _ = make()
+    r = client.post("/v1/completions", json={"model": "auto", "prompt": "abc", "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "w0 w1 w2"
+    s = client.post(
+        "/v1/completions",
+        json={"model": "large", "prompt": [1, 2, 3], "max_tokens": 2, "stream": True},
+    )
+    assert sse_events(s)[-1] == "[DONE]"
+
+
+def test_models_lists_tiers_and_auto() -> None:
+    client, _ = make()
+    data = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in data] == ["auto", "small-model", "large"]
+    assert client.get("/v1/models/small").json()["id"] == "small-model"
+    assert_openai_error(client.get("/v1/models/nope"), 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (json.dumps({"model": "auto"}).encode(), 400, "messages"),
+        (json.dumps(chat(max_tokens=-1)).encode(), 400, "max_tokens"),
+        (json.dumps(chat(max_tokens=1000)).encode(), 400, "max_tokens"),
+        (json.dumps(chat(n=5)).encode(), 400, "n"),
+        (json.dumps(chat(model="gpt-9")).encode(), 404, "model"),
+        (json.dumps(chat("x " * 3000)).encode(), 400, "messages"),
+        (json.dumps({"model": "auto", "messages": "hi"}).encode(), 400, "messages"),
+        (json.dumps({"model": 3, "messages": []}).encode(), 400, None),
+        (json.dumps({**chat(), "messages": [{"role": "user"}] * 9}).encode(), 400, "messages"),
+        (json.dumps([1, 2]).encode(), 400, None),
+    ],
+)
+def test_bad_input_gets_openai_4xx(body: bytes, status: int, param: str | None) -> None:
+    client, _ = make()
+    r = client.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    err = assert_openai_error(r, status)
+    if param is not None:
+        assert err["param"] == param
+    # and the gateway keeps serving
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200
+
+
+def test_pinned_prompt_over_context_says_by_how_much() -> None:
+    client, _ = make()
+    r = client.post("/v1/chat/completions", json=chat("xyz " * 200, model="small"))
+    err = assert_openai_error(r, 400)
+    assert err["code"] == "context_length_exceeded" and "accepts 128 tokens" in err["message"]
+    assert r.headers["x-tierline-tier"] == "none"
+
+
+def test_body_too_large_is_413() -> None:
+    client, _ = make()
+    r = client.post("/v1/chat/completions", json=chat("x" * 20000))
+    assert_openai_error(r, 413)
+
+
+def test_unknown_route_and_method_are_openai_errors() -> None:
+    client, _ = make()
+    assert_openai_error(client.get("/v1/nothing"), 404)
+    assert_openai_error(client.get("/v1/chat/completions"), 405)
+
+
+def test_engine_errors_keep_their_status() -> None:
+    client, _ = make({"small": "error"})
+    r = client.post("/v1/chat/completions", json=chat())
+    assert assert_openai_error(r, 400)["message"] == "engine says no"
+    assert r.headers["x-tierline-tier"] == "small"
+
+
+def test_engine_dead_before_first_token_is_503_with_retry_after() -> None:
+    client, _ = make({"small": "before"})
+    r = client.post("/v1/chat/completions", json=chat())
+    assert_openai_error(r, 503)
+    assert r.headers["retry-after"] == "1"
+
+
+def test_stream_broken_midway_ends_with_error_event_then_done() -> None:
+    client, _ = make({"small": "midway"})
+    r = client.post("/v1/chat/completions", json=chat(stream=True))
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert "error" in json.loads(events[-2])
+
+
+def test_readyz_reflects_every_tier() -> None:
+    client, engines = make()
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    engines["large"].healthy_answer = False
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["tiers"] == {"small": True, "large": False}
+
+
+def test_hf_counter_counts_the_chat_template(tmp_path: Path) -> None:
+    build_tokenizer(tmp_path, 300)
+    from transformers import AutoTokenizer
+
+    counter = HFCounter(AutoTokenizer.from_pretrained(tmp_path))
+    msgs = [{"role": "user", "content": "hello there"}]
+    with_template = counter.chat(msgs)
+    assert with_template > counter.text("hello there") >= 2
