@@ -35,24 +35,29 @@ def local_spec(port: int) -> ClusterSpec:
     return spec.model_copy(update={"gateway": spec.gateway.model_copy(update={"port": port})})
 
 
+def _ray_and_vllm_processes() -> dict[int, str]:
+    found = {}
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        if p.info["pid"] == os.getpid():
+            continue
+        text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
+        if any(n in text for n in LEAK_NAMES) and "pytest" not in text:
+            found[p.info["pid"]] = text[:120]
+    return found
+
+
+# Ray and vLLM processes that were already running before this test session (another
+# developer's cluster, say): not ours to account for.
+_BEFORE = _ray_and_vllm_processes()
+
+
 def leftover_processes(timeout_s: float = 30.0) -> list[str]:
-    """Processes this test run started that are still alive after `timeout_s`."""
+    """Ray/vLLM processes started during this session still alive after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = []
-        for p in psutil.process_iter(["pid", "name", "cmdline"]):
-            if p.info["pid"] == os.getpid():
-                continue
-            text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
-            if any(n in text for n in LEAK_NAMES) and "pytest" not in text:
-                alive.append(f"{p.info['pid']} {text[:120]}")
+        alive = [
+            f"{pid} {text}" for pid, text in _ray_and_vllm_processes().items() if pid not in _BEFORE
+        ]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(1.0)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _clean_machine() -> None:
-    stale = leftover_processes(timeout_s=0)
-    if stale:
-        pytest.fail("Ray/vLLM processes from an earlier run are still alive:\n" + "\n".join(stale))

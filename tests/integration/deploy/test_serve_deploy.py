@@ -6,6 +6,9 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,20 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
+
+
+def wait_for_dashboard(url: str, head: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (token auth may refuse us): it is up
+        except OSError:
+            time.sleep(1.0)
+    raise TimeoutError(f"Ray dashboard at {url} did not come up")
 
 
 @pytest.fixture(scope="module")
