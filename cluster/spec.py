@@ -70,6 +70,14 @@ class TierSpec(_Strict):
     max_ongoing_requests: PositiveInt = Field(
         64, description="Requests one engine replica takes at once before Serve queues them."
     )
+    max_queued_requests: int = Field(
+        64,
+        ge=-1,
+        description="Requests waiting for a replica before new ones get 503 (-1: no limit).",
+    )
+    fallback_tier: str | None = Field(
+        None, description="Tier that takes a request when this one fails before any output."
+    )
     cpus_per_replica: float = Field(
         1.0, gt=0, description="Logical CPUs the engine worker reserves (CPU tiers only)."
     )
@@ -80,6 +88,15 @@ class TierSpec(_Strict):
     price_per_1m_output_tokens: Price = 0.0
     params_b: float | None = Field(None, gt=0, description="Parameters, in billions.")
     dtype: Literal["float32", "bfloat16", "float16", "fp8", "int8", "int4"] | None = None
+    gpu_hour_price_usd: float | None = Field(
+        None, ge=0, description="US dollars per GPU-hour; prices tokens when they have no price."
+    )
+    measured_input_tokens_per_s: float | None = Field(
+        None, gt=0, description="Measured prompt tokens per second of one replica."
+    )
+    measured_output_tokens_per_s: float | None = Field(
+        None, gt=0, description="Measured generated tokens per second of one replica."
+    )
 
     @property
     def model_name(self) -> str:
@@ -143,12 +160,86 @@ class RulesParams(_Strict):
     )
 
 
+Preference = Literal["cost", "balanced", "quality", "latency"]
+
+
+class LearnedParams(_Strict):
+    """Parameters of the learned policy: MiniLM embedding + trained head, calibrated."""
+
+    artifact: str | None = Field(
+        None, description="Trained scorer (.npz); unset uses the one shipped with tierline."
+    )
+    strong_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="Target share of auto traffic above the cheapest tier."
+    )
+    quality_target: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Instead of strong_share: fraction of the top tier's quality gain to keep.",
+    )
+    default_preference: Preference = Field(
+        "balanced", description="Used when a request sends no x-tierline-preference header."
+    )
+    cost_share_factor: float = Field(0.5, ge=0.0, description="cost: share x this factor.")
+    quality_share_factor: float = Field(2.0, ge=0.0, description="quality: share x this factor.")
+    window_requests: PositiveInt = Field(1000, description="Live scores kept to re-calibrate.")
+    min_window_requests: PositiveInt = Field(
+        200, description="Live scores needed before they replace the shipped calibration."
+    )
+    spill_when_overloaded: bool = Field(
+        True, description="Send a request one tier up when its tier's queue is over its limit."
+    )
+    tier_outputs: dict[str, str] = Field(
+        default_factory=dict, description="Tier name -> scorer output (weak|strong) it reads."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LearnedParams:
+        if self.strong_share is not None and self.quality_target is not None:
+            raise ValueError("set either strong_share or quality_target, not both")
+        return self
+
+
 class RouterSpec(_Strict):
-    policy: Literal["rules"] = Field("rules", description="Routing policy for model=auto.")
+    policy: Literal["rules", "learned"] = Field(
+        "rules", description="Routing policy for model=auto."
+    )
     default_tier: str | None = Field(
         None, description="Tier for prompts no rule picks; defaults to the cheapest tier."
     )
     params: RulesParams = Field(default_factory=RulesParams)
+    learned: LearnedParams = Field(default_factory=LearnedParams)
+
+
+class AuthSpec(_Strict):
+    """API keys. Each key maps to a tenant; keys are stored only as SHA-256 hashes."""
+
+    enabled: bool = Field(True, description="Require `Authorization: Bearer KEY`.")
+    keys_file: str | None = Field(
+        None,
+        description="JSON file of {tenant, sha256} entries (`tierline keys add` writes it; "
+        "mount a Secret here on Kubernetes). Relative paths resolve against the spec file.",
+    )
+    env_var: str = Field(
+        "TIERLINE_API_KEY", description="Environment variable holding one more key."
+    )
+    env_tenant: str = Field("default", description="Tenant of the key in env_var.")
+
+
+class QuotaSpec(_Strict):
+    """Limits for one tenant; unset means unlimited."""
+
+    requests_per_min: PositiveInt | None = None
+    tokens_per_min: PositiveInt | None = Field(
+        None, description="Prompt plus completion tokens per rolling minute."
+    )
+    max_concurrent: PositiveInt | None = Field(None, description="Requests in flight at once.")
+    tiers: list[str] | None = Field(None, description="Tiers this tenant may use; unset: all.")
+
+
+class TenantSpec(QuotaSpec):
+    name: str = Field(pattern=NAME_PATTERN)
 
 
 class GatewaySpec(_Strict):
@@ -160,12 +251,62 @@ class GatewaySpec(_Strict):
     max_n: int = Field(16, ge=1, le=128, description="Upper bound on n (choices per request).")
     max_messages: PositiveInt = Field(512, description="Upper bound on messages per request.")
     request_timeout_s: float = Field(600.0, gt=0, description="End-to-end request timeout.")
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    tenants: list[TenantSpec] = Field(default_factory=list, description="Per-tenant quotas.")
+    default_quota: QuotaSpec = Field(
+        default_factory=QuotaSpec, description="Quota of tenants not listed in `tenants`."
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a request whose engine fails before any output."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."
+    )
 
 
 class RagSpec(_Strict):
-    """Placeholder for the retrieval-augmented generation deployment."""
+    """Retrieval-augmented generation: an embeddings deployment and a RAG store deployment."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="Deploy the embeddings and RAG deployments.")
+    uri: str = Field(
+        ".tierline/rag/milvus.db",
+        min_length=1,
+        description="Milvus Lite data path (relative to the working directory) or a Milvus "
+        "server URI (http://host:19530).",
+    )
+    token: str | None = Field(None, description="Milvus server token (user:password).")
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        min_length=1,
+        description="sentence-transformers model: the packaged all-MiniLM-L6-v2, a local "
+        "directory, or a model id.",
+    )
+    embedding_dim: PositiveInt = Field(384, description="Embedding width of embedding_model.")
+    embedding_device: str = Field("cpu", description="torch device of the embedding model.")
+    embedding_replicas: PositiveInt = 1
+    embedding_cpus: float = Field(1.0, gt=0, description="Logical CPUs per embedding replica.")
+    embedding_max_batch: PositiveInt = Field(64, description="Texts per batched model call.")
+    embedding_batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long a batch waits for more concurrent requests."
+    )
+    chunk_tokens: int = Field(200, ge=16, le=512, description="Chunk size in model tokens.")
+    chunk_overlap_tokens: int = Field(40, ge=0, description="Tokens shared by adjacent chunks.")
+    max_document_bytes: PositiveInt = Field(5 << 20, description="Larger documents get 413.")
+    max_documents_per_request: PositiveInt = Field(256, description="Documents per ingest call.")
+    default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
+    max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
+    rrf_k: PositiveInt = Field(60, description="Reciprocal rank fusion constant.")
+    hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree.")
+    hnsw_ef_construction: int = Field(200, ge=16, description="HNSW build-time beam width.")
+    hnsw_ef_search: int = Field(
+        128, ge=8, description="HNSW query-time beam width (128: recall@10 0.98 at 100k)."
+    )
+
+    @model_validator(mode="after")
+    def _overlap(self) -> RagSpec:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
+        return self
 
 
 class ClusterSpec(_Strict):
@@ -190,10 +331,22 @@ class ClusterSpec(_Strict):
                     )
                 seen[key] = tier.name
         names = [t.name for t in self.tiers]
-        for field, value in (
+        refs = [
             ("router.default_tier", self.router.default_tier),
             ("router.params.hard_tier", self.router.params.hard_tier),
-        ):
+        ]
+        refs += [("router.learned.tier_outputs", n) for n in self.router.learned.tier_outputs]
+        refs += [(f"tiers[{i}].fallback_tier", t.fallback_tier) for i, t in enumerate(self.tiers)]
+        for i, tenant in enumerate(self.gateway.tenants):
+            refs += [(f"gateway.tenants[{i}].tiers", name) for name in tenant.tiers or []]
+        refs += [("gateway.default_quota.tiers", n) for n in self.gateway.default_quota.tiers or []]
+        for t in self.tiers:
+            if t.fallback_tier == t.name:
+                raise ValueError(f"tier {t.name!r} cannot be its own fallback_tier")
+        tenants = [t.name for t in self.gateway.tenants]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError("gateway.tenants: tenant names must be unique")
+        for field, value in refs:
             if value is not None and value not in names:
                 raise ValueError(f"{field} {value!r} is not a tier (tiers: {', '.join(names)})")
         return self

@@ -96,7 +96,18 @@ def is_local_path(model_source: str) -> bool:
 
 def _resolve_paths(data: Any, base: Path) -> None:
     """Make relative local model paths absolute against the spec file's folder."""
-    tiers = data.get("tiers") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return
+    auth = (
+        (data.get("gateway") or {}).get("auth") if isinstance(data.get("gateway"), dict) else None
+    )
+    if isinstance(auth, dict) and isinstance(auth.get("keys_file"), str):
+        auth["keys_file"] = str((base / Path(auth["keys_file"]).expanduser()).resolve())
+    router = data.get("router")
+    learned = router.get("learned") if isinstance(router, dict) else None
+    if isinstance(learned, dict) and isinstance(learned.get("artifact"), str):
+        learned["artifact"] = str((base / Path(learned["artifact"]).expanduser()).resolve())
+    tiers = data.get("tiers")
     if not isinstance(tiers, list):
         return
     for tier in tiers:

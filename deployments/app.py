@@ -7,6 +7,8 @@ local run and a cluster deploy build the same graph from the same spec.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from ray import serve
@@ -15,21 +17,36 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.spec import ClusterSpec
 from cluster.specfile import parse_spec
+from deployments.auth import load_key_store
 from deployments.engine import build_tier_app
 from deployments.engine_client import ServeEngineClient, import_request_models
 from deployments.gateway import GatewayCore, create_app
+from deployments.quota import QuotaService, ServeQuota, is_limited
+from deployments.rag import ServeRagClient, build_rag_apps
+from deployments.routing import LearnedRouter
 from deployments.tokens import load_counter
 
 GATEWAY_DEPLOYMENT = "gateway"
+QUOTA_DEPLOYMENT = "quota"
+logger = logging.getLogger("ray.serve.tierline.gateway")
 
 
 @serve.ingress()
 class Gateway:
     """Thin Serve wrapper: real engine handles and tokenizers into `GatewayCore`."""
 
-    def __init__(self, spec_data: dict[str, Any], engines: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        spec_data: dict[str, Any],
+        engines: dict[str, DeploymentHandle],
+        quota: DeploymentHandle | None = None,
+        rag: dict[str, DeploymentHandle] | None = None,
+    ) -> None:
         self._spec = parse_spec(spec_data, "gateway args")
         self._engines = engines
+        self._quota = quota
+        self._rag = rag
+        self._core: GatewayCore | None = None
 
     async def __serve_build_asgi_app__(self) -> Any:
         # Replica start-up: tokenizers are loaded here, not at import or construction.
@@ -38,7 +55,38 @@ class Gateway:
         clients = {
             t.name: ServeEngineClient(self._engines[t.name], t.model_name) for t in self._spec.tiers
         }
-        return create_app(GatewayCore(self._spec, clients, counters))
+        auth = self._spec.gateway.auth
+        keys = load_key_store(auth) if auth.enabled else None
+        if keys is not None and len(keys) == 0:
+            logger.warning(
+                "authentication is on but no API key is configured: "
+                "every request except /healthz and /readyz will get 401"
+            )
+        quota = ServeQuota(self._quota) if self._quota is not None else None
+        # The learned router's MiniLM model loads here too (a second or two, off the loop).
+        learned = (
+            await asyncio.to_thread(LearnedRouter.start, self._spec)
+            if self._spec.router.policy == "learned"
+            else None
+        )
+        self._core = GatewayCore(self._spec, clients, counters, quota=quota, learned=learned)
+        rag = (
+            ServeRagClient(
+                self._rag["rag"], self._rag["embeddings"], self._spec.rag.embedding_model
+            )
+            if self._rag is not None
+            else None
+        )
+        return create_app(self._core, keys, rag)
+
+    async def drain(self, timeout_s: float | None = None) -> tuple[str, int]:
+        """Stop taking requests and wait for in-flight ones. Returns this replica's id and
+        how many requests were still running when the wait ended."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        if self._core is None:
+            return replica, 0
+        window = self._spec.gateway.drain_timeout_s if timeout_s is None else timeout_s
+        return replica, await self._core.drain(window)
 
 
 def gateway_options(spec: ClusterSpec) -> dict[str, Any]:
@@ -47,13 +95,28 @@ def gateway_options(spec: ClusterSpec) -> dict[str, Any]:
         "num_replicas": spec.gateway.replicas,
         "max_ongoing_requests": 1024,
         "ray_actor_options": {"num_cpus": 0.5},
+        "graceful_shutdown_timeout_s": spec.gateway.drain_timeout_s,
     }
 
 
 def build_graph(spec: ClusterSpec) -> Application:
-    engines = {t.name: build_tier_app(t) for t in spec.tiers}
+    drain = spec.gateway.drain_timeout_s
+    engines = {t.name: build_tier_app(t, drain) for t in spec.tiers}
+    quota = None
+    g = spec.gateway
+    if any(is_limited(q) for q in [g.default_quota, *g.tenants]):
+        quota = serve.deployment(
+            name=QUOTA_DEPLOYMENT,
+            num_replicas=1,
+            max_ongoing_requests=100_000,
+            ray_actor_options={"num_cpus": 0},
+        )(QuotaService).bind(g.model_dump(mode="json"))
+    rag = None
+    if spec.rag.enabled:
+        rag_app, embeddings_app = build_rag_apps(spec)
+        rag = {"rag": rag_app, "embeddings": embeddings_app}
     gateway = serve.deployment(**gateway_options(spec))(Gateway)
-    return gateway.bind(spec.model_dump(mode="json"), engines)
+    return gateway.bind(spec.model_dump(mode="json"), engines, quota, rag)
 
 
 def build_app(args: dict[str, Any]) -> Application:

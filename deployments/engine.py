@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cluster.planner import engine_placement
 from cluster.spec import TierSpec, deployment_name
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
 
 
-def llm_config_kwargs(tier: TierSpec) -> dict[str, Any]:
+def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str, Any]:
     """Keyword arguments for `ray.serve.llm.LLMConfig` that serve this tier."""
     engine_kwargs: dict[str, Any] = {
         "max_model_len": tier.max_context_tokens,
@@ -27,6 +28,11 @@ def llm_config_kwargs(tier: TierSpec) -> dict[str, Any]:
 
     deployment: dict[str, Any] = {
         "max_ongoing_requests": tier.max_ongoing_requests,
+        # Past this many waiting requests Serve refuses at once (the gateway answers 503
+        # with Retry-After) instead of queueing without bound.
+        "max_queued_requests": tier.max_queued_requests,
+        # A redeploy lets in-flight generations finish before a replica stops.
+        "graceful_shutdown_timeout_s": drain_timeout_s,
     }
     if tier.autoscaling is not None:
         a = tier.autoscaling
@@ -57,16 +63,17 @@ def llm_config_kwargs(tier: TierSpec) -> dict[str, Any]:
         kwargs["runtime_env"] = {"env_vars": dict(tier.env_vars)}
     if tier.uses_gpu:
         kwargs["accelerator_type"] = tier.accelerator_type
-    else:
-        # One CPU bundle for the engine worker; Ray Serve LLM's default asks for a GPU.
-        kwargs["placement_group_config"] = {"bundles": [{"CPU": tier.cpus_per_replica}]}
+    # The planner's bundles and strategy (cluster.planner): one GPU bundle per worker,
+    # STRICT_PACK so a TP group stays inside one node, PACK when PP spans nodes; CPU tiers
+    # get one CPU bundle (Ray Serve LLM's default would ask for a GPU).
+    kwargs["placement_group_config"] = engine_placement(tier)
     return kwargs
 
 
-def build_tier_app(tier: TierSpec) -> Application:
+def build_tier_app(tier: TierSpec, drain_timeout_s: float = 30.0) -> Application:
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
     return build_llm_deployment(
-        LLMConfig(**llm_config_kwargs(tier)),
+        LLMConfig(**llm_config_kwargs(tier, drain_timeout_s)),
         override_serve_options={"name": deployment_name(tier)},
     )

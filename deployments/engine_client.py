@@ -101,10 +101,22 @@ class ServeEngineClient:
         except (ValidationError, ValueError) as err:
             yield EngineError(400, f"invalid request: {err}")
             return
+        from ray.serve.exceptions import BackPressureError
+
         stream = getattr(self._stream, method).remote(request)
-        async for item in stream:
-            for out in normalise(item):
-                yield out
+        finished = False
+        try:
+            async for item in stream:
+                for out in normalise(item):
+                    yield out
+            finished = True
+        except BackPressureError:
+            # The tier's queue is full: refuse at once rather than queue without bound.
+            finished = True
+            yield EngineError(503, "the tier is at capacity; retry shortly", "overloaded")
+        finally:
+            if not finished:
+                stream.cancel()  # the client left or we stopped reading: stop generating
 
     async def _warm_up(self) -> None:
         base = {"model": self._model, "max_tokens": 1, "temperature": 0}

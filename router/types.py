@@ -18,6 +18,10 @@ class RequestFeatures:
     """Tokens the request may generate (max_tokens, or 1 when unset)."""
     pinned_tier: str | None = None
     """A tier named by the request's `model` field; None for `auto`."""
+    quality: Mapping[str, float] | None = None
+    """Learned policy: predicted probability that each tier answers well enough."""
+    preference: str | None = None
+    """Learned policy: the request's cost|balanced|quality|latency preference, if any."""
 
     def context_needed(self, tier: str) -> int:
         return self.prompt_tokens[tier] + self.completion_tokens
@@ -30,17 +34,34 @@ class TierState:
     name: str
     max_context_tokens: int
     healthy: bool = True
+    queued: int = 0
+    """Requests sent to the tier that have not had their first token yet."""
+    queue_limit: int | None = None
+    """Above this many queued requests the tier counts as overloaded; None: no limit."""
+    ttft_s: float | None = None
+    """Recent time to first token (seconds); None when not yet measured."""
+
+    @property
+    def overloaded(self) -> bool:
+        return self.queue_limit is not None and self.queued > self.queue_limit
 
 
 @dataclass(frozen=True)
 class Decision:
     tier: str
     score: float
-    """The policy's difficulty estimate in [0, 1]; 0 for pinned requests."""
+    """The policy's difficulty estimate; 0 for pinned requests. Rules: in [0, 1]. Learned:
+    the predicted quality gain of leaving the cheapest tier, in [-1, 1]."""
     reason: str
     """Why, as a short machine-readable string: it goes in x-tierline-route-reason."""
     escalations: tuple[str, ...] = field(default=())
     """Tiers passed over on the way up, each with why (e.g. 'small:context')."""
+    threshold: float | None = None
+    """Learned policy: the calibrated tolerance the score was compared with."""
+    preference: str | None = None
+    """Learned policy: the preference applied."""
+    target_share: float | None = None
+    """Learned policy: the share of traffic above the cheapest tier this preference aims for."""
 
 
 class RoutingError(Exception):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli import models, render, run, validate
+from cluster.cli import keys, models, render, run, validate
+from cluster.cli import plan as plan_cli
+from cluster.cli import rag as rag_cli
+from cluster.cli import router as router_cli
 
 app = typer.Typer(
     name="tierline",
@@ -15,8 +18,12 @@ app = typer.Typer(
 )
 app.command("validate")(validate.validate)
 app.command("up")(run.up)
+app.command("plan")(plan_cli.plan)
 app.add_typer(render.app, name="render")
 app.add_typer(models.app, name="models")
+app.add_typer(keys.app, name="keys")
+app.add_typer(router_cli.app, name="router")
+app.add_typer(rag_cli.app, name="rag")
 
 
 def main() -> None:

@@ -16,3 +16,36 @@ def serve(spec: Path = typer.Argument(..., help="Spec file.", show_default=False
     """Write a Ray Serve config (for `serve deploy`) to stdout."""
     config = serve_config(load_or_exit(spec))
     typer.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+
+
+@app.command("helm-values")
+def helm_values_cmd(
+    spec: Path = typer.Argument(..., help="Spec file.", show_default=False),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    gpus_per_node: int = typer.Option(
+        8, "--gpus-per-node", min=1, help="GPUs of one worker pod (one GPU node)."
+    ),
+) -> None:
+    """Write Helm values (helm/tierline) that run this spec: the spec and its worker groups."""
+    from cluster.helm_values import HelmValuesError, helm_values, local_model_paths
+
+    loaded = load_or_exit(spec)
+    try:
+        values = helm_values(loaded, gpus_per_node=gpus_per_node)
+    except HelmValuesError as e:
+        typer.echo(f"{spec}: {e}", err=True)
+        raise typer.Exit(1) from None
+    for tier in local_model_paths(loaded):
+        typer.echo(
+            f"warning: tier {tier!r} loads a local path; it must exist in the image or a volume",
+            err=True,
+        )
+    text = (
+        f"# Written by `tierline render helm-values {spec}`. The chart renders `spec` into the\n"
+        "# RayService's serveConfigV2, exactly as `tierline render serve` does.\n"
+        + yaml.safe_dump(values, sort_keys=False)
+    )
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)

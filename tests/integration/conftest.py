@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import socket
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -13,9 +14,9 @@ import pytest
 from cluster.spec import ClusterSpec
 from cluster.specfile import load_spec
 from cluster.tiny_models import ensure_tiny_models
+from deployments.auth import add_key
 
 ROOT = Path(__file__).resolve().parents[2]
-LEAK_NAMES = ("raylet", "gcs_server", "EngineCore", "ray::", "vllm")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,35 +30,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def local_spec(port: int) -> ClusterSpec:
-    ensure_tiny_models(ROOT / "models")
-    spec = load_spec(ROOT / "configs" / "local.yaml")
-    return spec.model_copy(update={"gateway": spec.gateway.model_copy(update={"port": port})})
-
-
-def _ray_and_vllm_processes() -> dict[int, str]:
-    found = {}
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        if p.info["pid"] == os.getpid():
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid` now (Ray's daemons, workers, vLLM engine processes)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for child in children:
+        try:
+            out[child.pid] = " ".join(child.cmdline())[:120] or child.name()
+        except psutil.Error:
             continue
-        text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
-        if any(n in text for n in LEAK_NAMES) and "pytest" not in text:
-            found[p.info["pid"]] = text[:120]
-    return found
+    return out
 
 
-# Ray and vLLM processes that were already running before this test session (another
-# developer's cluster, say): not ours to account for.
-_BEFORE = _ray_and_vllm_processes()
+def leftover_processes(snapshot: dict[int, str], timeout_s: float = 30.0) -> list[str]:
+    """Processes of `snapshot` (taken before a shutdown) still alive after `timeout_s`.
 
-
-def leftover_processes(timeout_s: float = 30.0) -> list[str]:
-    """Ray/vLLM processes started during this session still alive after `timeout_s`."""
+    Only our own cluster's processes are in the snapshot, so another Ray cluster on the
+    same machine never counts as a leak."""
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = [
-            f"{pid} {text}" for pid, text in _ray_and_vllm_processes().items() if pid not in _BEFORE
-        ]
+        alive = []
+        for pid, text in snapshot.items():
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {text}")
+            except psutil.NoSuchProcess:
+                continue
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(1.0)
+
+
+_KEYS_DIR = Path(tempfile.mkdtemp(prefix="tierline-test-keys-"))
+KEYS_FILE = _KEYS_DIR / "keys.json"
+API_KEY = add_key(KEYS_FILE, "tests")
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def local_spec(port: int, **gateway: Any) -> ClusterSpec:
+    """configs/local.yaml on `port`, with this session's API key (see `AUTH`)."""
+    ensure_tiny_models(ROOT / "models")
+    spec = load_spec(ROOT / "configs" / "local.yaml")
+    auth = spec.gateway.auth.model_copy(update={"keys_file": str(KEYS_FILE)})
+    g = spec.gateway.model_copy(update={"port": port, "auth": auth, **gateway})
+    return spec.model_copy(update={"gateway": g})

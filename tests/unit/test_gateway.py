@@ -8,7 +8,9 @@ from fastapi.testclient import TestClient
 
 from cluster.specfile import load_spec_text
 from cluster.tiny_models import build_tokenizer
+from deployments.auth import KeyStore
 from deployments.gateway import GatewayCore, create_app
+from deployments.quota import QuotaClient
 from deployments.tokens import EstimatingCounter, HFCounter
 from tests.unit.fakes import FakeEngine
 
@@ -32,12 +34,17 @@ gateway:
 """
 
 
-def make(fail: dict[str, str] | None = None) -> tuple[TestClient, dict[str, FakeEngine]]:
-    spec = load_spec_text(SPEC)
+def make(
+    fail: dict[str, str] | None = None,
+    keys: KeyStore | None = None,
+    spec_text: str = SPEC,
+    quota: QuotaClient | None = None,
+) -> tuple[TestClient, dict[str, FakeEngine]]:
+    spec = load_spec_text(spec_text)
     engines = {t.name: FakeEngine(t.model_name, (fail or {}).get(t.name)) for t in spec.tiers}
     counters = {t.name: EstimatingCounter() for t in spec.tiers}
-    core = GatewayCore(spec, engines, counters)
-    return TestClient(create_app(core), raise_server_exceptions=False), engines
+    core = GatewayCore(spec, engines, counters, quota=quota)
+    return TestClient(create_app(core, keys), raise_server_exceptions=False), engines
 
 
 def chat(content: str = "hi", **kw: object) -> dict[str, object]:

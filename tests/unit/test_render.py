@@ -55,7 +55,11 @@ def test_every_tier_makes_a_valid_llm_config(path: Path) -> None:
             assert dc["num_replicas"] == tier.num_replicas
         if tier.uses_gpu:
             assert config.accelerator_type == tier.accelerator_type
-            assert "placement_group_config" not in kwargs
+            gpus = tier.tensor_parallel_size * tier.pipeline_parallel_size
+            assert config.placement_group_config == {
+                "bundles": [{"GPU": 1.0}] * gpus,
+                "strategy": "STRICT_PACK" if tier.pipeline_parallel_size == 1 else "PACK",
+            }
         else:
             assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
         assert deployment_name(tier) == f"tier-{tier.name}"

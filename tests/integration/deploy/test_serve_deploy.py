@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,13 @@ from openai import OpenAI
 
 from cluster.local import endpoint, logical_cpus, wait_ready
 from cluster.render import serve_config
-from tests.integration.conftest import free_port, leftover_processes, local_spec
+from tests.integration.conftest import (
+    API_KEY,
+    descendants,
+    free_port,
+    leftover_processes,
+    local_spec,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -57,27 +64,39 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     TOKEN_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     dash = free_port()
     spec = local_spec(free_port())
-    started = run(
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        f"--num-cpus={logical_cpus(spec)}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--include-dashboard=true",
-        "--disable-usage-stats",
+    # `--block` keeps this head's processes under one parent that we stop, instead of
+    # `ray stop`, which would stop every Ray cluster on the machine.
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={logical_cpus(spec)}",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **TOKEN_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    assert started.returncode == 0, started.stdout + started.stderr
     dash_url = f"http://127.0.0.1:{dash}"
+    ours: dict[int, str] = {}
     try:
+        wait_for_dashboard(dash_url, head)
         yield dash_url
     finally:
+        ours = descendants(head.pid)
         # Graceful order: Serve first (replicas stop their vLLM engine processes), then Ray.
-        # `ray stop --force` alone SIGKILLs replicas and orphans their EngineCore children.
+        # Killing Ray alone SIGKILLs replicas and orphans their EngineCore children.
         run(str(BIN / "serve"), "shutdown", "--address", dash_url, "-y")
-        run(str(BIN / "ray"), "stop")
-    leaked = leftover_processes()
-    assert not leaked, "ray stop left processes behind:\n" + "\n".join(leaked)
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
+    leaked = leftover_processes(ours)
+    assert not leaked, "the Ray head left processes behind:\n" + "\n".join(leaked)
 
 
 def test_rendered_config_deploys_and_serves(ray_head: str, tmp_path: Path) -> None:
@@ -89,7 +108,7 @@ def test_rendered_config_deploys_and_serves(ray_head: str, tmp_path: Path) -> No
 
     url = endpoint(spec)
     wait_ready(url, timeout_s=600)
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "hello"}], max_tokens=4
     )

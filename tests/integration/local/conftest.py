@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -8,7 +9,13 @@ from openai import OpenAI
 
 from cluster import local
 from cluster.spec import ClusterSpec
-from tests.integration.conftest import free_port, leftover_processes, local_spec
+from tests.integration.conftest import (
+    API_KEY,
+    descendants,
+    free_port,
+    leftover_processes,
+    local_spec,
+)
 
 
 @dataclass(frozen=True)
@@ -18,7 +25,7 @@ class Cluster:
     ready_s: float
 
     def client(self) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        return OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="package")
@@ -28,6 +35,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield Cluster(run.endpoint, spec, run.ready_s)
     finally:
+        ours = descendants(os.getpid())
         local.stop()
-    leaked = leftover_processes()
+    leaked = leftover_processes(ours)
     assert not leaked, "cluster teardown left processes behind:\n" + "\n".join(leaked)

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import AUTH
 from tests.integration.local.conftest import Cluster
 
 OK = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -43,13 +44,13 @@ def test_bad_input(cluster: Cluster, name: str, body: bytes, status: int) -> Non
     r = httpx.post(
         f"{cluster.url}/v1/chat/completions",
         content=body,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **AUTH},
         timeout=60,
     )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["message"] and err["type"]
-    ok = httpx.post(f"{cluster.url}/v1/chat/completions", json=OK, timeout=60)
+    ok = httpx.post(f"{cluster.url}/v1/chat/completions", json=OK, headers=AUTH, timeout=60)
     assert ok.status_code == 200
 
 

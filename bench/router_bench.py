@@ -1,0 +1,230 @@
+"""Router benchmark: cross-validated routing quality, calibration replay, decision latency.
+
+    .venv/bin/python bench/router_bench.py [--kinds lr,mf,mlp] [--skip-latency]
+
+Writes bench/results/router.json and prints it. Embeddings of the training prompts are
+computed once with the real MiniLM model and cached under .cache/.
+
+- quality: 5-fold cross-validation, folds stratified by source file, the head trained on
+  the other folds of both files; APGR/CPT per file on out-of-fold scores, next to random,
+  the prompt-length heuristic and the oracle. Also a cross-benchmark check: trained on
+  one file only, scored on the other (prompts from a benchmark it never saw).
+- calibration: a shuffled stream of every prompt (scored out-of-fold) replayed through
+  `decide_learned`/`recalibrate`; realised share above the cheapest tier vs the target.
+- latency: the whole auto decision (MiniLM embedding, head, tier mapping, policy,
+  re-calibration) for 50-, 500- and 2,000-token prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from router.data import DEFAULT_TRAIN_FILES, LabelledSet, load_files  # noqa: E402
+from router.embedding import MiniLMEmbedder, cached_embeddings  # noqa: E402
+from router.evaluate import (  # noqa: E402
+    curve,
+    length_scores,
+    oracle_scores,
+    random_summary,
+    summary,
+)
+from router.head import Head  # noqa: E402
+from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate  # noqa: E402
+from router.scorer import SHIPPED_ARTIFACT, output_weights, tier_quality  # noqa: E402
+from router.train import HeadParams, fit_head, gap_scores, out_of_fold, sample_weights  # noqa: E402
+from router.types import RequestFeatures, TierState  # noqa: E402
+
+CACHE = ROOT / ".cache"
+RESULTS = ROOT / "bench" / "results" / "router.json"
+
+
+def load(embedder: MiniLMEmbedder) -> tuple[LabelledSet, np.ndarray, list[str]]:
+    sets, embs, groups = [], [], []
+    for path in DEFAULT_TRAIN_FILES:
+        data = load_files([path])
+        sets.append(data)
+        embs.append(cached_embeddings(embedder, data.prompts, CACHE))
+        groups += [path.name.split(".")[0]] * len(data)
+    allset = LabelledSet(
+        tuple(p for s in sets for p in s.prompts),
+        np.concatenate([s.weak for s in sets]),
+        np.concatenate([s.strong for s in sets]),
+        tuple(x for s in sets for x in s.sources),
+    )
+    return allset, np.concatenate(embs), groups
+
+
+def features(head_like: Head, emb: np.ndarray, prompts: tuple[str, ...]) -> np.ndarray:
+    return head_like.features(emb, np.asarray([len(p.split()) for p in prompts]))
+
+
+def per_file(scores: np.ndarray, data: LabelledSet, groups: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    g = np.asarray(groups)
+    for name in sorted(set(groups)):
+        m = g == name
+        w, s = data.weak[m], data.strong[m]
+        prompts = tuple(p for p, keep in zip(data.prompts, m, strict=True) if keep)
+        out[name] = {
+            "n": int(m.sum()),
+            "router": summary(curve(scores[m], w, s)),
+            "random": random_summary(w, s),
+            "length": summary(curve(length_scores(prompts), w, s)),
+            "oracle": summary(curve(oracle_scores(w, s), w, s)),
+        }
+    return out
+
+
+def quality(
+    data: LabelledSet, x: np.ndarray, groups: list[str], kinds: list[str], oofs: dict
+) -> dict:
+    y = np.stack([data.weak, data.strong], axis=1)
+    results: dict[str, dict] = {}
+    for kind in kinds:
+        params = HeadParams(kind=kind)
+        t0 = time.perf_counter()
+        oof = out_of_fold(x, y, groups, params, seed=0)
+        oofs[kind] = oof
+        results[kind] = per_file(oof, data, groups)
+        results[kind]["train_s"] = round(time.perf_counter() - t0, 1)
+        print(
+            kind, json.dumps({k: v["router"] for k, v in results[kind].items() if k != "train_s"})
+        )
+    return results
+
+
+def cross_benchmark(data: LabelledSet, x: np.ndarray, groups: list[str], kind: str) -> dict:
+    y = np.stack([data.weak, data.strong], axis=1)
+    g = np.asarray(groups)
+    out = {}
+    for held in sorted(set(groups)):
+        train, test = g != held, g == held
+        head = fit_head(x[train], y[train], np.ones(train.sum()), HeadParams(kind=kind))
+        sc = gap_scores(head, x[test])
+        out[f"train_other_eval_{held}"] = summary(curve(sc, data.weak[test], data.strong[test]))
+    return out
+
+
+def calibration(oof: np.ndarray, prior: np.ndarray, groups: list[str]) -> dict:
+    tiers = [TierState("small", 10**6), TierState("large", 10**6)]
+    out: dict[str, dict] = {}
+    streams = {"shuffled": np.random.default_rng(7).permutation(len(oof))}
+    g = np.asarray(groups)
+    # Distribution shift: one benchmark first, then the other (scores differ by benchmark).
+    streams["shift"] = np.concatenate(
+        [
+            np.nonzero(g == "gsm8k")[0],
+            np.random.default_rng(8).permutation(np.nonzero(g != "gsm8k")[0]),
+        ]
+    )
+    for name, order in streams.items():
+        for target in (0.2, 0.3, 0.5, 0.7):
+            policy = LearnedPolicy(strong_share=target, prior_quantiles=tuple(prior))
+            state = CalibrationState()
+            up = np.zeros(len(order))
+            for n, i in enumerate(order):
+                feats = RequestFeatures(
+                    "", {"small": 10, "large": 10}, 1, quality={"small": 0.5, "large": 0.5 + oof[i]}
+                )
+                d = decide_learned(feats, tiers, policy, state)
+                state = recalibrate(state, d, "small", policy)
+                up[n] = d.tier == "large"
+            cum = np.cumsum(up) / np.arange(1, len(up) + 1)
+            after = up[500:]
+            rolling = np.convolve(up, np.ones(500) / 500, mode="valid")
+            out[f"{name}@{target}"] = {
+                "realised_after_500": round(float(after.mean()), 4),
+                "error_after_500_points": round(100 * float(after.mean() - target), 2),
+                "max_cumulative_error_points_after_500": round(
+                    100 * float(np.max(np.abs(cum[500:] - target))), 2
+                ),
+                "max_rolling500_error_points": round(
+                    100 * float(np.max(np.abs(rolling - target))), 2
+                ),
+                "first_500": round(float(up[:500].mean()), 4),
+            }
+    return out
+
+
+def latency(head: Head, embedder: MiniLMEmbedder, words: list[str], runs: int) -> dict:
+    tok = embedder._model.tokenizer
+    tiers = [TierState("small", 10**6), TierState("large", 10**6)]
+    policy = LearnedPolicy(strong_share=0.3, prior_quantiles=tuple(head.calibration_quantiles))
+    weights = output_weights(["small", "large"], head.outputs, {})
+    out = {}
+    rng = np.random.default_rng(3)
+    for target in (50, 500, 2000):
+        prompts = []
+        for _ in range(runs):
+            start = int(rng.integers(0, len(words) - 3 * target))
+            n = target
+            while len(tok(" ".join(words[start : start + n]))["input_ids"]) - 2 < target:
+                n += max(1, target // 20)
+            prompts.append(" ".join(words[start : start + n]))
+        state = CalibrationState()
+        times = []
+        for i, p in enumerate(prompts):
+            t0 = time.perf_counter()
+            emb = embedder.embed([p])[0]
+            probs = head.predict(head.features(emb, len(p.split())))[0]
+            feats = RequestFeatures(
+                p, {"small": 1, "large": 1}, 1, quality=tier_quality(probs, weights)
+            )
+            d = decide_learned(feats, tiers, policy, state)
+            state = recalibrate(state, d, "small", policy)
+            if i >= 5:  # warm-up
+                times.append(time.perf_counter() - t0)
+        ms = np.asarray(times) * 1000
+        out[f"{target}_tokens"] = {
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "runs": len(ms),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kinds", default="mlp,lr")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--latency-runs", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    embedder = MiniLMEmbedder(threads=2).start()
+    data, emb, groups = load(embedder)
+    shipped = Head.load(SHIPPED_ARTIFACT)
+    x = features(shipped, emb, data.prompts)
+    kinds = args.kinds.split(",")
+    result: dict = {"data": [str(p.relative_to(ROOT)) for p in DEFAULT_TRAIN_FILES]}
+    oofs: dict[str, np.ndarray] = {}
+    result["quality_5fold"] = quality(data, x, groups, kinds, oofs)
+    result["shipped_head"] = shipped.kind
+    result["cross_benchmark"] = cross_benchmark(data, x, groups, shipped.kind)
+    # The replayed stream: out-of-fold scores (no head saw its own prompts); the prior is
+    # the shipped head's calibration quantiles, as in the gateway.
+    oof = oofs.get(shipped.kind, next(iter(oofs.values())))
+    result["calibration"] = calibration(oof, shipped.calibration_quantiles, groups)
+    if not args.skip_latency:
+        words = " ".join(data.prompts).split()
+        for threads in (1, 2):
+            lat_embedder = MiniLMEmbedder(threads=threads).start()
+            result[f"latency_threads{threads}"] = latency(
+                shipped, lat_embedder, words, args.latency_runs
+            )
+    _ = sample_weights
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`tierline router train|eval`: fit the learned scorer's head, and measure routers offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.specfile import SpecError, load_spec
+from router.data import LabelledSet, load_files
+from router.evaluate import (
+    RoutingCurve,
+    curve,
+    length_scores,
+    oracle_scores,
+    random_summary,
+    summary,
+)
+from router.head import Head, prompt_words
+
+app = typer.Typer(help="Train and evaluate the learned router.", no_args_is_help=True)
+err = Console(stderr=True)
+CACHE = Path(".cache")
+DEFAULT_SPEC = Path("configs/local.yaml")
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="Labelled JSONL files (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the artifact (.npz)."),
+    kind: str = typer.Option("lr", help="Head: lr, mf or mlp."),
+    seed: int = typer.Option(0, help="Training seed."),
+) -> None:
+    """Embed the prompts with MiniLM (cached under .cache/), fit the head, save it."""
+    from router.embedding import MiniLMEmbedder, cached_embeddings
+    from router.train import HeadParams, train_artifact
+
+    sets = [load_files([p]) for p in data]
+    with err.status("loading MiniLM and embedding prompts"):
+        embedder = MiniLMEmbedder().start()
+        embs = [cached_embeddings(embedder, s.prompts, CACHE) for s in sets]
+    allset = _concat(sets)
+    groups = [p.name.split(".")[0] for p, s in zip(data, sets, strict=True) for _ in s.prompts]
+    weak, strong = allset.normalised()
+    proto = Head("lr", ("weak", "strong"), np.zeros((1, 2)), np.zeros(2))
+    x = proto.features(np.concatenate(embs), np.asarray([prompt_words(p) for p in allset.prompts]))
+    with err.status(f"training the {kind} head (5 folds for calibration, then all rows)"):
+        head = train_artifact(
+            x, np.stack([weak, strong], axis=1), groups, HeadParams(kind=kind), seed
+        )
+    head.save(out)
+    err.print(f"wrote {out} ({out.stat().st_size // 1024} KiB, {kind}, {len(x)} prompts)")
+
+
+def _concat(sets: list[LabelledSet]) -> LabelledSet:
+    return LabelledSet(
+        tuple(p for s in sets for p in s.prompts),
+        np.concatenate([s.weak for s in sets]),
+        np.concatenate([s.strong for s in sets]),
+        tuple(x for s in sets for x in s.sources),
+    )
+
+
+def _router_scores(
+    data: LabelledSet, artifact: Path | None, spec_path: Path
+) -> tuple[str, np.ndarray]:
+    """Scores of the router under test: an artifact, or the one the spec routes with."""
+    if artifact is None:
+        try:
+            spec = load_spec(spec_path)
+        except SpecError as e:
+            err.print(f"[red]{e}[/]")
+            raise typer.Exit(1) from None
+        if spec.router.policy == "rules":
+            return f"rules ({spec_path})", _rules_scores(data, spec_path)
+        from deployments.routing import artifact_path
+
+        artifact = artifact_path(spec.router.learned)
+    from router.embedding import MiniLMEmbedder, cached_embeddings
+    from router.train import gap_scores
+
+    head = Head.load(artifact)
+    with err.status("embedding prompts with MiniLM"):
+        emb = cached_embeddings(MiniLMEmbedder().start(), data.prompts, CACHE)
+    x = head.features(emb, np.asarray([prompt_words(p) for p in data.prompts]))
+    return f"learned ({artifact})", gap_scores(head, x)
+
+
+def _rules_scores(data: LabelledSet, spec_path: Path) -> np.ndarray:
+    from cluster.specfile import load_spec as _load
+    from router.rules import RulesPolicy
+
+    p = _load(spec_path).router.params
+    policy = RulesPolicy(p.long_prompt_tokens, tuple(p.hard_keywords))
+    scores = []
+    for prompt in data.prompts:
+        words = prompt_words(prompt)
+        hard = policy.matched_keyword(prompt) is not None
+        scores.append(
+            2.0 + words if hard else (1.0 + words if words >= p.long_prompt_tokens else words / 1e6)
+        )
+    return np.asarray(scores)
+
+
+@app.command("eval")
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Labelled JSONL file."),
+    router: Path | None = typer.Option(None, "--router", help="Artifact; default: the spec's."),
+    spec: Path = typer.Option(DEFAULT_SPEC, "--spec", help="Spec whose router is evaluated."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the PGR curves as a PNG."),
+) -> None:
+    """APGR and CPT(50%/80%) of a router on a labelled file, next to random, the
+    prompt-length heuristic and the oracle."""
+    raw = load_files([data])
+    weak, strong = raw.normalised()
+    name, scores = _router_scores(raw, router, spec)
+    curves = {
+        "router": curve(scores, weak, strong),
+        "length": curve(length_scores(raw.prompts), weak, strong),
+        "oracle": curve(oracle_scores(weak, strong), weak, strong),
+    }
+    result: dict[str, object] = {
+        "n": len(raw),
+        "router": name,
+        **summary(curves["router"]),
+        "weak_mean": round(float(weak.mean()), 4),
+        "strong_mean": round(float(strong.mean()), 4),
+        "baselines": {
+            "random": random_summary(weak, strong),
+            "length": summary(curves["length"]),
+            "oracle": summary(curves["oracle"]),
+        },
+    }
+    if plot is not None:
+        write_plot(plot, curves)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title=f"{data} ({len(raw)} prompts)")
+    for col in ("router", "apgr", "apgr_10", "cpt50", "cpt80"):
+        table.add_column(col)
+    rows = {"router": summary(curves["router"]), **result["baselines"]}  # type: ignore[dict-item]
+    for label, figures in rows.items():
+        table.add_row(label, *(f"{figures[k]:.3f}" for k in ("apgr", "apgr_10", "cpt50", "cpt80")))
+    Console().print(table)
+
+
+def write_plot(path: Path, curves: dict[str, RoutingCurve]) -> None:
+    """PGR against strong-call share, drawn with Pillow (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 640, 480, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    top = max(1.2, max(float(c.pgr.max()) for c in curves.values()))
+    bottom = min(0.0, min(float(c.pgr.min()) for c in curves.values()))
+
+    def xy(share: float, pgr: float) -> tuple[float, float]:
+        return pad + share * (w - 2 * pad), h - pad - (pgr - bottom) / (top - bottom) * (
+            h - 2 * pad
+        )
+
+    d.rectangle([pad, pad, w - pad, h - pad], outline="black")
+    d.line([xy(0, 0), xy(1, 1)], fill=(180, 180, 180))  # random
+    colours = {"router": (200, 30, 30), "length": (30, 90, 200), "oracle": (30, 150, 60)}
+    for i, (label, c) in enumerate(curves.items()):
+        step = max(1, len(c.share) // 400)
+        pts = [xy(float(s), float(p)) for s, p in zip(c.share[::step], c.pgr[::step], strict=True)]
+        d.line(pts, fill=colours.get(label, (0, 0, 0)), width=2)
+        d.text((pad + 8, pad + 8 + 14 * i), f"{label}: APGR {c.apgr:.3f}", fill=colours.get(label))
+    d.text((w // 2 - 60, h - pad + 15), "share sent to the strong tier", fill="black")
+    d.text((8, pad - 20), "PGR", fill="black")
+    img.save(path)

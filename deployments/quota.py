@@ -1,0 +1,165 @@
+"""Per-tenant quotas: requests/min, tokens/min and concurrent requests.
+
+`QuotaLedger` is the decision logic with time passed in (no hidden clock), so it is
+tested exactly. All gateway replicas share one ledger held by the `QuotaService` Serve
+deployment, so limits hold across replicas with no per-replica drift.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cluster.spec import GatewaySpec, QuotaSpec
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    ticket: int = 0
+    retry_after_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class _Tenant:
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int, int]] = field(default_factory=deque)  # (t, ticket, n)
+    in_flight: int = 0
+
+    def expire(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - WINDOW_S:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - WINDOW_S:
+            self.tokens.popleft()
+
+    def tokens_used(self) -> int:
+        return sum(n for _, _, n in self.tokens)
+
+
+class QuotaLedger:
+    """Rolling-window quota accounting for every tenant."""
+
+    def __init__(self, quotas: Mapping[str, QuotaSpec], default: QuotaSpec) -> None:
+        self._quotas = dict(quotas)
+        self._default = default
+        self._tenants: dict[str, _Tenant] = {}
+        self._tickets = itertools.count(1)
+        self._open: dict[int, str] = {}
+
+    def quota(self, tenant: str) -> QuotaSpec:
+        return self._quotas.get(tenant, self._default)
+
+    def admit(self, tenant: str, tokens: int, now: float) -> Admission:
+        """Admit a request that may use up to `tokens` (prompt + max completion)."""
+        q = self.quota(tenant)
+        st = self._tenants.setdefault(tenant, _Tenant())
+        st.expire(now)
+        if q.max_concurrent is not None and st.in_flight >= q.max_concurrent:
+            return Admission(False, retry_after_s=1.0, reason="concurrent requests")
+        if q.requests_per_min is not None and len(st.requests) >= q.requests_per_min:
+            wait = st.requests[0] + WINDOW_S - now
+            return Admission(False, retry_after_s=wait, reason="requests per minute")
+        if q.tokens_per_min is not None:
+            if tokens > q.tokens_per_min:
+                return Admission(False, retry_after_s=WINDOW_S, reason="tokens per minute")
+            excess = st.tokens_used() + tokens - q.tokens_per_min
+            if excess > 0:
+                freed, wait = 0, WINDOW_S
+                for t, _, n in st.tokens:
+                    freed += n
+                    if freed >= excess:
+                        wait = t + WINDOW_S - now
+                        break
+                return Admission(False, retry_after_s=wait, reason="tokens per minute")
+        ticket = next(self._tickets)
+        st.requests.append(now)
+        st.tokens.append((now, ticket, tokens))
+        st.in_flight += 1
+        self._open[ticket] = tenant
+        return Admission(True, ticket=ticket)
+
+    def release(self, ticket: int, used_tokens: int | None, now: float) -> None:
+        """End a request; `used_tokens` replaces its reservation when known."""
+        tenant = self._open.pop(ticket, None)
+        if tenant is None:
+            return
+        st = self._tenants[tenant]
+        st.in_flight -= 1
+        if used_tokens is not None:
+            for i, (t, tk, _) in enumerate(st.tokens):
+                if tk == ticket:
+                    st.tokens[i] = (t, tk, used_tokens)
+                    break
+        st.expire(now)
+
+    def in_flight(self, tenant: str) -> int:
+        st = self._tenants.get(tenant)
+        return 0 if st is None else st.in_flight
+
+
+def ledger_for(gateway: GatewaySpec) -> QuotaLedger:
+    return QuotaLedger({t.name: t for t in gateway.tenants}, gateway.default_quota)
+
+
+def is_limited(q: QuotaSpec) -> bool:
+    return any(v is not None for v in (q.requests_per_min, q.tokens_per_min, q.max_concurrent))
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+class QuotaClient(Protocol):
+    async def admit(self, tenant: str, tokens: int) -> Admission: ...
+
+    async def release(self, ticket: int, used_tokens: int | None) -> None: ...
+
+
+class LocalQuota:
+    """A ledger in this process (one gateway replica, or tests)."""
+
+    def __init__(self, ledger: QuotaLedger, clock: Any) -> None:
+        self._ledger = ledger
+        self._clock = clock
+
+    async def admit(self, tenant: str, tokens: int) -> Admission:
+        return self._ledger.admit(tenant, tokens, self._clock())
+
+    async def release(self, ticket: int, used_tokens: int | None) -> None:
+        self._ledger.release(ticket, used_tokens, self._clock())
+
+
+class QuotaService:
+    """The Serve deployment (one replica) that owns the cluster-wide ledger. Its own
+    monotonic clock times every replica's requests, so replicas' clocks never disagree."""
+
+    def __init__(self, gateway_data: dict[str, Any]) -> None:
+        self._ledger = ledger_for(GatewaySpec.model_validate(gateway_data))
+
+    def admit(self, tenant: str, tokens: int) -> Admission:
+        return self._ledger.admit(tenant, tokens, time.monotonic())
+
+    def release(self, ticket: int, used_tokens: int | None) -> None:
+        self._ledger.release(ticket, used_tokens, time.monotonic())
+
+
+class ServeQuota:
+    """`QuotaClient` over a handle to the `QuotaService` deployment."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def admit(self, tenant: str, tokens: int) -> Admission:
+        result: Admission = await self._handle.admit.remote(tenant, tokens)
+        return result
+
+    async def release(self, ticket: int, used_tokens: int | None) -> None:
+        await self._handle.release.remote(ticket, used_tokens)

@@ -1,0 +1,234 @@
+"""The RAG deployments: embeddings (batched MiniLM on CPU) and the RAG store replica.
+
+Both are thin: `EmbeddingServer` batches concurrent requests into one model call,
+`RagServer` owns the durable store (a Milvus Lite file has one owner) and runs
+`rag.service.RagCore`. Errors cross the handle as plain dicts, so callers get the same
+`RagError` (status, message, code) the core raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
+
+from cluster.spec import ClusterSpec, RagSpec
+from rag.embed import SentenceTransformerModel, TokenizerOffsets
+from rag.records import RagError
+from rag.service import RagCore, RagSettings
+from rag.store import MilvusChunkStore, is_remote
+
+logger = logging.getLogger("tierline.rag")
+
+EMBEDDINGS_DEPLOYMENT = "embeddings"
+RAG_DEPLOYMENT = "rag"
+OPS = ("create_collection", "list_collections", "ingest", "delete_document", "search")
+
+
+def settings_of(spec: RagSpec) -> RagSettings:
+    return RagSettings(
+        dim=spec.embedding_dim,
+        chunk_tokens=spec.chunk_tokens,
+        chunk_overlap_tokens=spec.chunk_overlap_tokens,
+        max_document_bytes=spec.max_document_bytes,
+        max_documents_per_request=spec.max_documents_per_request,
+        max_top_k=spec.max_top_k,
+        rrf_k=spec.rrf_k,
+        hnsw_m=spec.hnsw_m,
+        hnsw_ef_construction=spec.hnsw_ef_construction,
+        hnsw_ef_search=spec.hnsw_ef_search,
+    )
+
+
+def with_absolute_uri(spec: RagSpec, base: Path) -> RagSpec:
+    """A relative Milvus Lite path resolved where the graph is built, not in a replica."""
+    if is_remote(spec.uri) or Path(spec.uri).expanduser().is_absolute():
+        return spec
+    return spec.model_copy(update={"uri": str((base / spec.uri).resolve())})
+
+
+def _warm_up(
+    warm: asyncio.Future[Any] | None, start: Callable[[], Awaitable[Any]]
+) -> asyncio.Future[Any]:
+    """Serve's first health check starts loading in the background (the replica's start
+    hook); a failed load fails the next check, so Serve replaces the replica."""
+    if warm is None:
+        return asyncio.ensure_future(start())
+    if warm.done() and not warm.cancelled() and warm.exception() is not None:
+        raise RuntimeError(f"start-up failed: {warm.exception()!r}")
+    return warm
+
+
+class EmbeddingServer:
+    """Embeds texts; concurrent calls are batched into one forward pass."""
+
+    def __init__(self, rag_spec: dict[str, Any]) -> None:
+        self._spec = RagSpec.model_validate(rag_spec)
+        self._model: SentenceTransformerModel | None = None
+        self._lock = asyncio.Lock()
+        self._warm: asyncio.Future[Any] | None = None
+
+    async def _started(self) -> SentenceTransformerModel:
+        async with self._lock:
+            if self._model is None:
+                s = self._spec
+                model = SentenceTransformerModel(s.embedding_model, s.embedding_device)
+                await asyncio.to_thread(model.start)
+                self._embed_batch.set_max_batch_size(s.embedding_max_batch)  # type: ignore[attr-defined]
+                self._embed_batch.set_batch_wait_timeout_s(s.embedding_batch_wait_ms / 1000)  # type: ignore[attr-defined]
+                self._model = model
+        return self._model
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, int]]:
+        model = await self._started()
+        flat = [t for texts in requests for t in texts]
+        vectors, tokens = await asyncio.to_thread(
+            lambda: (model.encode(flat), [model.count_tokens([t]) for t in flat])
+        )
+        out, at = [], 0
+        for texts in requests:
+            n = len(texts)
+            out.append((vectors[at : at + n], sum(tokens[at : at + n])))
+            at += n
+        return out
+
+    async def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Unit vectors for `texts` and the number of model tokens they took."""
+        await self._started()
+        return await self._embed_batch(texts)
+
+    async def dim(self) -> int:
+        return (await self._started()).dim
+
+    async def check_health(self) -> None:
+        self._warm = _warm_up(self._warm, self._started)
+
+
+class HandleEmbedder:
+    """The `rag.embed.Embedder` Protocol over the embeddings deployment's handle."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        vectors, _ = await self._handle.embed.remote(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def _error(err: RagError) -> dict[str, Any]:
+    return {
+        "error": {
+            "status": err.status,
+            "message": err.message,
+            "code": err.code,
+            "param": err.param,
+        }
+    }
+
+
+class RagServer:
+    """The one replica that owns the store; runs `RagCore` and answers `call(op, ...)`."""
+
+    def __init__(self, rag_spec: dict[str, Any], embeddings: DeploymentHandle) -> None:
+        self._spec = RagSpec.model_validate(rag_spec)
+        self._embeddings = embeddings
+        self._core: RagCore | None = None
+        self._lock = asyncio.Lock()
+        self._warm: asyncio.Future[Any] | None = None
+
+    async def _started(self) -> RagCore:
+        async with self._lock:
+            if self._core is None:
+                s = self._spec
+                tokenize = TokenizerOffsets(s.embedding_model)
+                await asyncio.to_thread(tokenize.start)
+                store = MilvusChunkStore(s.uri, s.token)
+                core = RagCore(settings_of(s), store, HandleEmbedder(self._embeddings), tokenize)
+                await core.start()
+                logger.info("RAG store %s open: %s", s.uri, core.list_collections())
+                self._core = core
+        return self._core
+
+    async def call(self, op: str, *args: Any) -> dict[str, Any]:
+        if op not in OPS:
+            return _error(RagError(400, f"unknown RAG operation {op!r}"))
+        core = await self._started()
+        try:
+            if op == "list_collections":
+                return {"ok": core.list_collections()}
+            return {"ok": await getattr(core, op)(*args)}
+        except RagError as err:
+            return _error(err)
+
+    async def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    async def check_health(self) -> None:
+        self._warm = _warm_up(self._warm, self._started)
+
+
+class ServeRagClient:
+    """The gateway's `RagClient` over the RAG and embeddings deployment handles."""
+
+    def __init__(self, rag: DeploymentHandle, embeddings: DeploymentHandle, model: str) -> None:
+        self._rag = rag
+        self._embeddings = embeddings
+        self.model = model
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        out = await self._rag.call.remote(op, *args)
+        if "error" in out:
+            e = out["error"]
+            raise RagError(e["status"], e["message"], e["code"], e["param"])
+        return out["ok"]
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        vectors, tokens = await self._embeddings.embed.remote(texts)
+        return np.asarray(vectors).tolist(), int(tokens)
+
+    async def create_collection(self, name: str) -> dict[str, Any]:
+        return await self._call("create_collection", name)
+
+    async def list_collections(self) -> list[dict[str, Any]]:
+        return await self._call("list_collections")
+
+    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self._call("ingest", name, documents)
+
+    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]:
+        return await self._call("delete_document", name, document_id)
+
+    async def search(self, name: str, query: Any, top_k: Any, filter: Any) -> list[dict[str, Any]]:
+        return await self._call("search", name, query, top_k, filter)
+
+
+def build_rag_apps(spec: ClusterSpec, base: Path | None = None) -> tuple[Application, Application]:
+    """The RAG and embeddings applications to bind into the gateway (spec.rag.enabled)."""
+    rag_spec = with_absolute_uri(spec.rag, base or Path.cwd())
+    data = rag_spec.model_dump(mode="json")
+    embeddings = serve.deployment(
+        name=EMBEDDINGS_DEPLOYMENT,
+        num_replicas=rag_spec.embedding_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": rag_spec.embedding_cpus},
+    )(EmbeddingServer).bind(data)
+    rag = serve.deployment(
+        name=RAG_DEPLOYMENT,
+        num_replicas=1,  # one owner of the store (a Milvus Lite file allows no other)
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 0.5},
+        health_check_period_s=10,
+    )(RagServer).bind(data, embeddings)
+    return rag, embeddings

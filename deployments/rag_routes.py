@@ -1,0 +1,291 @@
+"""RAG over HTTP: collections, documents, search, /v1/embeddings, and grounded chat.
+
+`rag_router(client)` is a FastAPI router the gateway includes when RAG is on; it talks
+to a `RagClient` (the Serve handles in production, an in-process core in unit tests).
+`ground_chat` and `with_citations` are the gateway's chat hook: retrieve, rewrite the
+messages (so routing counts the final prompt), and attach `citations` to the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import PurePath
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from deployments.errors import APIError
+from deployments.schemas import ChatCompletionBody
+from rag.embed import Embedder
+from rag.parsing import parse_file
+from rag.prompt import citations as citation_list
+from rag.prompt import grounded_messages, query_text
+from rag.records import RagError
+from rag.service import RagCore
+
+
+class RagClient(Protocol):
+    model: str
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
+
+    async def create_collection(self, name: str) -> dict[str, Any]: ...
+
+    async def list_collections(self) -> list[dict[str, Any]]: ...
+
+    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]: ...
+
+    async def search(
+        self, name: str, query: Any, top_k: Any, filter: Any
+    ) -> list[dict[str, Any]]: ...
+
+
+class InProcessRagClient:
+    """`RagClient` over a `RagCore` in this process (unit tests, single-process tools)."""
+
+    def __init__(self, core: RagCore, embedder: Embedder, model: str = "embedder") -> None:
+        self.core = core
+        self.embedder = embedder
+        self.model = model
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        vectors = await self.embedder.embed(texts)
+        return np.asarray(vectors).tolist(), sum(len(t.split()) for t in texts)
+
+    async def create_collection(self, name: str) -> dict[str, Any]:
+        return await self.core.create_collection(name)
+
+    async def list_collections(self) -> list[dict[str, Any]]:
+        return self.core.list_collections()
+
+    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.core.ingest(name, documents)
+
+    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]:
+        return await self.core.delete_document(name, document_id)
+
+    async def search(self, name: str, query: Any, top_k: Any, filter: Any) -> list[dict[str, Any]]:
+        return await self.core.search(name, query, top_k, filter)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CollectionBody(_Body):
+    name: StrictStr = Field(description="Collection name: [a-z][a-z0-9_]*")
+
+
+class SearchBody(_Body):
+    query: StrictStr = Field(min_length=1, description="What to search for.")
+    top_k: int = Field(5, description="How many chunks to return.")
+    filter: dict[str, Any] | None = Field(None, description="Metadata filter.")
+
+
+class EmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: StrictStr | list[StrictStr] = Field(description="Text or texts to embed.")
+    model: StrictStr | None = None
+    encoding_format: str = "float"
+
+
+class GroundingOptions(_Body):
+    collection: StrictStr
+    top_k: int | None = Field(None, description="Chunks to retrieve; the spec's default if unset.")
+    filter: dict[str, Any] | None = None
+
+
+MAX_EMBED_INPUTS = 2048
+
+
+def api_error(err: RagError) -> APIError:
+    return APIError(err.status, err.message, code=err.code, param=err.param)
+
+
+async def _guard(coro: Any) -> Any:
+    try:
+        return await coro
+    except RagError as err:
+        raise api_error(err) from None
+
+
+def _upload_id(filename: str) -> str:
+    stem = PurePath(filename).stem or "document"
+    return re.sub(r"[^A-Za-z0-9._:@-]", "-", stem).lstrip(".-_:@")[:200] or "document"
+
+
+async def _documents_from_request(request: Request) -> list[dict[str, Any]]:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        files = [f for f in form.getlist("file") if hasattr(f, "read")]
+        if not files:
+            raise APIError(400, "upload one or more files in form field 'file'", param="file")
+        ids = [str(v) for v in form.getlist("id")]
+        if ids and len(ids) != len(files):
+            raise APIError(400, "give one 'id' per file, or none", param="id")
+        try:
+            metadata = json.loads(str(form.get("metadata") or "{}"))
+        except json.JSONDecodeError:
+            raise APIError(400, "metadata must be a JSON object", param="metadata") from None
+        docs = []
+        for i, f in enumerate(files):
+            name = getattr(f, "filename", None) or "upload"
+            text = parse_file(await f.read(), name, getattr(f, "content_type", None))
+            doc_id = ids[i] if ids else _upload_id(name)
+            docs.append({"id": doc_id, "text": text, "metadata": {**metadata, "source": name}})
+        return docs
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise APIError(400, "the request body is not valid JSON", code="invalid_request") from None
+    if not isinstance(body, dict) or set(body) != {"documents"}:
+        raise APIError(400, 'the body must be {"documents": [{"id", "text", "metadata"}]}')
+    return body["documents"]
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32 bytes (the openai SDK's default)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def rag_router(client: RagClient) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/rag/collections")
+    async def create_collection(body: CollectionBody) -> Response:
+        out = await _guard(client.create_collection(body.name))
+        return JSONResponse(out, status_code=201 if out.get("created") else 200)
+
+    @router.get("/v1/rag/collections")
+    async def list_collections() -> dict[str, Any]:
+        return {"object": "list", "data": await _guard(client.list_collections())}
+
+    @router.post("/v1/rag/collections/{name}/documents")
+    async def ingest(name: str, request: Request) -> dict[str, Any]:
+        try:
+            docs = await _documents_from_request(request)
+        except RagError as err:
+            raise api_error(err) from None
+        return await _guard(client.ingest(name, docs))
+
+    @router.delete("/v1/rag/collections/{name}/documents/{document_id}")
+    async def delete(name: str, document_id: str) -> dict[str, Any]:
+        return await _guard(client.delete_document(name, document_id))
+
+    @router.post("/v1/rag/collections/{name}/search")
+    async def search(name: str, body: SearchBody) -> dict[str, Any]:
+        return {"results": await _guard(client.search(name, body.query, body.top_k, body.filter))}
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or len(texts) > MAX_EMBED_INPUTS or any(not t for t in texts):
+            raise APIError(
+                400, f"input must be 1 to {MAX_EMBED_INPUTS} non-empty strings", param="input"
+            )
+        if body.encoding_format not in ("float", "base64"):
+            raise APIError(
+                400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
+            )
+        vectors, tokens = await client.embed(texts)
+        encode = _base64 if body.encoding_format == "base64" else list
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encode(v)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": client.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    return router
+
+
+async def ground_chat(
+    client: RagClient | None, body: ChatCompletionBody, default_top_k: int = 4
+) -> tuple[ChatCompletionBody, list[dict[str, Any]] | None]:
+    """The body with retrieved context in its messages (and no `rag` field), and citations.
+
+    Bodies without a `rag` field come back as they are, with citations None."""
+    extra = body.model_extra or {}
+    if "rag" not in extra:
+        return body, None
+    if client is None:
+        raise APIError(400, "RAG is not enabled on this cluster (spec rag.enabled)", param="rag")
+    try:
+        opts = GroundingOptions.model_validate(extra["rag"])
+    except ValueError as err:
+        raise APIError(
+            400, f"rag: {err}".splitlines()[0], code="invalid_request", param="rag"
+        ) from None
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    query = query_text(messages)
+    if not query.strip():
+        raise APIError(400, "rag needs a user message to retrieve for", param="messages")
+    top_k = opts.top_k if opts.top_k is not None else default_top_k
+    hits = await _guard(client.search(opts.collection, query, top_k, opts.filter))
+    data = body.model_dump(exclude_unset=True)
+    data.pop("rag", None)
+    data["messages"] = grounded_messages(messages, hits)
+    return type(body).model_validate(data), citation_list(hits)
+
+
+def _inject(event: str, cites: list[dict[str, Any]]) -> str:
+    """Add `citations` to the first `data: {...}` event of an SSE text block."""
+    lines = event.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("data: {"):
+            try:
+                obj = json.loads(line[6:])
+            except json.JSONDecodeError:
+                return event
+            obj["citations"] = cites
+            lines[i] = "data: " + json.dumps(obj)
+            return "\n".join(lines)
+    return event
+
+
+async def _cited_stream(
+    body: AsyncIterable[Any], cites: list[dict[str, Any]]
+) -> AsyncIterator[str | bytes]:
+    first = True
+    async for item in body:
+        if first:
+            text = item.decode() if isinstance(item, bytes) else str(item)
+            injected = _inject(text, cites)
+            first = injected == text
+            yield injected
+        else:
+            yield item
+
+
+def with_citations(response: Response, cites: list[dict[str, Any]] | None) -> Response:
+    """The answer with top-level `citations`: in the JSON body, or in the first stream event."""
+    if cites is None:
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    if isinstance(response, StreamingResponse):
+        return StreamingResponse(
+            _cited_stream(response.body_iterator, cites),
+            status_code=response.status_code,
+            media_type=response.media_type,
+            headers=headers,
+            background=response.background,
+        )
+    try:
+        data = json.loads(bytes(response.body))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response
+    if isinstance(data, dict) and "error" not in data:
+        data["citations"] = cites
+    return JSONResponse(data, status_code=response.status_code, headers=headers)

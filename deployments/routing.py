@@ -1,0 +1,284 @@
+"""The gateway side of the learned policy: embedding, calibration state, tier load, metrics.
+
+`LearnedRouter` holds what the pure core (`router.learned`) needs between requests: the
+scorer (an `Embedder` and a `Head`), the calibration state (passed into the core and
+replaced by what it returns), each tier's queue and recent time to first token, and the
+Prometheus metrics. The gateway builds one at replica start (`start()` loads MiniLM);
+nothing here does I/O at import or construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cluster.spec import ClusterSpec, LearnedParams
+from deployments.engine_client import EngineClient, EngineItem, Method
+from router.embedding import Embedder, MiniLMEmbedder
+from router.head import Head, prompt_words
+from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
+from router.types import Decision, RequestFeatures, TierState
+
+PREFERENCE_HEADER = "x-tierline-preference"
+DEFAULT_STRONG_SHARE = 0.3
+TTFT_SMOOTHING = 0.2
+
+
+def artifact_path(params: LearnedParams) -> Path:
+    return Path(params.artifact).expanduser() if params.artifact else SHIPPED_ARTIFACT
+
+
+def learned_policy(spec: ClusterSpec, head: Head) -> LearnedPolicy:
+    p = spec.router.learned
+    if p.strong_share is not None:
+        share = p.strong_share
+    elif p.quality_target is not None:
+        share = share_for_quality(head, p.quality_target)
+    else:
+        share = DEFAULT_STRONG_SHARE
+    return LearnedPolicy(
+        strong_share=share,
+        prior_quantiles=tuple(float(q) for q in head.calibration_quantiles),
+        default_preference=p.default_preference,
+        share_factors={
+            "cost": p.cost_share_factor,
+            "balanced": 1.0,
+            "quality": p.quality_share_factor,
+            "latency": 1.0,
+        },
+        window=p.window_requests,
+        min_window=min(p.min_window_requests, p.window_requests),
+        spill=p.spill_when_overloaded,
+    )
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics, in a registry of their own (no module globals)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tierline_router_requests", "Routed requests", ["tier", "reason"], registry=r
+        )
+        self.realised_share = Gauge(
+            "tierline_router_realised_strong_share",
+            "Share of auto requests sent above the cheapest tier",
+            registry=r,
+        )
+        self.target_share = Gauge(
+            "tierline_router_target_strong_share", "Configured target share", registry=r
+        )
+        self.threshold = Gauge(
+            "tierline_router_threshold", "Calibrated score threshold (last decision)", registry=r
+        )
+        self.score = Histogram(
+            "tierline_router_score",
+            "Routing score: predicted quality gain of leaving the cheapest tier",
+            buckets=tuple(float(b) for b in np.round(np.linspace(-0.5, 1.0, 16), 2)),
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "tierline_router_decision_seconds",
+            "Embedding plus decision time",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tierline_router_tokens", "Tokens served", ["tier", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "tierline_router_estimated_cost_usd",
+            "Estimated cost at tier prices",
+            ["tier"],
+            registry=r,
+        )
+        self.top_cost = Counter(
+            "tierline_router_all_top_tier_cost_usd",
+            "Estimated cost had every request gone to the top tier",
+            registry=r,
+        )
+        self.saving = Counter(
+            "tierline_router_estimated_saving_usd",
+            "Estimated saving against sending everything to the top tier",
+            registry=r,
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class _TierLoad:
+    queued: int = 0
+    ttft_s: float | None = None
+
+
+class LearnedRouter:
+    """Scorer + calibration state + tier load for the gateway's learned policy."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        embedder: Embedder,
+        head: Head,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self.embedder = embedder
+        self.head = head
+        self.policy = learned_policy(spec, head)
+        names = [t.name for t in spec.tiers]
+        self.weights = output_weights(names, head.outputs, spec.router.learned.tier_outputs)
+        self.state = CalibrationState()
+        self.load = {n: _TierLoad() for n in names}
+        self.metrics = metrics or RouterMetrics()
+        self.metrics.target_share.set(self.policy.strong_share)
+
+    @classmethod
+    def start(cls, spec: ClusterSpec, threads: int | None = 1) -> LearnedRouter:
+        """Replica start-up: load the scorer and the MiniLM model (about a second)."""
+        head = Head.load(artifact_path(spec.router.learned))
+        return cls(spec, MiniLMEmbedder(threads=threads).start(), head)
+
+    # -- signals ---------------------------------------------------------------------------
+    def quality(self, text: str) -> dict[str, float]:
+        """Predicted quality per tier for one prompt (blocking: embedding on the CPU)."""
+        emb = self.embedder.embed([text])[0]
+        probs = self.head.predict(self.head.features(emb, prompt_words(text)))[0]
+        return tier_quality(probs, self.weights)
+
+    async def quality_async(self, text: str) -> dict[str, float]:
+        """`quality` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.quality, text)
+
+    def tier_states(self, states: Sequence[TierState]) -> list[TierState]:
+        out = []
+        for s in states:
+            tier = self.spec.tier(s.name)
+            load = self.load[s.name]
+            limit = tier.max_ongoing_requests * tier.num_replicas
+            out.append(replace(s, queued=load.queued, queue_limit=limit, ttft_s=load.ttft_s))
+        return out
+
+    # -- deciding --------------------------------------------------------------------------
+    def decide(
+        self,
+        features: RequestFeatures,
+        states: Sequence[TierState],
+        preference: str | None,
+        quality: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """One auto decision; advances the calibration state (the only mutation)."""
+        t0 = time.perf_counter()
+        if quality is None:
+            quality = self.quality(features.text)
+        tiers = self.tier_states(states)
+        names = {t.name for t in tiers}
+        feats = replace(
+            features,
+            quality={k: v for k, v in quality.items() if k in names},
+            preference=preference,
+        )
+        decision = decide_learned(feats, tiers, self.policy, self.state)
+        self.state = recalibrate(self.state, decision, tiers[0].name, self.policy)
+        m = self.metrics
+        m.decision_seconds.observe(time.perf_counter() - t0)
+        m.requests.labels(decision.tier, decision.reason).inc()
+        m.score.observe(decision.score)
+        m.realised_share.set(self.state.realised_share)
+        if decision.threshold is not None and np.isfinite(decision.threshold):
+            m.threshold.set(decision.threshold)
+        return decision
+
+    # -- load, latency and cost tracking ------------------------------------------------------
+    def wrap(self, engines: Mapping[str, EngineClient]) -> dict[str, EngineClient]:
+        return {name: _TrackedEngine(name, client, self) for name, client in engines.items()}
+
+    def first_token(self, tier: str, seconds: float) -> None:
+        load = self.load[tier]
+        load.ttft_s = (
+            seconds
+            if load.ttft_s is None
+            else (1 - TTFT_SMOOTHING) * load.ttft_s + TTFT_SMOOTHING * seconds
+        )
+
+    def usage(self, tier: str, usage: Mapping[str, Any]) -> None:
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        m = self.metrics
+        m.tokens.labels(tier, "prompt").inc(prompt)
+        m.tokens.labels(tier, "completion").inc(completion)
+        spec = self.spec.tier(tier)
+        top = self.spec.tiers[-1]
+        cost = (
+            prompt * spec.price_per_1m_input_tokens + completion * spec.price_per_1m_output_tokens
+        ) / 1e6
+        top_cost = (
+            prompt * top.price_per_1m_input_tokens + completion * top.price_per_1m_output_tokens
+        ) / 1e6
+        m.cost.labels(tier).inc(cost)
+        m.top_cost.inc(top_cost)
+        if top_cost > cost:
+            m.saving.inc(top_cost - cost)
+
+
+def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
+    """The `usage` object of a whole answer or of a stream chunk, if it carries one."""
+    if isinstance(item, dict):
+        u = item.get("usage")
+        return u if isinstance(u, dict) else None
+    if isinstance(item, str) and '"usage"' in item:
+        for line in item.splitlines():
+            if line.startswith("data: {"):
+                try:
+                    u = json.loads(line[6:]).get("usage")
+                except ValueError:
+                    continue
+                if isinstance(u, dict):
+                    return u
+    return None
+
+
+class _TrackedEngine:
+    """An `EngineClient` that records queueing, time to first token and token usage."""
+
+    def __init__(self, tier: str, inner: EngineClient, router: LearnedRouter) -> None:
+        self.tier = tier
+        self.inner = inner
+        self.router = router
+
+    async def healthy(self, timeout_s: float) -> bool:
+        return await self.inner.healthy(timeout_s)
+
+    async def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        load = self.router.load[self.tier]
+        load.queued += 1
+        waiting = True
+        t0 = time.perf_counter()
+        stream = self.inner.generate(method, body)
+        try:
+            async for item in stream:
+                if waiting:
+                    waiting = False
+                    load.queued -= 1
+                    self.router.first_token(self.tier, time.perf_counter() - t0)
+                usage = usage_of(item)
+                if usage is not None:
+                    self.router.usage(self.tier, usage)
+                yield item
+        finally:
+            if waiting:
+                load.queued -= 1
+            await stream.aclose()

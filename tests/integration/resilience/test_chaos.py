@@ -1,0 +1,263 @@
+"""Breaking the cluster on purpose: quotas across replicas, overload, a killed engine
+replica, a client that walks away mid-stream, and SIGTERM under load.
+
+Each test counts outcomes and prints them (`-s` shows the figures); the assertions are
+on outcomes, never on wall-clock speed. The SIGTERM test stops the cluster, so it is last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+
+from cluster.local import wait_ready
+from tests.integration.conftest import AUTH, descendants
+from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
+
+SMALL_CAPACITY = 2 * (4 + 4)  # two gateway replicas, each: 4 ongoing + 4 queued
+
+
+def chat(model: str = "auto", max_tokens: int = 8, stream: bool = False, text: str = "hi"):
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "temperature": 0,
+    }
+
+
+@dataclass
+class Outcome:
+    status: int
+    seconds: float
+    done: bool = True  # streams: ended with [DONE]
+    error_event: bool = False
+    events: int = 0
+    stream: bool = False
+    tier: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Tally:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def by_status(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for o in self.outcomes:
+            out[o.status] = out.get(o.status, 0) + 1
+        return dict(sorted(out.items()))
+
+
+async def send(client: httpx.AsyncClient, body: dict, headers: dict[str, str]) -> Outcome:
+    t0 = time.monotonic()
+    try:
+        if not body.get("stream"):
+            r = await client.post("/v1/chat/completions", json=body, headers=headers)
+            return Outcome(
+                r.status_code,
+                time.monotonic() - t0,
+                tier=r.headers.get("x-tierline-tier", ""),
+                reason=r.headers.get("x-tierline-route-reason", ""),
+            )
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return Outcome(r.status_code, time.monotonic() - t0, stream=True)
+            lines = [ln async for ln in r.aiter_lines() if ln.startswith("data: ")]
+            return Outcome(
+                200,
+                time.monotonic() - t0,
+                done=bool(lines) and lines[-1] == "data: [DONE]",
+                error_event=any('"error"' in ln for ln in lines[:-1]),
+                events=len(lines),
+                stream=True,
+            )
+    except httpx.HTTPError:
+        return Outcome(-1, time.monotonic() - t0, done=False, stream=bool(body.get("stream")))
+
+
+def client_for(cluster: UpCluster, timeout_s: float = 120) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=cluster.url,
+        timeout=timeout_s,
+        limits=httpx.Limits(max_connections=400, max_keepalive_connections=400),
+    )
+
+
+def test_quota_is_exact_across_two_gateway_replicas(up_cluster: UpCluster) -> None:
+    headers = {"Authorization": f"Bearer {up_cluster.quota_key}"}
+
+    async def burst() -> Tally:
+        tally = Tally()
+        async with client_for(up_cluster) as c:
+            for _ in range(10):  # 100 requests, 10 at a time, well inside one minute
+                tally.outcomes += await asyncio.gather(
+                    *(send(c, chat("large", max_tokens=1), headers) for _ in range(10))
+                )
+        return tally
+
+    tally = asyncio.run(burst())
+    counts = tally.by_status()
+    print(f"quota burst of 100 at {QUOTA_RPM}/min over 2 gateway replicas: {counts}")
+    assert set(counts) <= {200, 429}
+    assert abs(counts.get(200, 0) - QUOTA_RPM) <= QUOTA_RPM * 0.05
+
+
+def test_overload_at_ten_times_capacity(up_cluster: UpCluster) -> None:
+    async def flood() -> Tally:
+        async with client_for(up_cluster) as c:
+            return Tally(
+                list(
+                    await asyncio.gather(
+                        *(
+                            send(c, chat("small", max_tokens=32), AUTH)
+                            for _ in range(10 * SMALL_CAPACITY)
+                        )
+                    )
+                )
+            )
+
+    tally = asyncio.run(flood())
+    counts = tally.by_status()
+    rejected = sorted(o.seconds for o in tally.outcomes if o.status in (429, 503))
+    p50 = statistics.median(rejected) if rejected else float("nan")
+    p99 = rejected[int(0.99 * (len(rejected) - 1))] if rejected else float("nan")
+    print(
+        f"overload {10 * SMALL_CAPACITY} concurrent: {counts}; "
+        f"time to reject p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    )
+    assert set(counts) <= {200, 429, 503}, counts
+    assert counts.get(200, 0) >= 1 and len(rejected) >= 1
+    # and it keeps serving
+    ok = httpx.post(f"{up_cluster.url}/v1/chat/completions", json=chat(), headers=AUTH, timeout=60)
+    assert ok.status_code == 200
+
+
+def _replica_process(deployment: str) -> psutil.Process:
+    for p in psutil.process_iter(["cmdline"]):
+        text = " ".join(p.info["cmdline"] or [])
+        if f":{deployment}" in text and "ServeReplica" in text:
+            return p
+    raise LookupError(f"no replica process for {deployment}")
+
+
+def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
+    victim = _replica_process("tier-small")
+    orphans = victim.children(recursive=True)  # its vLLM engine processes
+
+    async def load() -> tuple[Tally, float]:
+        tally = Tally()
+        async with client_for(up_cluster) as c:
+
+            async def worker(i: int) -> None:
+                for j in range(12):
+                    stream = (i + j) % 3 == 0
+                    tally.outcomes.append(await send(c, chat(max_tokens=16, stream=stream), AUTH))
+
+            async def killer() -> float:
+                await asyncio.sleep(2.0)
+                victim.send_signal(signal.SIGKILL)
+                return time.monotonic()
+
+            results = await asyncio.gather(*(worker(i) for i in range(4)), killer())
+        return tally, float(results[-1])
+
+    tally, killed_at = asyncio.run(load())
+    assert not victim.is_running(), "the replica was not killed"
+    for p in [victim, *orphans]:
+        up_cluster.tree.pop(p.pid, None)
+    for p in orphans:  # what a node's cleanup would reap after a crash
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    plain = [o for o in tally.outcomes if not o.stream]
+    streams = [o for o in tally.outcomes if o.stream]
+    lost = [o for o in plain if o.status != 200]
+    # a stream must end properly: [DONE] (after an error event if it broke), or be
+    # refused up front with a retryable status; never cut off or left hanging
+    broken = [o for o in streams if not (o.done or o.status in (429, 503))]
+    print(
+        f"replica kill under load: {len(tally.outcomes)} requests, {tally.by_status()}, "
+        f"lost non-streaming {len(lost)}, streams not ended properly {len(broken)}, "
+        f"streams ended by an error event {sum(o.error_event for o in streams)}"
+    )
+    assert not lost, [o.status for o in lost]
+    assert not broken
+    # the small tier's work went somewhere: retried onto the fallback tier, or routed
+    # around the tier once it was marked unhealthy
+    moved = [o for o in plain if o.tier == "large"]
+    print(
+        f"non-streaming answered by the large tier after the kill: {len(moved)}, "
+        f"reasons {sorted({o.reason for o in moved})}"
+    )
+    assert moved and all(("fallback" in o.reason or "unhealthy" in o.reason) for o in moved)
+    # Serve replaces the replica; time until a request pinned to the small tier works again
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        r = httpx.post(
+            f"{up_cluster.url}/v1/chat/completions", json=chat("small"), headers=AUTH, timeout=120
+        )
+        if r.status_code == 200:
+            break
+        time.sleep(2.0)
+    assert r.status_code == 200
+    print(f"time to recover (small tier serving again): {time.monotonic() - killed_at:.0f} s")
+    assert _replica_process("tier-small").pid != victim.pid
+    wait_ready(up_cluster.url, timeout_s=600)
+
+
+def test_client_disconnect_mid_stream_keeps_the_cluster_serving(up_cluster: UpCluster) -> None:
+    with httpx.stream(
+        "POST",
+        f"{up_cluster.url}/v1/chat/completions",
+        json=chat("large", max_tokens=1500, stream=True),
+        headers=AUTH,
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 5:
+                break  # walk away mid-answer
+    for _ in range(3):
+        ok = httpx.post(
+            f"{up_cluster.url}/v1/chat/completions", json=chat("large"), headers=AUTH, timeout=60
+        )
+        assert ok.status_code == 200
+
+
+def test_sigterm_under_load_drains_then_stops(up_cluster: UpCluster) -> None:
+    async def scenario() -> tuple[Tally, Tally, int | None]:
+        async with client_for(up_cluster) as c:
+            in_flight = [
+                asyncio.create_task(send(c, chat("large", max_tokens=300, stream=True), AUTH))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(1.5)  # they are generating
+            up_cluster.tree.update(descendants(up_cluster.process.pid))
+            up_cluster.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            late = Tally(list(await asyncio.gather(*(send(c, chat(), AUTH) for _ in range(5)))))
+            done = Tally(list(await asyncio.gather(*in_flight)))
+        code = await asyncio.to_thread(up_cluster.process.wait, 240)
+        return done, late, code
+
+    done, late, code = asyncio.run(scenario())
+    print(
+        f"SIGTERM: in-flight {done.by_status()} (all ended with [DONE]: "
+        f"{all(o.done for o in done.outcomes)}), new during drain {late.by_status()}, "
+        f"exit code {code}"
+    )
+    assert all(o.status == 200 and o.done and not o.error_event for o in done.outcomes)
+    # new requests during the drain window: refused with 503 (or, once the proxy is gone,
+    # the connection is refused), never accepted and cut off
+    assert all(o.status in (503, -1) for o in late.outcomes), late.by_status()
+    assert code == 0
+    assert "stopped." in up_cluster.log.read_text()

@@ -1,0 +1,79 @@
+"""The quota ledger over generated request streams: it never admits past a limit, and it
+admits again exactly when the rolling window frees room."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.spec import QuotaSpec
+from deployments.quota import WINDOW_S, QuotaLedger
+
+
+def ledger(**limits: int) -> QuotaLedger:
+    return QuotaLedger({"t": QuotaSpec(**limits)}, QuotaSpec())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rpm=st.integers(1, 20),
+    tpm=st.integers(50, 2000),
+    conc=st.integers(1, 5),
+    events=st.lists(
+        st.tuples(st.floats(0, 5), st.integers(1, 200), st.booleans(), st.integers(0, 200)),
+        min_size=1,
+        max_size=200,
+    ),
+)
+def test_limits_hold_over_any_stream(rpm: int, tpm: int, conc: int, events: list) -> None:
+    led = ledger(requests_per_min=rpm, tokens_per_min=tpm, max_concurrent=conc)
+    now, open_tickets = 0.0, []
+    admitted: list[tuple[float, int]] = []  # (time, tokens charged)
+    for gap, tokens, finish_one, used in events:
+        now += gap
+        if finish_one and open_tickets:
+            ticket, t0, reserved = open_tickets.pop(0)
+            led.release(ticket, used, now)
+            admitted[admitted.index((t0, reserved))] = (t0, used)
+        a = led.admit("t", tokens, now)
+        recent = [(t, n) for t, n in admitted if t > now - WINDOW_S]
+        if a.ok:
+            open_tickets.append((a.ticket, now, tokens))
+            admitted.append((now, tokens))
+            recent.append((now, tokens))
+            assert len(recent) <= rpm
+            assert sum(n for _, n in recent) <= tpm
+            assert len(open_tickets) <= conc
+        else:
+            assert a.retry_after_s > 0
+            assert (
+                len(open_tickets) >= conc
+                or len(recent) >= rpm
+                or sum(n for _, n in recent) + tokens > tpm
+            )
+        assert led.in_flight("t") == len(open_tickets)
+
+
+def test_retry_after_is_when_room_frees() -> None:
+    led = ledger(requests_per_min=2)
+    assert led.admit("t", 1, 0.0).ok and led.admit("t", 1, 10.0).ok
+    refused = led.admit("t", 1, 20.0)
+    assert not refused.ok and refused.reason == "requests per minute"
+    assert refused.retry_after_s == WINDOW_S - 20.0
+    assert not led.admit("t", 1, 59.9).ok
+    assert led.admit("t", 1, 60.0).ok
+
+
+def test_actual_usage_replaces_the_reservation() -> None:
+    led = ledger(tokens_per_min=100)
+    a = led.admit("t", 90, 0.0)
+    assert not led.admit("t", 20, 1.0).ok
+    led.release(a.ticket, 30, 2.0)  # it used 30, not the 90 reserved
+    assert led.admit("t", 60, 3.0).ok
+    assert not led.admit("t", 101, 3.0).ok  # larger than the whole quota
+
+
+def test_unlisted_tenants_get_the_default_quota() -> None:
+    led = QuotaLedger({"vip": QuotaSpec()}, QuotaSpec(max_concurrent=1))
+    assert led.admit("other", 1, 0).ok and not led.admit("other", 1, 0).ok
+    assert all(led.admit("vip", 1, 0).ok for _ in range(50))
