@@ -64,6 +64,9 @@ def start(spec: ClusterSpec, ready_timeout_s: float = 600.0) -> LocalRun:
     # Local mode keeps Ray's own ports on loopback: no dashboard, the node (GCS, object
     # manager, workers) bound to 127.0.0.1, and Ray's token authentication left on.
     ray.init(
+        # A new cluster of our own, even where `ray start` left an address behind
+        # (plain ray.init() would try to join that cluster).
+        address="local",
         num_cpus=logical_cpus(spec),
         include_dashboard=False,
         dashboard_host="127.0.0.1",

@@ -33,6 +33,7 @@ def local_ray() -> Iterator[ClusterSpec]:
     ensure_tiny_models(ROOT / "models")
     spec = load_spec(ROOT / "configs" / "local.yaml")
     ray.init(
+        address="local",
         num_cpus=local.logical_cpus(spec),
         include_dashboard=False,
         log_to_driver=False,
