@@ -32,7 +32,9 @@ def up(
         started = True
         # Installed after ray.init on purpose: Ray's own fatal-signal handler would
         # otherwise run first and leave the driver unable to shut Serve down cleanly.
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # SIGINT too: a shell that starts us in the background leaves Ctrl-C ignored.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         console.print(
             f"[green]ready[/] in {time.monotonic() - t0:.0f}s: "
             f"tiers {', '.join(t.name for t in spec.tiers)}"
