@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install models run test unit integration check fmt clean helm bench-rag bench-plan bench-router
+.PHONY: install models run test unit integration check fmt clean helm bench-rag bench-plan bench-router bench bench-prefix bench-rag-ttft bench-router-latency
 
 install: $(STAMP)
 
@@ -66,6 +66,16 @@ check: $(STAMP)
 bench-rag: models
 	$(BIN)/python bench/rag_bench.py --out bench/results/rag.json
 
+# RAG time to first token: a local cluster with RAG on, the same chat with and without
+# `rag`, alternating; adds `cluster` to bench/results/rag.json.
+bench-rag-ttft: models
+	$(BIN)/python bench/rag_bench.py --cluster-only --out bench/results/rag.json
+
+# Router decision latency only (50/500/2,000-token prompts, 1 and 2 torch threads) into
+# the `latency` section of bench/results/router.json.
+bench-router-latency: $(STAMP)
+	$(BIN)/python bench/router_bench.py --latency-only --out bench/results/router.json
+
 # Planner benchmark: 1,024 nodes x 8 GPUs, 50 tiers (target: one plan in <= 1 s).
 bench-plan: $(STAMP)
 	$(BIN)/python bench/plan_bench.py --out bench/results/plan.json
@@ -74,6 +84,17 @@ bench-plan: $(STAMP)
 # (MiniLM embeddings of the training prompts are cached in .cache/ on the first run).
 bench-router: $(STAMP)
 	$(BIN)/python bench/router_bench.py --out bench/results/router.json
+
+# Serving benchmark: bare `vllm serve` vs tierline (configs/bench.yaml), same model and
+# engine args, `vllm bench serve` at concurrency 1 and 16, A B A B; writes
+# bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md.
+bench: models
+	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
+
+# Replica routing benchmark: prefix-cache affinity vs power of two choices on two replicas
+# of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json
+bench-prefix: models
+	$(BIN)/python bench/prefix_bench.py --out bench/results/prefix.json
 
 fmt: $(STAMP)
 	$(BIN)/ruff format cluster deployments router rag tests

@@ -224,7 +224,7 @@ async def ingestion(
         }
         for i, f in enumerate(files)
     ]
-    docs = [d for d in docs if d["text"].strip()]
+    docs = [d for d in docs if str(d["text"]).strip()]
     path = CACHE / "milvus-ingest.db"
     shutil.rmtree(path, ignore_errors=True)
     core = RagCore(settings, MilvusChunkStore(str(path)), LocalEmbedder(model), tokenize)
@@ -266,7 +266,7 @@ def cluster_phase(ask: int) -> dict:
     auth = base.gateway.auth.model_copy(update={"enabled": False})
     base = base.model_copy(
         update={
-            "gateway": base.gateway.model_copy(update={"port": 8731, "auth": auth}),
+            "gateway": base.gateway.model_copy(update={"port": free_port(), "auth": auth}),
             "router": base.router.model_copy(update={"policy": "rules"}),
         }
     )
@@ -309,7 +309,17 @@ def cluster_phase(ask: int) -> dict:
     return out
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def ttft(url: str, n: int) -> dict:
+    """Time to first content token of the same streamed chat with and without `rag`,
+    alternating request by request; and the search route alone (embedding + hybrid)."""
     import httpx
 
     with httpx.Client(base_url=url, timeout=300) as http:
@@ -343,6 +353,12 @@ def ttft(url: str, n: int) -> dict:
         search = []
         for body in (base, rag):  # warm both paths
             first_token(body)
+        tokens = {}
+        for label, body in (("plain", base), ("rag", rag)):
+            r = http.post("/v1/chat/completions", json={**body, "stream": False})
+            r.raise_for_status()
+            tokens[label] = r.json()["usage"]["prompt_tokens"]
+        load_before = os.getloadavg()[0]
         plain, grounded = [], []
         for _ in range(n):
             plain.append(first_token(base))
@@ -352,14 +368,23 @@ def ttft(url: str, n: int) -> dict:
                 "/v1/rag/collections/ttft/search", json={"query": q, "top_k": 4}
             ).raise_for_status()
             search.append(time.perf_counter() - t)
+    extra = [g - p for g, p in zip(grounded, plain, strict=True)]  # pairwise, alternating
     return {
         "requests": n,
         "model": "tiny-large (pinned, same tier both ways)",
-        "ttft_plain_p50_ms": pct(plain, 50),
-        "ttft_rag_p50_ms": pct(grounded, 50),
-        "extra_ttft_p50_ms": pct(grounded, 50) - pct(plain, 50),
-        "search_http_p50_ms": pct(search, 50),
+        "prompt_tokens_plain": tokens["plain"],
+        "prompt_tokens_rag": tokens["rag"],
+        "ttft_plain_p50_ms": round(pct(plain, 50), 1),
+        "ttft_plain_p99_ms": round(pct(plain, 99), 1),
+        "ttft_rag_p50_ms": round(pct(grounded, 50), 1),
+        "ttft_rag_p99_ms": round(pct(grounded, 99), 1),
+        "extra_ttft_p50_ms": round(pct(grounded, 50) - pct(plain, 50), 1),
+        "extra_ttft_paired_p50_ms": round(pct(extra, 50), 1),
+        "extra_ttft_paired_p99_ms": round(pct(extra, 99), 1),
+        "search_http_p50_ms": round(pct(search, 50), 1),
+        "search_http_p99_ms": round(pct(search, 99), 1),
         "first_ingest_s": round(first_ingest_s, 1),
+        "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
 
 
@@ -377,12 +402,14 @@ def main() -> None:
     ap.add_argument("--ingest-files", type=int, default=60)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rag.json")
     ap.add_argument("--cluster-only", action="store_true", help="Add the cluster phase to --out.")
+    ap.add_argument("--ttft-requests", type=int, default=40, help="Pairs of chat requests.")
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     CACHE.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any]
     if args.cluster_only:
         result = json.loads(args.out.read_text())
-        result["cluster"] = cluster_phase(20)
+        result["cluster"] = cluster_phase(args.ttft_requests)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["cluster"], indent=2))
         return
@@ -391,7 +418,7 @@ def main() -> None:
     tokenize.start()
     model = SentenceTransformerModel("all-MiniLM-L6-v2")
     model.start()
-    result: dict[str, Any] = {
+    result = {
         "machine": f"{os.cpu_count()} cores",
         "embedding": "all-MiniLM-L6-v2 CPU",
     }
@@ -427,7 +454,7 @@ def main() -> None:
     result["ingestion"] = asyncio.run(ingestion(tokenize, model, settings, args.ingest_files))
     print(json.dumps(result["ingestion"]), flush=True)
     if not args.skip_cluster:
-        result["cluster"] = cluster_phase(20)
+        result["cluster"] = cluster_phase(args.ttft_requests)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

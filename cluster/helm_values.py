@@ -65,7 +65,7 @@ def nodes_for(chunks: list[int], gpus_per_node: int) -> int:
 def worker_groups(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE) -> list[dict]:
     """One worker group per GPU shape, with pod counts that fit the tiers' replicas."""
     by_shape: dict[str | None, list[TierSpec]] = {}
-    for tier in spec.tiers:
+    for tier in spec.engine_tiers:  # external tiers need no pods
         tp = tier.tensor_parallel_size
         if tier.uses_gpu and tp > gpus_per_node and tp % gpus_per_node:
             raise HelmValuesError(
@@ -132,7 +132,7 @@ def local_model_paths(spec: ClusterSpec) -> list[str]:
     """Tiers whose model is a local path: it must exist inside the image or a volume."""
     from cluster.specfile import is_local_path
 
-    return [t.name for t in spec.tiers if is_local_path(t.model_source)]
+    return [t.name for t in spec.engine_tiers if is_local_path(t.model_source or "")]
 
 
 def spec_values_schema() -> dict[str, Any]:

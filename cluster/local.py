@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,14 @@ from cluster.spec import ClusterSpec
 # Ray's logical CPUs are a scheduling budget, not threads: each tier's engine reserves one
 # and the gateway half of one, so a 2-core machine still needs more than 2 to place them.
 MIN_LOGICAL_CPUS = 8
+# Serve's HTTP proxy routes to the gateway on its main event loop instead of a second
+# loop in a thread (every streamed token crosses it). Read by Ray processes at start-up,
+# so set before ray.init; an explicit environment value wins. The replicas on the token
+# path get their settings with the deployments (deployments.engine.REQUEST_PATH_ENV).
+SERVE_PROXY_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Where Ray's metrics agent serves every metric of the node (tierline's, Serve's, vLLM's):
+# `tierline up` uses the Helm chart's port when it is free (see `metrics_port_for`).
+DEFAULT_METRICS_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -22,10 +32,14 @@ class LocalRun:
     endpoint: str
     deploy_s: float
     ready_s: float
+    metrics_url: str = ""
 
 
 def logical_cpus(spec: ClusterSpec) -> int:
-    need = sum(t.cpus_per_replica * t.num_replicas for t in spec.tiers) + spec.gateway.replicas
+    # Autoscaled tiers may grow to max_replicas: leave room for every replica they may add.
+    most = [t.autoscaling.max_replicas if t.autoscaling else t.num_replicas for t in spec.tiers]
+    need = sum(t.cpus_per_replica * n for t, n in zip(spec.tiers, most, strict=True))
+    need += spec.gateway.replicas
     return max(MIN_LOGICAL_CPUS, int(need) + 2)
 
 
@@ -53,14 +67,42 @@ def wait_ready(url: str, timeout_s: float, on_wait: Callable[[str], None] | None
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
 
 
-def start(spec: ClusterSpec, ready_timeout_s: float = 600.0) -> LocalRun:
-    """Start Ray and Serve in this process and deploy the spec; returns once /readyz is 200."""
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def metrics_port_for(preferred: int | None = DEFAULT_METRICS_PORT) -> int:
+    """`preferred` when it is free, else a free port (another local cluster may hold it)."""
+    if preferred is not None and _port_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(
+    spec: ClusterSpec, ready_timeout_s: float = 600.0, metrics_port: int | None = None
+) -> LocalRun:
+    """Start Ray and Serve in this process and deploy the spec; returns once /readyz is 200.
+
+    Metrics of every process of the cluster are served at `LocalRun.metrics_url`, on
+    `metrics_port` (None: a free port, so that parallel test clusters never collide)."""
     import ray
     from ray import serve
 
     from deployments.app import build_graph
+    from deployments.logs import SERVE_LOGGING
+
+    port = metrics_port if metrics_port is not None else metrics_port_for(None)
 
     t0 = time.monotonic()
+    for name, value in SERVE_PROXY_ENV.items():
+        os.environ.setdefault(name, value)
     # Local mode keeps Ray's own ports on loopback: no dashboard, the node (GCS, object
     # manager, workers) bound to 127.0.0.1, and Ray's token authentication left on.
     ray.init(
@@ -73,16 +115,38 @@ def start(spec: ClusterSpec, ready_timeout_s: float = 600.0) -> LocalRun:
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
+        _metrics_export_port=port,
     )
     serve.start(
         http_options={"host": spec.gateway.host, "port": spec.gateway.port},
         proxy_location="HeadOnly",
     )
-    serve.run(build_graph(spec), name=spec.name, route_prefix="/", blocking=False)
+    serve.run(
+        build_graph(spec),
+        name=spec.name,
+        route_prefix="/",
+        blocking=False,
+        logging_config=SERVE_LOGGING,  # JSON lines with request ids (deployments.logs)
+    )
     deployed = time.monotonic()
     url = endpoint(spec)
     wait_ready(url, ready_timeout_s)
-    return LocalRun(url, deploy_s=deployed - t0, ready_s=time.monotonic() - t0)
+    return LocalRun(
+        url,
+        deploy_s=deployed - t0,
+        ready_s=time.monotonic() - t0,
+        metrics_url=f"http://127.0.0.1:{port}/metrics",
+    )
+
+
+def metrics_url() -> str:
+    """The metrics URL of the head node of the Ray cluster this process is connected to."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    raise RuntimeError("no live Ray node reports a metrics export port")
 
 
 def drain(spec: ClusterSpec) -> int:

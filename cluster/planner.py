@@ -468,6 +468,9 @@ def apply_plan(spec: ClusterSpec, plan: Plan) -> ClusterSpec:
     """
     tiers = []
     for tier in spec.tiers:
+        if tier.is_external:  # served outside the cluster: nothing to place
+            tiers.append(tier)
+            continue
         tp = plan.tier(tier.name)
         update: dict[str, Any] = {
             "tensor_parallel_size": tp.tensor_parallel_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.spec import ClusterSpec
+from deployments.logs import SERVE_LOGGING
 
 IMPORT_PATH = "deployments.app:build_app"
 
@@ -19,6 +20,8 @@ def serve_config(spec: ClusterSpec) -> dict[str, Any]:
                 "name": spec.name,
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
+                # JSON log lines carrying each request's id (deployments.logs).
+                "logging_config": dict(SERVE_LOGGING),
                 "args": {"spec": spec.model_dump(mode="json")},
             }
         ],

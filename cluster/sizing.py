@@ -132,8 +132,8 @@ def read_checkpoint_config(
     tier: TierSpec, read_text: Callable[[Path], str] = Path.read_text
 ) -> dict[str, Any] | None:
     """The config.json of a tier's local checkpoint, or None (hub ids are not fetched)."""
-    if not is_local_path(tier.model_source):
-        return None
+    if tier.model_source is None or not is_local_path(tier.model_source):
+        return None  # a hub id, or an external tier
     path = Path(tier.model_source).expanduser() / "config.json"
     try:
         data = json.loads(read_text(path))

@@ -42,12 +42,116 @@ class Autoscaling(_Strict):
         return self
 
 
+REMOTE_URI_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
+LOCAL_PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+class AdapterSpec(_Strict):
+    """A LoRA adapter served over its tier's base model (Ray Serve LLM multiplexing)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Adapter name; clients ask for tier:name.")
+    source: str = Field(
+        min_length=1,
+        description="Adapter directory (adapter_config.json + weights): a local path written "
+        "./x, ../x, /x or ~/x (relative paths resolve against the spec file's folder), or an "
+        "object-store URI (s3://, gs://, abfss://, azure://).",
+    )
+    served_model_name: str | None = Field(
+        None, min_length=1, description="One more model name clients may use for the adapter."
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> AdapterSpec:
+        if not self.source.startswith(LOCAL_PATH_PREFIXES + REMOTE_URI_PREFIXES):
+            raise ValueError(
+                f"adapter {self.name!r}: source {self.source!r} is neither a local path "
+                "(./x, ../x, /x, ~/x) nor an object-store URI (s3://, gs://, abfss://, azure://)"
+            )
+        return self
+
+
+class ExternalSpec(_Strict):
+    """An OpenAI-compatible endpoint outside the cluster that serves a tier."""
+
+    base_url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="API root including the version, e.g. https://api.openai.com/v1.",
+    )
+    model: str = Field(min_length=1, description="The provider's model name.")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable with the key."
+    )
+    api_key_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding the key (mount a Secret here on Kubernetes); relative "
+        "paths resolve against the spec file.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait for a connection.")
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait for the provider's next bytes: the first token when "
+        "streaming, the whole answer otherwise.",
+    )
+    max_concurrency: PositiveInt = Field(
+        16, description="Requests in flight to the provider per gateway replica; more get 503."
+    )
+    health_check: Literal["models", "none"] = Field(
+        "models",
+        description="models: the gateway's health checks GET base_url/models and look for "
+        "the model; none: healthy until requests fail.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Local tokenizer directory for exact prompt counts; unset: estimated.",
+    )
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ExternalSpec:
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError("set either api_key_env or api_key_file, not both")
+        return self
+
+
+# Fields that describe an in-cluster engine; an external tier may not set them.
+ENGINE_FIELDS = (
+    "model_source",
+    "engine_kwargs",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "replicas",
+    "autoscaling",
+    "accelerator_type",
+    "cpus_per_replica",
+    "env_vars",
+    "adapters",
+    "max_adapters_per_replica",
+    "max_lora_rank",
+)
+
+
 class TierSpec(_Strict):
-    """One model tier: a vLLM engine deployment with its size, limits and prices."""
+    """One model tier: a vLLM engine deployment with its size, limits and prices, or an
+    external OpenAI-compatible endpoint (`external`)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Tier name, used in headers and URLs.")
-    model_source: str = Field(
-        min_length=1, description="Hugging Face model id or a local checkpoint directory."
+    model_source: str | None = Field(
+        None,
+        min_length=1,
+        description="Hugging Face model id or a local checkpoint directory (engine tiers).",
+    )
+    external: ExternalSpec | None = Field(
+        None, description="Serve this tier from an OpenAI-compatible endpoint outside."
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, description="LoRA adapters served over this tier's model."
+    )
+    max_adapters_per_replica: PositiveInt = Field(
+        4, description="Adapters one engine replica keeps loaded; least recently used go first."
+    )
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 512] = Field(
+        16, description="Largest adapter rank the engine accepts (vLLM max_lora_rank)."
     )
     served_model_name: str | None = Field(
         None, min_length=1, description="Model name clients may use; defaults to the tier name."
@@ -97,6 +201,21 @@ class TierSpec(_Strict):
     measured_output_tokens_per_s: float | None = Field(
         None, gt=0, description="Measured generated tokens per second of one replica."
     )
+    replica_routing: Literal["pow2", "prefix"] = Field(
+        "pow2",
+        description="How Serve picks a replica inside the tier: power of two choices, or "
+        "prefix-cache affinity (requests sharing a prompt prefix go to the replica that "
+        "served it while queues stay balanced).",
+    )
+    prefix_imbalanced_threshold: PositiveInt = Field(
+        4,
+        description="replica_routing prefix: above this queue-length gap between replicas "
+        "the router falls back to power of two choices.",
+    )
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.autoscaling is not None and self.autoscaling.min_replicas == 0
 
     @property
     def model_name(self) -> str:
@@ -112,8 +231,45 @@ class TierSpec(_Strict):
     def uses_gpu(self) -> bool:
         return self.accelerator_type is not None
 
+    @property
+    def is_external(self) -> bool:
+        return self.external is not None
+
+    def adapter_model_id(self, adapter: AdapterSpec) -> str:
+        """The adapter's id on the engine (Ray Serve LLM's `base:adapter` multiplexed id)."""
+        return f"{self.model_name}:{adapter.name}"
+
+    def adapter_names(self, adapter: AdapterSpec) -> list[str]:
+        """Every model name that selects `adapter`: tier:name, served:name, its own name."""
+        names = [f"{self.name}:{adapter.name}", self.adapter_model_id(adapter)]
+        if adapter.served_model_name is not None:
+            names.append(adapter.served_model_name)
+        return list(dict.fromkeys(names))
+
+    def _external_ok(self) -> None:
+        fields = type(self).model_fields
+        mixed = [
+            f
+            for f in ENGINE_FIELDS
+            if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+        ]
+        if mixed:
+            raise ValueError(
+                f"an external tier runs no engine: remove {', '.join(mixed)} "
+                "(the provider's model is external.model)"
+            )
+
     @model_validator(mode="after")
     def _consistent(self) -> TierSpec:
+        if self.external is not None:
+            self._external_ok()
+            return self
+        if self.model_source is None:
+            raise ValueError("set model_source (an engine tier) or external (an outside endpoint)")
+        names = [a.name for a in self.adapters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"adapter names must be unique in a tier: {', '.join(dupes)}")
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError("set either replicas or autoscaling, not both")
         reserved = {
@@ -193,12 +349,29 @@ class LearnedParams(_Strict):
     tier_outputs: dict[str, str] = Field(
         default_factory=dict, description="Tier name -> scorer output (weak|strong) it reads."
     )
+    profile: str | None = Field(
+        None,
+        description="A `tierline profile` JSON: its measured time to first token per tier "
+        "is the latency preference's prior until live requests have measured it.",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> LearnedParams:
         if self.strong_share is not None and self.quality_target is not None:
             raise ValueError("set either strong_share or quality_target, not both")
         return self
+
+
+class CascadeSpec(_Strict):
+    """Non-streaming auto requests: keep a cheap tier's answer unless it looks unsure."""
+
+    enabled: bool = Field(False, description="Escalate unsure answers to the next tier up.")
+    logprob_threshold: float = Field(
+        -1.5,
+        le=0,
+        description="Escalate when the answer's mean token log-probability is below this.",
+    )
+    max_escalations: int = Field(1, ge=1, le=8, description="Escalations per request at most.")
 
 
 class RouterSpec(_Strict):
@@ -210,6 +383,15 @@ class RouterSpec(_Strict):
     )
     params: RulesParams = Field(default_factory=RulesParams)
     learned: LearnedParams = Field(default_factory=LearnedParams)
+    cold_start: Literal["skip", "wait"] = Field(
+        "skip",
+        description="auto traffic and tiers scaled to zero: skip them while they have no "
+        "replica (go one tier up), or send the request and wait for the cold start.",
+    )
+    cold_start_timeout_s: float = Field(
+        300.0, gt=0, description="How long a request sent to a tier at zero replicas waits."
+    )
+    cascade: CascadeSpec = Field(default_factory=CascadeSpec)
 
 
 class AuthSpec(_Strict):
@@ -259,6 +441,12 @@ class GatewaySpec(_Strict):
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a request whose engine fails before any output."
     )
+    failover_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="After a failure before any output, how long a retry on the same tier "
+        "waits for its first output before the tier's fallback_tier takes the request.",
+    )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."
     )
@@ -292,6 +480,11 @@ class RagSpec(_Strict):
     chunk_tokens: int = Field(200, ge=16, le=512, description="Chunk size in model tokens.")
     chunk_overlap_tokens: int = Field(40, ge=0, description="Tokens shared by adjacent chunks.")
     max_document_bytes: PositiveInt = Field(5 << 20, description="Larger documents get 413.")
+    max_upload_bytes: PositiveInt | None = Field(
+        None,
+        description="Body limit of the document-upload route (instead of gateway.max_body_bytes); "
+        "default 2 x max_document_bytes + 64 KiB, room for JSON escaping and multipart framing.",
+    )
     max_documents_per_request: PositiveInt = Field(256, description="Documents per ingest call.")
     default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
     max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
@@ -301,12 +494,31 @@ class RagSpec(_Strict):
     hnsw_ef_search: int = Field(
         128, ge=8, description="HNSW query-time beam width (128: recall@10 0.98 at 100k)."
     )
+    exact_search_max_vectors: int = Field(
+        10_000,
+        ge=0,
+        description="Collections with at most this many distinct vectors are searched exactly "
+        "(a numpy scan) instead of by HNSW.",
+    )
 
     @model_validator(mode="after")
     def _overlap(self) -> RagSpec:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
+        if self.max_upload_bytes is not None and self.max_upload_bytes < self.max_document_bytes:
+            raise ValueError(
+                f"max_upload_bytes ({self.max_upload_bytes}) is below max_document_bytes "
+                f"({self.max_document_bytes}): a document of the allowed size could not be "
+                "uploaded"
+            )
         return self
+
+    @property
+    def upload_limit_bytes(self) -> int:
+        """Body limit of `POST /v1/rag/collections/{name}/documents`."""
+        if self.max_upload_bytes is not None:
+            return self.max_upload_bytes
+        return 2 * self.max_document_bytes + (64 << 10)
 
 
 class ClusterSpec(_Strict):
@@ -322,14 +534,19 @@ class ClusterSpec(_Strict):
     def _cross_fields(self) -> ClusterSpec:
         seen: dict[str, str] = {}
         for tier in self.tiers:
-            for key in dict.fromkeys((tier.name, tier.model_name)):
-                if key == AUTO_MODEL:
-                    raise ValueError(f"tier {tier.name!r}: the name 'auto' is reserved")
-                if key in seen:
-                    raise ValueError(
-                        f"tier {tier.name!r}: name {key!r} is already used by tier {seen[key]!r}"
-                    )
-                seen[key] = tier.name
+            # Model names per owner (the tier, each adapter); owners may not share one.
+            owned = [(f"tier {tier.name!r}", dict.fromkeys((tier.name, tier.model_name)))]
+            owned += [
+                (f"tier {tier.name!r} adapter {a.name!r}", dict.fromkeys(tier.adapter_names(a)))
+                for a in tier.adapters
+            ]
+            for owner, keys in owned:
+                for key in keys:
+                    if key == AUTO_MODEL:
+                        raise ValueError(f"{owner}: the name 'auto' is reserved")
+                    if key in seen:
+                        raise ValueError(f"{owner}: name {key!r} is already used by {seen[key]}")
+                    seen[key] = owner
         names = [t.name for t in self.tiers]
         refs = [
             ("router.default_tier", self.router.default_tier),
@@ -343,6 +560,12 @@ class ClusterSpec(_Strict):
         for t in self.tiers:
             if t.fallback_tier == t.name:
                 raise ValueError(f"tier {t.name!r} cannot be its own fallback_tier")
+        if len(self.tiers) > 1 and self.tiers[-1].scales_to_zero:
+            raise ValueError(
+                f"tier {self.tiers[-1].name!r}: only cheaper tiers may scale to zero "
+                "(autoscaling.min_replicas 0); the most capable tier takes the auto traffic "
+                "that skips them and keeps at least one replica"
+            )
         tenants = [t.name for t in self.gateway.tenants]
         if len(set(tenants)) != len(tenants):
             raise ValueError("gateway.tenants: tenant names must be unique")
@@ -358,11 +581,27 @@ class ClusterSpec(_Strict):
         raise KeyError(name)
 
     def resolve_model(self, model: str) -> TierSpec | None:
-        """The tier a request's `model` field pins, by tier name or served model name."""
+        """The tier a request's `model` field pins, by tier name or served model name, or
+        by one of its adapters' names."""
         for t in self.tiers:
             if model in (t.name, t.model_name):
                 return t
+        found = self.resolve_adapter(model)
+        return found[0] if found is not None else None
+
+    def resolve_adapter(self, model: str) -> tuple[TierSpec, AdapterSpec] | None:
+        """The tier and adapter a request's `model` names (tier:adapter, served:adapter, or
+        the adapter's served_model_name), or None when it names no adapter."""
+        for t in self.tiers:
+            for a in t.adapters:
+                if model in t.adapter_names(a):
+                    return t, a
         return None
+
+    @property
+    def engine_tiers(self) -> list[TierSpec]:
+        """Tiers that run an engine deployment in the cluster (not external ones)."""
+        return [t for t in self.tiers if not t.is_external]
 
 
 def deployment_name(tier: TierSpec) -> str:

@@ -105,15 +105,29 @@ def _resolve_paths(data: Any, base: Path) -> None:
         auth["keys_file"] = str((base / Path(auth["keys_file"]).expanduser()).resolve())
     router = data.get("router")
     learned = router.get("learned") if isinstance(router, dict) else None
-    if isinstance(learned, dict) and isinstance(learned.get("artifact"), str):
-        learned["artifact"] = str((base / Path(learned["artifact"]).expanduser()).resolve())
+    for key in ("artifact", "profile"):
+        if isinstance(learned, dict) and isinstance(learned.get(key), str):
+            learned[key] = str((base / Path(learned[key]).expanduser()).resolve())
     tiers = data.get("tiers")
     if not isinstance(tiers, list):
         return
     for tier in tiers:
-        src = tier.get("model_source") if isinstance(tier, dict) else None
+        if not isinstance(tier, dict):
+            continue
+        src = tier.get("model_source")
         if isinstance(src, str) and is_local_path(src):
             tier["model_source"] = str((base / Path(src).expanduser()).resolve())
+        for adapter in tier.get("adapters") or []:
+            src = adapter.get("source") if isinstance(adapter, dict) else None
+            if isinstance(src, str) and is_local_path(src):
+                adapter["source"] = str((base / Path(src).expanduser()).resolve())
+        external = tier.get("external")
+        if not isinstance(external, dict):
+            continue
+        for key in ("api_key_file", "tokenizer"):
+            value = external.get(key)
+            if isinstance(value, str) and is_local_path(value):
+                external[key] = str((base / Path(value).expanduser()).resolve())
 
 
 def load_spec_text(text: str, source: str = "<spec>", base_dir: Path | None = None) -> ClusterSpec:

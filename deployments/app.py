@@ -15,14 +15,19 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
-from cluster.spec import ClusterSpec
+from cluster.spec import ClusterSpec, deployment_name
 from cluster.specfile import parse_spec
+from deployments.adapters import adapter_sources
 from deployments.auth import load_key_store
-from deployments.engine import build_tier_app
-from deployments.engine_client import ServeEngineClient, import_request_models
+from deployments.engine import build_tier_app, request_path_env
+from deployments.engine_client import EngineClient, ServeEngineClient, import_request_models
+from deployments.external import external_client, external_counter
 from deployments.gateway import GatewayCore, create_app
+from deployments.logs import serve_logging_kept
+from deployments.metrics import GatewayMetrics, RayRecorder, RouterMetrics
 from deployments.quota import QuotaService, ServeQuota, is_limited
 from deployments.rag import ServeRagClient, build_rag_apps
+from deployments.replicas import ServeReplicaWatcher
 from deployments.routing import LearnedRouter
 from deployments.tokens import load_counter
 
@@ -47,13 +52,22 @@ class Gateway:
         self._quota = quota
         self._rag = rag
         self._core: GatewayCore | None = None
+        self._gauges: asyncio.Task[None] | None = None  # keeps metric gauges fresh
 
     async def __serve_build_asgi_app__(self) -> Any:
         # Replica start-up: tokenizers are loaded here, not at import or construction.
-        import_request_models()
-        counters = {t.name: load_counter(t.model_source) for t in self._spec.tiers}
-        clients = {
-            t.name: ServeEngineClient(self._engines[t.name], t.model_name) for t in self._spec.tiers
+        with serve_logging_kept():  # vLLM's import would close the replica's log file
+            import_request_models()
+        counters = {
+            t.name: load_counter(t.model_source) if t.model_source else external_counter(t)
+            for t in self._spec.tiers
+        }
+        # External tiers: an HTTP client (its API key read now); the rest: Serve handles.
+        clients: dict[str, EngineClient] = {
+            t.name: external_client(t)
+            if t.is_external
+            else ServeEngineClient(self._engines[t.name], t.model_name, adapter_sources(t))
+            for t in self._spec.tiers
         }
         auth = self._spec.gateway.auth
         keys = load_key_store(auth) if auth.enabled else None
@@ -64,12 +78,32 @@ class Gateway:
             )
         quota = ServeQuota(self._quota) if self._quota is not None else None
         # The learned router's MiniLM model loads here too (a second or two, off the loop).
+        # Metrics go through Ray's per-node metrics agent (see deployments.metrics).
+        replica = serve.get_replica_context().replica_id.unique_id
+        recorder = RayRecorder()
+        self._gauges = asyncio.get_running_loop().create_task(recorder.keep_gauges())
+        router_metrics = RouterMetrics(recorder, replica)
         learned = (
-            await asyncio.to_thread(LearnedRouter.start, self._spec)
+            await asyncio.to_thread(LearnedRouter.start, self._spec, 1, router_metrics)
             if self._spec.router.policy == "learned"
             else None
         )
-        self._core = GatewayCore(self._spec, clients, counters, quota=quota, learned=learned)
+        # Autoscaled tiers: the gateway follows their replica counts (scale to zero).
+        autoscaled = {t.name: deployment_name(t) for t in self._spec.tiers if t.autoscaling}
+        replicas = (
+            ServeReplicaWatcher(serve.get_replica_context().app_name, autoscaled)
+            if autoscaled
+            else None
+        )
+        self._core = GatewayCore(
+            self._spec,
+            clients,
+            counters,
+            quota=quota,
+            learned=learned,
+            replicas=replicas,
+            metrics=GatewayMetrics(self._spec, recorder, replica),
+        )
         rag = (
             ServeRagClient(
                 self._rag["rag"], self._rag["embeddings"], self._spec.rag.embedding_model
@@ -94,14 +128,17 @@ def gateway_options(spec: ClusterSpec) -> dict[str, Any]:
         "name": GATEWAY_DEPLOYMENT,
         "num_replicas": spec.gateway.replicas,
         "max_ongoing_requests": 1024,
-        "ray_actor_options": {"num_cpus": 0.5},
+        "ray_actor_options": {
+            "num_cpus": 0.5,
+            "runtime_env": {"env_vars": request_path_env()},  # see deployments.engine
+        },
         "graceful_shutdown_timeout_s": spec.gateway.drain_timeout_s,
     }
 
 
 def build_graph(spec: ClusterSpec) -> Application:
     drain = spec.gateway.drain_timeout_s
-    engines = {t.name: build_tier_app(t, drain) for t in spec.tiers}
+    engines = {t.name: build_tier_app(t, drain) for t in spec.engine_tiers}
     quota = None
     g = spec.gateway
     if any(is_limited(q) for q in [g.default_quota, *g.tenants]):

@@ -6,13 +6,43 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from cluster.planner import engine_placement
 from cluster.spec import TierSpec, deployment_name
+from deployments.adapters import (
+    SOURCES_KEY,
+    adapter_sources,
+    check_local_sources,
+    lora_config,
+    lora_engine_kwargs,
+)
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
+
+# Ray Serve LLM's prefix-cache affinity router (public API since Ray 2.4x): it keeps a
+# prefix tree of the prompts each replica has served and, while the replicas' queue
+# lengths differ by less than `imbalanced_threshold`, picks the replica with the longest
+# match; otherwise it falls back to power of two choices.
+PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
+# Ray Serve settings for the replicas on the token path (engines and gateway), read by
+# Serve when the replica process starts. By default Serve runs user code and the handle
+# router on event loops in threads of their own, so every streamed token crosses threads
+# several times per hop; on the replica's main loop it does not (about a fifth less CPU
+# per request in these replicas; BENCHMARKS.md, "Cutting the overhead"). An explicit
+# environment value where the graph is built wins, e.g. to measure the default.
+REQUEST_PATH_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+
+
+def request_path_env() -> dict[str, str]:
+    return {name: os.environ.get(name, value) for name, value in REQUEST_PATH_ENV.items()}
 
 
 def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str, Any]:
@@ -25,6 +55,7 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
     if tier.dtype in ("float32", "bfloat16", "float16"):
         engine_kwargs["dtype"] = tier.dtype
     engine_kwargs.update(tier.engine_kwargs)
+    engine_kwargs.update(lora_engine_kwargs(tier))
 
     deployment: dict[str, Any] = {
         "max_ongoing_requests": tier.max_ongoing_requests,
@@ -46,6 +77,11 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
         }
     else:
         deployment["num_replicas"] = tier.num_replicas
+    if tier.replica_routing == "prefix":
+        deployment["request_router_config"] = {
+            "request_router_class": PREFIX_ROUTER,
+            "request_router_kwargs": {"imbalanced_threshold": tier.prefix_imbalanced_threshold},
+        }
 
     kwargs: dict[str, Any] = {
         "model_loading_config": {
@@ -59,8 +95,11 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
         "experimental_configs": {"stream_batching_interval_ms": 0},
         "log_engine_metrics": True,
     }
-    if tier.env_vars:
-        kwargs["runtime_env"] = {"env_vars": dict(tier.env_vars)}
+    lora = lora_config(tier)
+    if lora is not None:  # Serve multiplexing: adapters load on demand, LRU per replica
+        kwargs["lora_config"] = lora
+        kwargs["experimental_configs"][SOURCES_KEY] = adapter_sources(tier)
+    kwargs["runtime_env"] = {"env_vars": {**request_path_env(), **tier.env_vars}}
     if tier.uses_gpu:
         kwargs["accelerator_type"] = tier.accelerator_type
     # The planner's bundles and strategy (cluster.planner): one GPU bundle per worker,
@@ -73,7 +112,14 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
 def build_tier_app(tier: TierSpec, drain_timeout_s: float = 30.0) -> Application:
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
+    check_local_sources(tier)
+    bind_kwargs = None
+    if tier.adapters:
+        from deployments.adapter_loader import TierAdapterLoader
+
+        bind_kwargs = {"model_downloader": TierAdapterLoader}
     return build_llm_deployment(
         LLMConfig(**llm_config_kwargs(tier, drain_timeout_s)),
         override_serve_options={"name": deployment_name(tier)},
+        bind_kwargs=bind_kwargs,
     )

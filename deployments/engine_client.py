@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -26,6 +26,27 @@ class EngineError:
 
 
 EngineItem = EngineError | dict[str, Any] | str
+
+
+class EngineUnavailable(Exception):
+    """The tier cannot take the request now (raised before any output): unreachable,
+    too slow, or rate-limited upstream. The gateway does not retry the same tier; it goes
+    to the tier's fallback, else answers `status` with `retry_after_s` (if any)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        retry_after_s: str | None = None,
+        down: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.down = down  # the tier looks down: auto routing should skip it
 
 
 class EngineClient(Protocol):
@@ -85,25 +106,30 @@ class ServeEngineClient:
     costs of many seconds), and the client reports healthy only once it has succeeded.
     """
 
-    def __init__(self, handle: Any, model: str) -> None:
+    def __init__(self, handle: Any, model: str, adapters: Collection[str] = ()) -> None:
         self._handle = handle
         self._stream = handle.options(stream=True)
         self._model = model
+        self._adapters = frozenset(adapters)  # engine-side adapter ids (multiplexed)
         self._warm: asyncio.Future[None] | None = None
 
     async def generate(
         self, method: Method, body: dict[str, Any]
     ) -> AsyncGenerator[EngineItem, None]:
         from pydantic import ValidationError
+        from vllm.exceptions import VLLMClientError
 
         try:
             request = _engine_request(method, body)
-        except (ValidationError, ValueError) as err:
+        except (ValidationError, ValueError, VLLMClientError) as err:
             yield EngineError(400, f"invalid request: {err}")
             return
         from ray.serve.exceptions import BackPressureError
 
-        stream = getattr(self._stream, method).remote(request)
+        target = self._stream
+        if body.get("model") in self._adapters:  # Serve loads it (LRU) on a replica
+            target = target.options(multiplexed_model_id=body["model"])
+        stream = getattr(target, method).remote(request)
         finished = False
         try:
             async for item in stream:
@@ -114,6 +140,11 @@ class ServeEngineClient:
             # The tier's queue is full: refuse at once rather than queue without bound.
             finished = True
             yield EngineError(503, "the tier is at capacity; retry shortly", "overloaded")
+        except (VLLMClientError, ValueError, TypeError) as err:
+            # The engine refused this request's input (Ray re-raises the replica's error as
+            # an instance of its class): a 400, not a replica failure to retry or fail over.
+            finished = True
+            yield EngineError(400, f"invalid request: {err}")
         finally:
             if not finished:
                 stream.cancel()  # the client left or we stopped reading: stop generating

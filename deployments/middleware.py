@@ -6,7 +6,10 @@ streaming responses and adds latency to every token.
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
@@ -15,16 +18,56 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.auth import KeyStore
 from deployments.errors import APIError, error_response
+from deployments.logs import bind_request
 
 REQUEST_ID_HEADER = "x-request-id"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 ANONYMOUS_TENANT = "default"
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """A request-body limit and the spec setting it comes from (named in the 413)."""
+
+    bytes: int
+    setting: str
+    hint: str = ""
+
+
+RouteLimit = tuple[re.Pattern[str], BodyLimit]
+
+
+def body_limit(path: str, default: BodyLimit, routes: Sequence[RouteLimit]) -> BodyLimit:
+    """The limit for `path`: the first route pattern that matches, else the default."""
+    for pattern, limit in routes:
+        if pattern.fullmatch(path):
+            return limit
+    return default
+
+
+def too_large(size: int | None, limit: BodyLimit) -> APIError:
+    said = f"request body is {size} bytes" if size is not None else "request body is too large"
+    return APIError(
+        413,
+        f"{said}; the limit is {limit.bytes} bytes ({limit.setting}){limit.hint}",
+        code="request_too_large",
+    )
+
+
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, keys: KeyStore | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        keys: KeyStore | None,
+        route_limits: Sequence[RouteLimit] = (),
+        on_reject: Callable[[APIError], None] | None = None,
+    ) -> None:
         self.app = app
-        self.max_body = max_body_bytes
+        self.on_reject = on_reject  # metrics: auth and size rejections never reach the app
+        self.default_limit = BodyLimit(max_body_bytes, "gateway.max_body_bytes")
+        self.route_limits = tuple(route_limits)
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,31 +91,32 @@ class GatewayMiddleware:
             await send(message)
 
         rejection = self._reject(scope, headers, state)
+        bind_request(rid, state.get("tenant", ANONYMOUS_TENANT))
         if rejection is not None:
+            if self.on_reject is not None:
+                self.on_reject(rejection)
             await error_response(rejection)(scope, receive, send_with_id)
             return
 
         received = 0
+        limit = body_limit(scope["path"], self.default_limit, self.route_limits)
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise HTTPException(413, f"request body over the {self.max_body}-byte limit")
+                if received > limit.bytes:
+                    raise HTTPException(413, too_large(None, limit).message)
             return message
 
         await self.app(scope, limited_receive, send_with_id)
 
     def _reject(self, scope: Scope, headers: Headers, state: dict[str, Any]) -> APIError | None:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return APIError(
-                413,
-                f"request body is {length} bytes; the limit is {self.max_body}",
-                code="request_too_large",
-            )
+        limit = body_limit(scope["path"], self.default_limit, self.route_limits)
+        if length is not None and length.isdigit() and int(length) > limit.bytes:
+            return too_large(int(length), limit)
         if self.keys is None or scope["path"] in PUBLIC_PATHS:
             state["tenant"] = ANONYMOUS_TENANT
             return None

@@ -44,6 +44,7 @@ def settings_of(spec: RagSpec) -> RagSettings:
         hnsw_m=spec.hnsw_m,
         hnsw_ef_construction=spec.hnsw_ef_construction,
         hnsw_ef_search=spec.hnsw_ef_search,
+        exact_search_max_vectors=spec.exact_search_max_vectors,
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import PurePath
 from typing import Any, Protocol
@@ -20,7 +22,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from cluster.spec import RagSpec
 from deployments.errors import APIError
+from deployments.logs import event
+from deployments.metrics import RagMetrics
+from deployments.middleware import BodyLimit, RouteLimit
 from deployments.schemas import ChatCompletionBody
 from rag.embed import Embedder
 from rag.parsing import parse_file
@@ -28,6 +34,8 @@ from rag.prompt import citations as citation_list
 from rag.prompt import grounded_messages, query_text
 from rag.records import RagError
 from rag.service import RagCore
+
+_logger = logging.getLogger("ray.serve.tierline.rag")
 
 
 class RagClient(Protocol):
@@ -104,6 +112,20 @@ class GroundingOptions(_Body):
 
 
 MAX_EMBED_INPUTS = 2048
+DOCUMENTS_PATH = re.compile(r"/v1/rag/collections/[^/]+/documents/?")
+
+
+def upload_limits(spec: RagSpec) -> list[RouteLimit]:
+    """The document-upload route's own body limit, sized for `rag.max_document_bytes`."""
+    limit = BodyLimit(
+        spec.upload_limit_bytes,
+        "rag.max_upload_bytes"
+        if spec.max_upload_bytes is not None
+        else "2 x rag.max_document_bytes + 64 KiB",
+        f"; one document may have up to {spec.max_document_bytes} bytes of text "
+        "(rag.max_document_bytes)",
+    )
+    return [(DOCUMENTS_PATH, limit)]
 
 
 def api_error(err: RagError) -> APIError:
@@ -212,7 +234,10 @@ def rag_router(client: RagClient) -> APIRouter:
 
 
 async def ground_chat(
-    client: RagClient | None, body: ChatCompletionBody, default_top_k: int = 4
+    client: RagClient | None,
+    body: ChatCompletionBody,
+    default_top_k: int = 4,
+    metrics: RagMetrics | None = None,
 ) -> tuple[ChatCompletionBody, list[dict[str, Any]] | None]:
     """The body with retrieved context in its messages (and no `rag` field), and citations.
 
@@ -233,7 +258,18 @@ async def ground_chat(
     if not query.strip():
         raise APIError(400, "rag needs a user message to retrieve for", param="messages")
     top_k = opts.top_k if opts.top_k is not None else default_top_k
-    hits = await _guard(client.search(opts.collection, query, top_k, opts.filter))
+    t0 = time.perf_counter()
+    try:
+        hits = await _guard(client.search(opts.collection, query, top_k, opts.filter))
+    except APIError:
+        if metrics is not None:
+            metrics.retrieval(time.perf_counter() - t0, None)
+        raise
+    seconds = time.perf_counter() - t0
+    if metrics is not None:
+        metrics.retrieval(seconds, len(hits))
+    fields = {"collection": opts.collection, "hits": len(hits), "duration_s": round(seconds, 4)}
+    event(_logger, "retrieve", fields)
     data = body.model_dump(exclude_unset=True)
     data.pop("rag", None)
     data["messages"] = grounded_messages(messages, hits)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cluster.spec import ClusterSpec, LearnedParams
 from deployments.engine_client import EngineClient, EngineItem, Method
+from deployments.metrics import RouterMetrics
 from router.embedding import Embedder, MiniLMEmbedder
 from router.head import Head, prompt_words
 from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from router.profile import load_ttft_priors
 from router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
 from router.types import Decision, RequestFeatures, TierState
 
@@ -58,63 +59,8 @@ def learned_policy(spec: ClusterSpec, head: Head) -> LearnedPolicy:
         window=p.window_requests,
         min_window=min(p.min_window_requests, p.window_requests),
         spill=p.spill_when_overloaded,
+        cold_start=spec.router.cold_start,
     )
-
-
-class RouterMetrics:
-    """The router's Prometheus metrics, in a registry of their own (no module globals)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "tierline_router_requests", "Routed requests", ["tier", "reason"], registry=r
-        )
-        self.realised_share = Gauge(
-            "tierline_router_realised_strong_share",
-            "Share of auto requests sent above the cheapest tier",
-            registry=r,
-        )
-        self.target_share = Gauge(
-            "tierline_router_target_strong_share", "Configured target share", registry=r
-        )
-        self.threshold = Gauge(
-            "tierline_router_threshold", "Calibrated score threshold (last decision)", registry=r
-        )
-        self.score = Histogram(
-            "tierline_router_score",
-            "Routing score: predicted quality gain of leaving the cheapest tier",
-            buckets=tuple(float(b) for b in np.round(np.linspace(-0.5, 1.0, 16), 2)),
-            registry=r,
-        )
-        self.decision_seconds = Histogram(
-            "tierline_router_decision_seconds",
-            "Embedding plus decision time",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
-            registry=r,
-        )
-        self.tokens = Counter(
-            "tierline_router_tokens", "Tokens served", ["tier", "kind"], registry=r
-        )
-        self.cost = Counter(
-            "tierline_router_estimated_cost_usd",
-            "Estimated cost at tier prices",
-            ["tier"],
-            registry=r,
-        )
-        self.top_cost = Counter(
-            "tierline_router_all_top_tier_cost_usd",
-            "Estimated cost had every request gone to the top tier",
-            registry=r,
-        )
-        self.saving = Counter(
-            "tierline_router_estimated_saving_usd",
-            "Estimated saving against sending everything to the top tier",
-            registry=r,
-        )
-
-    def text(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 @dataclass
@@ -142,13 +88,24 @@ class LearnedRouter:
         self.state = CalibrationState()
         self.load = {n: _TierLoad() for n in names}
         self.metrics = metrics or RouterMetrics()
-        self.metrics.target_share.set(self.policy.strong_share)
+        self.metrics.target(self.policy.strong_share)
 
     @classmethod
-    def start(cls, spec: ClusterSpec, threads: int | None = 1) -> LearnedRouter:
+    def start(
+        cls, spec: ClusterSpec, threads: int | None = 1, metrics: RouterMetrics | None = None
+    ) -> LearnedRouter:
         """Replica start-up: load the scorer and the MiniLM model (about a second)."""
         head = Head.load(artifact_path(spec.router.learned))
-        return cls(spec, MiniLMEmbedder(threads=threads).start(), head)
+        router = cls(spec, MiniLMEmbedder(threads=threads).start(), head, metrics)
+        if spec.router.learned.profile:
+            router.seed_ttft(load_ttft_priors(Path(spec.router.learned.profile).expanduser()))
+        return router
+
+    def seed_ttft(self, priors: Mapping[str, float]) -> None:
+        """Measured time to first token (a `tierline profile`) for tiers not yet timed."""
+        for name, seconds in priors.items():
+            if name in self.load and self.load[name].ttft_s is None:
+                self.load[name].ttft_s = seconds
 
     # -- signals ---------------------------------------------------------------------------
     def quality(self, text: str) -> dict[str, float]:
@@ -166,7 +123,12 @@ class LearnedRouter:
         for s in states:
             tier = self.spec.tier(s.name)
             load = self.load[s.name]
-            limit = tier.max_ongoing_requests * tier.num_replicas
+            limit = tier.max_ongoing_requests * (s.replicas or tier.num_replicas)
+            if tier.external is not None:  # the provider's share of this gateway
+                limit = tier.external.max_concurrency
+            if s.overloaded:  # at the gateway's admission limit (deployments.admission)
+                out.append(replace(s, ttft_s=load.ttft_s))
+                continue
             out.append(replace(s, queued=load.queued, queue_limit=limit, ttft_s=load.ttft_s))
         return out
 
@@ -191,13 +153,17 @@ class LearnedRouter:
         )
         decision = decide_learned(feats, tiers, self.policy, self.state)
         self.state = recalibrate(self.state, decision, tiers[0].name, self.policy)
-        m = self.metrics
-        m.decision_seconds.observe(time.perf_counter() - t0)
-        m.requests.labels(decision.tier, decision.reason).inc()
-        m.score.observe(decision.score)
-        m.realised_share.set(self.state.realised_share)
-        if decision.threshold is not None and np.isfinite(decision.threshold):
-            m.threshold.set(decision.threshold)
+        threshold = decision.threshold
+        if threshold is not None and not np.isfinite(threshold):
+            threshold = None
+        self.metrics.decision(
+            decision.tier,
+            decision.reason,
+            decision.score,
+            time.perf_counter() - t0,
+            self.state.realised_share,
+            threshold,
+        )
         return decision
 
     # -- load, latency and cost tracking ------------------------------------------------------
@@ -211,25 +177,6 @@ class LearnedRouter:
             if load.ttft_s is None
             else (1 - TTFT_SMOOTHING) * load.ttft_s + TTFT_SMOOTHING * seconds
         )
-
-    def usage(self, tier: str, usage: Mapping[str, Any]) -> None:
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        m = self.metrics
-        m.tokens.labels(tier, "prompt").inc(prompt)
-        m.tokens.labels(tier, "completion").inc(completion)
-        spec = self.spec.tier(tier)
-        top = self.spec.tiers[-1]
-        cost = (
-            prompt * spec.price_per_1m_input_tokens + completion * spec.price_per_1m_output_tokens
-        ) / 1e6
-        top_cost = (
-            prompt * top.price_per_1m_input_tokens + completion * top.price_per_1m_output_tokens
-        ) / 1e6
-        m.cost.labels(tier).inc(cost)
-        m.top_cost.inc(top_cost)
-        if top_cost > cost:
-            m.saving.inc(top_cost - cost)
 
 
 def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
@@ -274,9 +221,6 @@ class _TrackedEngine:
                     waiting = False
                     load.queued -= 1
                     self.router.first_token(self.tier, time.perf_counter() - t0)
-                usage = usage_of(item)
-                if usage is not None:
-                    self.router.usage(self.tier, usage)
                 yield item
         finally:
             if waiting:

@@ -87,7 +87,9 @@ class BM25Index:
         avg = self._total / n or 1.0
         size = len(self._ids)
         scores = np.zeros(size, dtype=np.float64)
-        for term in set(terms(query)):
+        # Sorted: a set's order changes with each process's hash seed, and so would the
+        # floating-point sums (and near-ties) after a restart.
+        for term in sorted(set(terms(query))):
             arrays = self._posting_arrays(term)
             if arrays is None:
                 continue
@@ -98,13 +100,19 @@ class BM25Index:
             scores += np.bincount(slots, weights=idf * tfs * (self.k1 + 1) / norm, minlength=size)
         hits = np.flatnonzero(scores > 0)
         if allow is None and len(hits) > k:
-            hits = hits[np.argpartition(-scores[hits], k)[:k]]
+            # Everything scoring at least the k-th best: ties at the cut stay together.
+            kth = np.partition(scores[hits], len(hits) - k)[len(hits) - k]
+            hits = hits[scores[hits] >= kth]
         order = hits[np.argsort(-scores[hits], kind="stable")]
         out: list[tuple[str, float]] = []
         for slot in order.tolist():
             item_id = self._ids[slot]
-            if item_id is not None and (allow is None or allow(item_id)):
-                out.append((item_id, float(scores[slot])))
-                if len(out) == k:
-                    break
-        return out
+            if item_id is None or (allow is not None and not allow(item_id)):
+                continue
+            score = float(scores[slot])
+            if len(out) >= k and score < out[-1][1]:
+                break
+            out.append((item_id, score))
+        # Ties by id, not by slot: slots follow insertion order, which a rebuild changes.
+        out.sort(key=lambda hit: (-hit[1], hit[0]))
+        return out[:k]

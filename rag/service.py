@@ -44,6 +44,7 @@ class RagSettings:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
+    exact_search_max_vectors: int = 10_000
 
 
 @dataclass
@@ -55,7 +56,8 @@ class _Collection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def put(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        self.dense.add([c.chunk_id for c in chunks], vectors)
+        # Same text, one HNSW label: boilerplate chunks must not crowd the graph.
+        self.dense.add([c.chunk_id for c in chunks], vectors, keys=[c.text for c in chunks])
         self.sparse.add((c.chunk_id, c.text) for c in chunks)
         for c in chunks:
             self.chunks[c.chunk_id] = c
@@ -150,7 +152,15 @@ class RagCore:
 
     def _new(self) -> _Collection:
         s = self.settings
-        return _Collection(DenseIndex(s.dim, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search))
+        return _Collection(
+            DenseIndex(
+                s.dim,
+                s.hnsw_m,
+                s.hnsw_ef_construction,
+                s.hnsw_ef_search,
+                exact_max=s.exact_search_max_vectors,
+            )
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)

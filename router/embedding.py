@@ -21,6 +21,8 @@ import numpy as np
 
 MINILM_DIM = 384
 MINILM_NAME = "all-MiniLM-L6-v2"
+CLIP_CHARS_PER_TOKEN = 8  # English word pieces average about 4 characters
+CLIP_MARGIN_TOKENS = 16
 
 
 class Embedder(Protocol):
@@ -64,11 +66,25 @@ class MiniLMEmbedder:
         self._model = model
         return self
 
+    def clip(self, text: str) -> str:
+        """`text` cut to a prefix that still has more word pieces than the model reads.
+
+        The model only sees its first `max_seq_tokens` pieces, but the tokenizer would
+        split the whole text first (milliseconds for a long prompt). The prefix is used
+        only when it has a margin of pieces past the limit, so the embedding is the same
+        as the full text's (the cut word lies beyond what the model reads)."""
+        limit = self._max_seq_tokens * CLIP_CHARS_PER_TOKEN
+        if len(text) <= limit or self._model is None:
+            return text
+        head = text[:limit]
+        pieces = self._model.tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]
+        return head if len(pieces) >= self._max_seq_tokens + CLIP_MARGIN_TOKENS else text
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
             raise RuntimeError("MiniLMEmbedder.start() must be called before embed()")
         out = self._model.encode(
-            list(texts),
+            [self.clip(t) for t in texts],
             batch_size=32,
             normalize_embeddings=True,
             convert_to_numpy=True,

@@ -50,6 +50,8 @@ class LearnedPolicy:
     max_correction: float = 0.2
     spill: bool = True
     """Send a request one tier up when its tier is overloaded."""
+    cold_start: str = "skip"
+    """Tiers scaled to zero: `skip` them while another tier fits, or `wait` for them."""
 
     def share(self, preference: str) -> float:
         return float(min(max(self.strong_share * self.share_factors[preference], 0.0), 1.0))
@@ -157,20 +159,27 @@ def decide_learned(
                 steps.append("fastest")
             start = fastest
 
-    passed: list[str] = []
+    # Tiers scaled to zero are passed over (`skip`) unless no warm tier fits at all.
     order = [*range(start, len(tiers)), *reversed(range(start))]
     chosen: int | None = None
-    for pos, i in enumerate(order):
-        why = usable(tiers[i])
-        if why is not None:
-            passed.append(f"{tiers[i].name}:{why}")
-            continue
-        chosen = i
-        if passed:
-            steps.append(passed[0].split(":")[1])
-        if pos >= len(tiers) - start:
-            steps.append("down")
-        break
+    skip_cold = policy.cold_start == "skip"
+    for skipping in (True, False) if skip_cold else (False,):
+        passed: list[str] = []
+        for pos, i in enumerate(order):
+            why = usable(tiers[i]) or ("cold" if skipping and tiers[i].cold else None)
+            if why is not None:
+                passed.append(f"{tiers[i].name}:{why}")
+                continue
+            chosen = i
+            if passed:
+                steps.append(passed[0].split(":")[1])
+            if pos >= len(tiers) - start:
+                steps.append("down")
+            if tiers[i].cold:
+                steps.append("coldstart")
+            break
+        if chosen is not None:
+            break
     if chosen is None:
         if any(p.endswith(":unhealthy") for p in passed):
             raise RoutingError(503, "no_healthy_tier", "no tier that fits the request is healthy")
@@ -178,7 +187,8 @@ def decide_learned(
 
     if policy.spill and tiers[chosen].overloaded:
         for j in range(chosen + 1, len(tiers)):
-            if usable(tiers[j]) is None and not tiers[j].overloaded:
+            warm = not (skip_cold and tiers[j].cold)
+            if usable(tiers[j]) is None and not tiers[j].overloaded and warm:
                 passed.append(f"{tiers[chosen].name}:overloaded")
                 steps.append("spill")
                 chosen = j

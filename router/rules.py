@@ -20,6 +20,8 @@ class RulesPolicy:
     """Where ordinary prompts go; None means the cheapest tier."""
     hard_tier: str | None = None
     """Where hard prompts go; None means the most capable tier."""
+    cold_start: str = "skip"
+    """Tiers scaled to zero: `skip` them while another tier fits, or `wait` for them."""
 
     def matched_keyword(self, text: str) -> str | None:
         lowered = text.lower()
@@ -88,20 +90,27 @@ def decide(features: RequestFeatures, tiers: Sequence[TierState], policy: RulesP
         score = min(longest / policy.long_prompt_tokens, 1.0) * 0.5
 
     # Up from the chosen tier first; if nothing above fits, the most capable tier below.
-    passed: list[str] = []
+    # Tiers scaled to zero are passed over (`skip`) unless no warm tier fits at all.
     order = [*tiers[start:], *reversed(tiers[:start])]
-    for i, t in enumerate(order):
-        if features.context_needed(t.name) > t.max_context_tokens:
-            passed.append(f"{t.name}:context")
-        elif not t.healthy:
-            passed.append(f"{t.name}:unhealthy")
-        else:
-            full = reason + "".join(f"+{p.split(':')[1]}" for p in passed[:1])
-            if i >= len(tiers) - start:
-                full += "+down"
-            return Decision(
-                tier=t.name, score=score, reason=f"auto:{full}", escalations=tuple(passed)
-            )
+    passes = (True, False) if policy.cold_start == "skip" else (False,)
+    for skip_cold in passes:
+        passed: list[str] = []
+        for i, t in enumerate(order):
+            if features.context_needed(t.name) > t.max_context_tokens:
+                passed.append(f"{t.name}:context")
+            elif not t.healthy:
+                passed.append(f"{t.name}:unhealthy")
+            elif skip_cold and t.cold:
+                passed.append(f"{t.name}:cold")
+            else:
+                full = reason + "".join(f"+{p.split(':')[1]}" for p in passed[:1])
+                if i >= len(tiers) - start:
+                    full += "+down"
+                if t.cold:
+                    full += "+coldstart"
+                return Decision(
+                    tier=t.name, score=score, reason=f"auto:{full}", escalations=tuple(passed)
+                )
     if any(p.endswith(":unhealthy") for p in passed):
         raise RoutingError(503, "no_healthy_tier", "no tier that fits the request is healthy")
     raise _context_error(features, tiers)

@@ -40,10 +40,17 @@ class TierState:
     """Above this many queued requests the tier counts as overloaded; None: no limit."""
     ttft_s: float | None = None
     """Recent time to first token (seconds); None when not yet measured."""
+    replicas: int | None = None
+    """Engine replicas running now (autoscaling); None when not watched."""
 
     @property
     def overloaded(self) -> bool:
         return self.queue_limit is not None and self.queued > self.queue_limit
+
+    @property
+    def cold(self) -> bool:
+        """Scaled to zero: a request sent here waits for a replica to start."""
+        return self.replicas == 0
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ import typer
 
 from cluster.cli import keys, models, render, run, validate
 from cluster.cli import plan as plan_cli
+from cluster.cli import profile as profile_cli
 from cluster.cli import rag as rag_cli
 from cluster.cli import router as router_cli
+from cluster.cli import status as status_cli
 
 app = typer.Typer(
     name="tierline",
@@ -19,6 +21,8 @@ app = typer.Typer(
 app.command("validate")(validate.validate)
 app.command("up")(run.up)
 app.command("plan")(plan_cli.plan)
+app.command("status")(status_cli.status)
+app.command("profile")(profile_cli.profile)
 app.add_typer(render.app, name="render")
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")

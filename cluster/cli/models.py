@@ -17,3 +17,20 @@ def tiny(
 
     for path, built in ensure_tiny_models(out, force=force):
         typer.echo(f"{path}: {'built' if built else 'present'}")
+
+
+@app.command("tiny-lora")
+def tiny_lora(
+    base: Path = typer.Option(
+        Path("models/tiny-small"), "--base", help="Base checkpoint the adapters are for."
+    ),
+    out: Path = typer.Option(
+        Path("models/adapters"), "--out", help="Folder for the adapter directories."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
+) -> None:
+    """Build tiny random-weight LoRA adapters (needs `peft`) for a tiny base model."""
+    from cluster.tiny_adapters import ensure_tiny_adapters
+
+    for path, built in ensure_tiny_adapters(base, out, force=force):
+        typer.echo(f"{path}: {'built' if built else 'present'}")

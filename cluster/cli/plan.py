@@ -28,7 +28,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _sizes(spec: ClusterSpec) -> dict[str, ModelSize]:
-    return {t.name: model_size(t, read_checkpoint_config(t)) for t in spec.tiers}
+    return {t.name: model_size(t, read_checkpoint_config(t)) for t in spec.engine_tiers}
 
 
 def _nodes_text(placements: list[list[str]]) -> str:
@@ -146,7 +146,7 @@ def plan(
     spec = load_or_exit(spec_path)
     inv = _inventory(inventory, from_cluster, address)
     try:
-        result = plan_cluster(spec.tiers, inv, _sizes(spec))
+        result = plan_cluster(spec.engine_tiers, inv, _sizes(spec))
     except InfeasiblePlanError as e:
         err.print(f"[bold red]{spec_path}[/]: does not fit ({len(e.issues)} problem(s))")
         for issue in e.issues:

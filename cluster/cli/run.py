@@ -28,7 +28,8 @@ def up(
     started = False
     try:
         with console.status(f"starting Ray and deploying {len(spec.tiers)} tier(s)..."):
-            run = local.start(spec, ready_timeout_s=ready_timeout_s)
+            metrics_port = local.metrics_port_for(local.DEFAULT_METRICS_PORT)
+            run = local.start(spec, ready_timeout_s=ready_timeout_s, metrics_port=metrics_port)
         started = True
         # Installed after ray.init on purpose: Ray's own fatal-signal handler would
         # otherwise run first and leave the driver unable to shut Serve down cleanly.
@@ -40,6 +41,7 @@ def up(
             f"tiers {', '.join(t.name for t in spec.tiers)}"
         )
         console.print(f"endpoint: [bold]{run.endpoint}[/] (OpenAI-compatible, /v1)")
+        console.print(f"metrics: {run.metrics_url} (Prometheus; `tierline status`)")
         if key is not None:
             console.print(f"API key: in {key} (send it as 'Authorization: Bearer <key>')")
         console.print(

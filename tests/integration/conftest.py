@@ -45,7 +45,7 @@ def descendants(pid: int) -> dict[int, str]:
     return out
 
 
-def leftover_processes(snapshot: dict[int, str], timeout_s: float = 30.0) -> list[str]:
+def leftover_processes(snapshot: dict[int, str], timeout_s: float = 120.0) -> list[str]:
     """Processes of `snapshot` (taken before a shutdown) still alive after `timeout_s`.
 
     Only our own cluster's processes are in the snapshot, so another Ray cluster on the
@@ -76,4 +76,8 @@ def local_spec(port: int, **gateway: Any) -> ClusterSpec:
     spec = load_spec(ROOT / "configs" / "local.yaml")
     auth = spec.gateway.auth.model_copy(update={"keys_file": str(KEYS_FILE)})
     g = spec.gateway.model_copy(update={"port": port, "auth": auth, **gateway})
-    return spec.model_copy(update={"gateway": g})
+    # The cascade is on but never escalates unless a request sends its own threshold
+    # (x-tierline-cascade-threshold): tests/integration/local/test_cascade.py does.
+    cascade = spec.router.cascade.model_copy(update={"enabled": True, "logprob_threshold": -1e9})
+    router = spec.router.model_copy(update={"cascade": cascade})
+    return spec.model_copy(update={"gateway": g, "router": router})

@@ -91,18 +91,23 @@ def test_share_one_sends_auto_up_and_pinned_is_untouched() -> None:
 
 
 def test_metrics_count_requests_share_and_cost() -> None:
-    client, _, router = make(share=0.5)
+    client, core, router = make(share=0.5)
     for i in range(12):
         assert chat(client, f"question number {i} about topic {i * 7}").status_code == 200
     text = router.metrics.text().decode()
     for name in (
-        "tierline_router_requests_total",
-        "tierline_router_realised_strong_share",
-        "tierline_router_score_bucket",
-        "tierline_router_estimated_cost_usd_total",
-        "tierline_router_estimated_saving_usd_total",
+        "ray_tierline_router_requests_total",
+        "ray_tierline_router_realised_strong_share",
+        "ray_tierline_router_score_bucket",
     ):
         assert name in text
+    # Tokens and cost are the gateway's metrics now (deployments.metrics).
+    gateway = core.metrics.recorder.text().decode()  # type: ignore[attr-defined]
+    for name in (
+        "ray_tierline_gateway_estimated_cost_usd_total",
+        "ray_tierline_gateway_estimated_saving_usd_total",
+    ):
+        assert name in gateway
     assert router.state.seen == 12
     assert 0.0 <= router.state.realised_share <= 1.0
     assert all(load.queued == 0 for load in router.load.values())

@@ -59,7 +59,9 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 {{- fail (printf "spec.gateway.host is %q: on Kubernetes the Serve proxy must bind 0.0.0.0 (or ::) so the gateway Service can reach it" $host) -}}
 {{- end -}}
 {{- $http := dict "host" $host "port" (include "tierline.servePort" . | int) -}}
-{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "deployments.app:build_app" "args" (dict "spec" $spec) -}}
+{{- /* JSON log lines with request ids, as cluster.render.serve_config (deployments.logs.SERVE_LOGGING) */ -}}
+{{- $logging := dict "encoding" "JSON" "log_level" "INFO" -}}
+{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "deployments.app:build_app" "args" (dict "spec" $spec) "logging_config" $logging -}}
 {{- toYaml (dict "proxy_location" "HeadOnly" "http_options" $http "applications" (list $app)) -}}
 {{- end -}}
 

@@ -59,7 +59,7 @@ class RagCluster:
         self.start()
 
     def check_no_leaks(self) -> None:
-        leaked = leftover_processes(self.ours, timeout_s=60)
+        leaked = leftover_processes(self.ours)
         assert not leaked, "cluster teardown left processes behind:\n" + "\n".join(leaked)
 
     def client(self) -> OpenAI:

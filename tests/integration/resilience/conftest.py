@@ -90,5 +90,5 @@ def up_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
                 proc.wait(timeout=180)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    leaked = leftover_processes(cluster.tree, timeout_s=60)
+    leaked = leftover_processes(cluster.tree)
     assert not leaked, "tierline up left processes behind:\n" + "\n".join(leaked)

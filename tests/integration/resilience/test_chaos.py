@@ -2,7 +2,9 @@
 replica, a client that walks away mid-stream, and SIGTERM under load.
 
 Each test counts outcomes and prints them (`-s` shows the figures); the assertions are
-on outcomes, never on wall-clock speed. The SIGTERM test stops the cluster, so it is last.
+on outcomes, never on wall-clock speed. What is timed (time to reject under overload, time
+to fail over and to recover after a replica kill) goes to `bench/results/resilience.json`
+(`figures.record`). The SIGTERM test stops the cluster, so it is last.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -20,8 +21,13 @@ import psutil
 from cluster.local import wait_ready
 from tests.integration.conftest import AUTH, descendants
 from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
+from tests.integration.resilience.figures import percentiles_ms, record
 
-SMALL_CAPACITY = 2 * (4 + 4)  # two gateway replicas, each: 4 ongoing + 4 queued
+# The small tier: one engine replica taking 4 requests at once, and Serve queues 4 more at
+# each of the 2 gateway replicas: 4 + 2 * 4 = 12 in flight. The gateway admits
+# ceil(4 / 2) + 4 = 6 per replica (deployments.admission), the same 12 in all. The flood
+# sends 160 at once, over 10x that.
+SMALL_CAPACITY = 16
 
 
 def chat(model: str = "auto", max_tokens: int = 8, stream: bool = False, text: str = "hi"):
@@ -44,6 +50,9 @@ class Outcome:
     stream: bool = False
     tier: str = ""
     reason: str = ""
+    code: str = ""  # error responses: the OpenAI-style error code
+    started: float = 0.0  # time.monotonic() when it was sent
+    retry_after: str = ""
 
 
 @dataclass
@@ -57,6 +66,13 @@ class Tally:
         return dict(sorted(out.items()))
 
 
+def _error_code(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 async def send(client: httpx.AsyncClient, body: dict, headers: dict[str, str]) -> Outcome:
     t0 = time.monotonic()
     try:
@@ -67,11 +83,21 @@ async def send(client: httpx.AsyncClient, body: dict, headers: dict[str, str]) -
                 time.monotonic() - t0,
                 tier=r.headers.get("x-tierline-tier", ""),
                 reason=r.headers.get("x-tierline-route-reason", ""),
+                code=_error_code(r) if r.status_code != 200 else "",
+                started=t0,
+                retry_after=r.headers.get("retry-after", ""),
             )
         async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
             if r.status_code != 200:
                 await r.aread()
-                return Outcome(r.status_code, time.monotonic() - t0, stream=True)
+                return Outcome(
+                    r.status_code,
+                    time.monotonic() - t0,
+                    stream=True,
+                    code=_error_code(r),
+                    started=t0,
+                    retry_after=r.headers.get("retry-after", ""),
+                )
             lines = [ln async for ln in r.aiter_lines() if ln.startswith("data: ")]
             return Outcome(
                 200,
@@ -80,9 +106,14 @@ async def send(client: httpx.AsyncClient, body: dict, headers: dict[str, str]) -
                 error_event=any('"error"' in ln for ln in lines[:-1]),
                 events=len(lines),
                 stream=True,
+                tier=r.headers.get("x-tierline-tier", ""),
+                reason=r.headers.get("x-tierline-route-reason", ""),
+                started=t0,
             )
     except httpx.HTTPError:
-        return Outcome(-1, time.monotonic() - t0, done=False, stream=bool(body.get("stream")))
+        return Outcome(
+            -1, time.monotonic() - t0, done=False, stream=bool(body.get("stream")), started=t0
+        )
 
 
 def client_for(cluster: UpCluster, timeout_s: float = 120) -> httpx.AsyncClient:
@@ -113,30 +144,45 @@ def test_quota_is_exact_across_two_gateway_replicas(up_cluster: UpCluster) -> No
 
 
 def test_overload_at_ten_times_capacity(up_cluster: UpCluster) -> None:
+    n = 10 * SMALL_CAPACITY
+
     async def flood() -> Tally:
         async with client_for(up_cluster) as c:
             return Tally(
                 list(
                     await asyncio.gather(
-                        *(
-                            send(c, chat("small", max_tokens=32), AUTH)
-                            for _ in range(10 * SMALL_CAPACITY)
-                        )
+                        *(send(c, chat("small", max_tokens=32), AUTH) for _ in range(n))
                     )
                 )
             )
 
     tally = asyncio.run(flood())
     counts = tally.by_status()
-    rejected = sorted(o.seconds for o in tally.outcomes if o.status in (429, 503))
-    p50 = statistics.median(rejected) if rejected else float("nan")
-    p99 = rejected[int(0.99 * (len(rejected) - 1))] if rejected else float("nan")
+    rejected = [o for o in tally.outcomes if o.status in (429, 503)]
+    served = [o.seconds for o in tally.outcomes if o.status == 200]
+    codes: dict[str, int] = {}
+    for o in rejected:
+        codes[o.code] = codes.get(o.code, 0) + 1
+    reject_ms = percentiles_ms([o.seconds for o in rejected])
     print(
-        f"overload {10 * SMALL_CAPACITY} concurrent: {counts}; "
-        f"time to reject p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+        f"overload {n} concurrent: {counts}; rejections by code {codes}; time to reject "
+        f"p50 {reject_ms['p50_ms']} ms, p99 {reject_ms['p99_ms']} ms"
     )
-    assert set(counts) <= {200, 429, 503}, counts
+    record(
+        "overload",
+        {
+            "what": f"{n} concurrent chat requests pinned to the small tier (capacity 12)",
+            "sent": n,
+            "by_status": {str(k): v for k, v in counts.items()},
+            "rejections_by_code": codes,
+            "time_to_reject": reject_ms,
+            "time_to_answer_200": percentiles_ms(served),
+        },
+    )
+    assert set(counts) <= {200, 429, 503}, counts  # no other 5xx, no dropped connection
     assert counts.get(200, 0) >= 1 and len(rejected) >= 1
+    assert all(o.retry_after for o in rejected)
+
     # and it keeps serving
     ok = httpx.post(f"{up_cluster.url}/v1/chat/completions", json=chat(), headers=AUTH, timeout=60)
     assert ok.status_code == 200
@@ -208,6 +254,25 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
     print(
         f"non-streaming answered by tier: {by_tier}; slowest {max(o.seconds for o in plain):.1f} s"
     )
+    # How long the kill held requests up: those in flight at the kill, and those sent after
+    at_kill = [o for o in tally.outcomes if o.started <= killed_at < o.started + o.seconds]
+    after = [o for o in tally.outcomes if o.started > killed_at]
+    failover = {
+        "requests": len(tally.outcomes),
+        "by_status": {str(k): v for k, v in tally.by_status().items()},
+        "lost_non_streaming": len(lost),
+        "streams_not_ended_properly": len(broken),
+        "streams_ended_by_error_event": sum(o.error_event for o in streams),
+        "answered_by_tier": by_tier,
+        "fallback_answers": sum("+fallback" in o.reason for o in tally.outcomes),
+        "unhealthy_skips": sum("+unhealthy" in o.reason for o in tally.outcomes),
+        "in_flight_at_kill": {
+            "count": len(at_kill),
+            **percentiles_ms([o.seconds for o in at_kill]),
+        },
+        "sent_after_kill": {"count": len(after), **percentiles_ms([o.seconds for o in after])},
+        "slowest_request_ms": round(max(o.seconds for o in tally.outcomes) * 1000, 1),
+    }
     # Serve replaces the replica; time until a request pinned to the small tier works again
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -218,7 +283,17 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
             break
         time.sleep(2.0)
     assert r.status_code == 200
-    print(f"time to recover (small tier serving again): {time.monotonic() - killed_at:.0f} s")
+    recovered_s = time.monotonic() - killed_at
+    print(f"time to recover (small tier serving again): {recovered_s:.0f} s; {failover}")
+    record(
+        "replica_kill",
+        {
+            **failover,
+            "what": "SIGKILL of the small tier's only engine replica under steady auto load "
+            "(4 clients, 1 in 3 streaming); small falls back to large",
+            "small_tier_serving_again_s": round(recovered_s, 1),
+        },
+    )
     assert _replica_process("tier-small").pid != victim.pid
     wait_ready(up_cluster.url, timeout_s=600)
 

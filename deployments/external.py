@@ -1,0 +1,238 @@
+"""External tiers: an OpenAI-compatible endpoint outside the cluster, behind `EngineClient`.
+
+The gateway talks to an external tier exactly as to an engine (the same Protocol, the
+same items), so routing, quotas, metrics, failover and cost accounting treat it as any
+other tier. What differs is how it fails, and each failure is mapped to an answer that
+comes fast and says what happened, never a hang:
+
+| upstream                         | the client raises / yields           | gateway answer        |
+| -------------------------------- | ------------------------------------ | --------------------- |
+| connection refused, connect t/o  | `EngineUnavailable(502, down=True)`  | fallback tier, or 502 |
+| no bytes within `timeout_s`      | `EngineUnavailable(504)`             | fallback tier, or 504 |
+| 429                              | `EngineUnavailable(429, its R-A)`    | fallback tier, or 429 |
+| 5xx                              | `EngineUnavailable(502)`             | fallback tier, or 502 |
+| 401/403 (the gateway's key)      | `EngineUnavailable(502)`             | fallback tier, or 502 |
+| other 4xx (the request)          | `EngineError(status)`                | that status           |
+| `max_concurrency` in flight      | `EngineUnavailable(503)`             | fallback tier, or 503 |
+| stream breaks after first output | the exception                        | SSE error + `[DONE]`  |
+
+(R-A: Retry-After, passed through.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cluster.spec import ExternalSpec, TierSpec
+from deployments.engine_client import EngineError, EngineItem, EngineUnavailable, Method
+from deployments.tokens import EstimatingCounter, TokenCounter, load_counter
+
+PATHS: dict[Method, str] = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+class ExternalKeyError(ValueError):
+    """The external tier's API key is configured but cannot be read."""
+
+
+def read_api_key(ext: ExternalSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """The tier's API key from its env var or file, read once at replica start.
+
+    Errors name the variable or file, so a missing Secret is found from the log line."""
+    env = os.environ if environ is None else environ
+    if ext.api_key_env is not None:
+        value = env.get(ext.api_key_env, "").strip()
+        if not value:
+            raise ExternalKeyError(f"environment variable {ext.api_key_env} is unset or empty")
+        return value
+    if ext.api_key_file is not None:
+        path = Path(ext.api_key_file).expanduser()
+        try:
+            value = path.read_text().strip()
+        except OSError as err:
+            raise ExternalKeyError(f"api_key_file {path}: {err.strerror}") from None
+        if not value:
+            raise ExternalKeyError(f"api_key_file {path} is empty")
+        return value
+    return None
+
+
+def error_message(body: bytes, status: int) -> str:
+    """The message of an upstream error body (OpenAI-style or not)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode(errors="replace").strip()
+        return text[:300] or f"HTTP {status}"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if data.get("message"):
+            return str(data["message"])
+    return f"HTTP {status}"
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Upstream SSE lines -> one `data: ...\\n\\n` event per item (comments dropped)."""
+    data: list[str] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line == "" and data:
+            yield "data: " + "\n".join(data) + "\n\n"
+            data = []
+    if data:
+        yield "data: " + "\n".join(data) + "\n\n"
+
+
+class ExternalEngineClient:
+    """An external tier reached over HTTP; implements `EngineClient`.
+
+    `transport` is for tests (httpx's MockTransport); production uses httpx's own. The
+    HTTP client is made on first use, not at construction."""
+
+    def __init__(
+        self,
+        tier: TierSpec,
+        api_key: str | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if tier.external is None:
+            raise ValueError(f"tier {tier.name!r} is not external")
+        self.tier = tier
+        self.ext = tier.external
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self.in_flight = 0
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            e = self.ext
+            self._client = httpx.AsyncClient(
+                base_url=e.base_url.rstrip("/"),
+                headers=self._headers,
+                timeout=httpx.Timeout(
+                    e.timeout_s, connect=e.connect_timeout_s, pool=e.connect_timeout_s
+                ),
+                limits=httpx.Limits(max_connections=e.max_concurrency),
+                transport=self._transport,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _what(self) -> str:
+        return f"external tier {self.tier.name!r} ({self.ext.base_url})"
+
+    async def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        if self.in_flight >= self.ext.max_concurrency:
+            raise EngineUnavailable(
+                503,
+                f"{self._what()} has {self.in_flight} requests in flight, its limit",
+                code="tier_at_capacity",
+                retry_after_s="1",
+            )
+        self.in_flight += 1
+        try:
+            async for item in self._generate(method, {**body, "model": self.ext.model}):
+                yield item
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(
+        self, method: Method, payload: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        started = False
+        try:
+            async with self._http().stream("POST", PATHS[method], json=payload) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    failure = self._failure(resp)
+                    if isinstance(failure, EngineError):
+                        yield failure
+                        return
+                    raise failure
+                if not payload.get("stream"):
+                    data = json.loads(await resp.aread())
+                    started = True
+                    yield data
+                    return
+                async for event in sse_events(resp.aiter_lines()):
+                    started = True
+                    yield event
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise EngineUnavailable(
+                502,
+                f"{self._what()} is unreachable: {err or type(err).__name__}",
+                code="upstream_unreachable",
+                retry_after_s="1",
+                down=True,
+            ) from None
+        except httpx.TimeoutException:
+            if started:
+                raise  # mid-stream: the gateway ends the stream with an SSE error
+            raise EngineUnavailable(
+                504,
+                f"{self._what()} sent nothing for {self.ext.timeout_s:g}s",
+                code="upstream_timeout",
+            ) from None
+        except (httpx.HTTPError, ValueError) as err:
+            if started:
+                raise
+            raise EngineUnavailable(
+                502, f"{self._what()} failed: {err!r}", code="upstream_error"
+            ) from None
+
+    def _failure(self, resp: httpx.Response) -> EngineError | EngineUnavailable:
+        status = resp.status_code
+        message = f"{self._what()}: {error_message(resp.content, status)}"
+        if status == 429:
+            retry = resp.headers.get("retry-after") or "1"
+            return EngineUnavailable(
+                429, message, code="upstream_rate_limited", retry_after_s=retry
+            )
+        if status in (401, 403):  # the gateway's key, not the client's request
+            return EngineUnavailable(502, message, code="upstream_auth_failed")
+        if status >= 500:
+            return EngineUnavailable(502, message, code="upstream_error")
+        return EngineError(status, message)
+
+    async def healthy(self, timeout_s: float) -> bool:
+        """`health_check: models`: the upstream lists the model at GET base_url/models.
+        `none`: healthy (the gateway marks it down when requests cannot connect)."""
+        if self.ext.health_check == "none":
+            return True
+        try:
+            resp = await self._http().get("/models", timeout=timeout_s)
+            if resp.status_code != 200:
+                return False
+            ids = {m.get("id") for m in resp.json().get("data", []) if isinstance(m, dict)}
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+        return self.ext.model in ids
+
+
+def external_counter(tier: TierSpec) -> TokenCounter:
+    """Prompt tokens of an external tier: its `tokenizer` if given, else an estimate."""
+    tokenizer = tier.external.tokenizer if tier.external is not None else None
+    return load_counter(tokenizer) if tokenizer else EstimatingCounter()
+
+
+def external_client(tier: TierSpec) -> ExternalEngineClient:
+    """Replica start-up: the client with its key read now (errors name the variable)."""
+    assert tier.external is not None
+    return ExternalEngineClient(tier, read_api_key(tier.external))
