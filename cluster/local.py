@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -161,12 +162,15 @@ def drain(spec: ClusterSpec) -> int:
     from deployments.app import GATEWAY_DEPLOYMENT
 
     window = spec.gateway.drain_timeout_s
-    handle = serve.get_deployment_handle(GATEWAY_DEPLOYMENT, app_name=spec.name)
-    calls = [handle.drain.remote(window) for _ in range(4 * spec.gateway.replicas)]
-    left: dict[str, int] = {}
-    for call in calls:
-        replica, running = call.result(timeout_s=window + 30)
-        left[replica] = running
+
+    # Awaited inside an event loop: with SERVE_PROXY_ENV in this process's environment,
+    # handles made here route on the caller's loop and refuse blocking `.result()` calls.
+    async def drain_all() -> list[tuple[str, int]]:
+        handle = serve.get_deployment_handle(GATEWAY_DEPLOYMENT, app_name=spec.name)
+        calls = [handle.drain.remote(window) for _ in range(4 * spec.gateway.replicas)]
+        return list(await asyncio.wait_for(asyncio.gather(*calls), timeout=window + 30))
+
+    left = dict(asyncio.run(drain_all()))
     return sum(left.values())
 
 

@@ -5,8 +5,12 @@ short of the answer's `max_tokens`.
 
 The test asserts the outcome with generous timeouts. How long the drop took is measured
 and written to `bench/results/resilience.json` (section `cancellation`); it is never
-asserted. The gauge is seen through Ray's metrics export, so the figure includes up to one
-report interval of export delay on top of the engine's own stop.
+asserted. The gauge is seen through Ray's metrics export, every report interval (10 s by
+default), so in this suite the figure is an upper bound dominated by that interval.
+The interval is not shortened here: Ray's agent drops a gauge that was not set again within
+two intervals, and a 100 ms interval made Serve's and vLLM's gauges vanish for the other
+tests of the package (`test_observability.py`). With `RAY_metrics_report_interval_ms=100`
+exported before the cluster starts, the drop was measured at 0.96-1.27 s (load 30-40).
 """
 
 from __future__ import annotations
@@ -19,11 +23,8 @@ from collections.abc import Callable
 from tests.integration.local.conftest import Cluster
 from tests.integration.resilience.figures import record
 
-# Ray exports metrics every 10 s by default; the engine's gauge is only useful here when it
-# moves faster. Read by every Ray process the local cluster starts (set before it starts:
-# this module is imported at collection, before the package's cluster fixture runs).
-REPORT_INTERVAL_MS = 100
-os.environ.setdefault("RAY_metrics_report_interval_ms", str(REPORT_INTERVAL_MS))
+REPORT_INTERVAL_MS = int(os.environ.get("RAY_metrics_report_interval_ms", "10000"))  # noqa: SIM112
+CHUNKS_BEFORE_DISCONNECT = 20
 
 RUNNING = "ray_vllm_num_requests_running"
 GENERATED = "ray_vllm_generation_tokens_total"
@@ -79,9 +80,12 @@ def wait_for(check: Callable[[], bool], timeout_s: float, period_s: float = 0.02
 def test_disconnect_mid_stream_stops_the_engine(cluster: Cluster) -> None:
     url = metrics_url()
     model = cluster.spec.tier("large").model_name
-    # the engine exports its metrics once it has served (readiness sent it requests)
-    assert wait_for(lambda: read(url, RUNNING, model) is not None, 120, 0.5) is not None
-    assert wait_for(lambda: read(url, RUNNING, model) == 0, 120, 0.2) is not None
+    interval_s = REPORT_INTERVAL_MS / 1000
+    # a one-token request makes the engine (re)export its counters; then it is idle
+    cluster.client().completions.create(model=model, prompt="hi", max_tokens=1)
+    seen = wait_for(lambda: read(url, GENERATED, model) is not None, 3 * interval_s + 30, 0.2)
+    assert seen is not None, "the engine's token counter never showed up in Ray's metrics"
+    assert wait_for(lambda: not read(url, RUNNING, model), 120, 0.2) is not None
     generated_before = read(url, GENERATED, model) or 0.0
 
     stream = cluster.client().chat.completions.create(
@@ -93,23 +97,25 @@ def test_disconnect_mid_stream_stops_the_engine(cluster: Cluster) -> None:
         extra_body={"ignore_eos": True},
     )
     chunks = 0
-    first_chunk_at: float | None = None
-    rise_s: float | None = None
-    for _ in stream:  # read until the engine's gauge shows the request running
+    for _ in stream:  # the engine is generating: take a few tokens, then walk away
         chunks += 1
-        if first_chunk_at is None:
-            first_chunk_at = time.monotonic()
-        if (read(url, RUNNING, model) or 0) >= 1:
-            rise_s = time.monotonic() - first_chunk_at
+        if chunks >= CHUNKS_BEFORE_DISCONNECT:
             break
-    assert rise_s is not None, f"the stream ended ({chunks} chunks) before the gauge showed it"
+    assert chunks == CHUNKS_BEFORE_DISCONNECT, f"the stream ended after {chunks} chunks"
     stream.close()  # the client walks away
 
-    dropped_s = wait_for(lambda: read(url, RUNNING, model) == 0, timeout_s=60)
-    assert dropped_s is not None, "the engine still runs the request 60 s after the disconnect"
-    # and it stopped generating: a few seconds on, far fewer tokens than the answer asked for
-    time.sleep(3 * REPORT_INTERVAL_MS / 1000 + 1.0)
-    generated = (read(url, GENERATED, model) or 0.0) - generated_before
+    # 0, or no sample at all: vLLM sets the gauge on every engine step, and Ray's agent
+    # drops it two report intervals after the last set, so an absent gauge after the
+    # request ran means the engine has stopped stepping
+    dropped_s = wait_for(lambda: not read(url, RUNNING, model), timeout_s=90, period_s=0.05)
+    assert dropped_s is not None, "the engine still runs the request 90 s after the disconnect"
+    # and it stopped generating: a report interval on, the engine's token counter shows
+    # it made far fewer tokens than the answer asked for (at ~100 tokens/s it would have
+    # made them all in about 20 s)
+    time.sleep(interval_s + 1.0)
+    after = read(url, GENERATED, model)
+    assert after is not None, "the engine's token counter vanished from Ray's metrics"
+    generated = after - generated_before
     assert 0 < generated < MAX_TOKENS * 0.8, generated
 
     figures = {
@@ -119,12 +125,8 @@ def test_disconnect_mid_stream_stops_the_engine(cluster: Cluster) -> None:
         "chunks_read_before_disconnect": chunks,
         "tokens_generated": generated,
         "gauge_zero_after_disconnect_ms": round(dropped_s * 1000, 1),
-        # the same export path in the other direction: first chunk at the client -> gauge 1
-        # (the engine was running before that chunk left it, so this is a lower bound of
-        # the export delay)
-        "gauge_one_after_first_chunk_ms": round(rise_s * 1000, 1),
         "metrics_report_interval_ms": REPORT_INTERVAL_MS,
-        "note": "gauge read through Ray's metrics export, polled every 20 ms: the figure "
+        "note": "gauge read through Ray's metrics export, polled every 50 ms: the figure "
         "includes up to one report interval of export delay",
     }
     record("cancellation", figures)

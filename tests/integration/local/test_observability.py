@@ -8,6 +8,7 @@ Serve's replica log files of this cluster's Ray session.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +46,22 @@ def wait_for(url: str, check: Any, timeout_s: float = 90.0) -> Scrape:
         time.sleep(2.0)
 
 
+def quiet_scrape(url: str, timeout_s: float = 120.0) -> Scrape:
+    """A scrape that earlier tests' traffic no longer moves: Ray exports counters up to one
+    report interval late, so the counts of `EXPECTED` must hold still across one."""
+    interval_s = int(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000  # noqa: SIM112
+    deadline = time.monotonic() + timeout_s
+    last = scrape(url)
+    while True:
+        time.sleep(interval_s + 1.0)
+        now = scrape(url)
+        if time.monotonic() > deadline or all(
+            now.total(name, **labels) == last.total(name, **labels) for name, labels, _ in EXPECTED
+        ):
+            return now
+        last = now
+
+
 # What the `traffic` fixture's requests add: (sample, labels, count).
 EXPECTED: list[tuple[str, dict[str, str], int]] = [
     ("ray_tierline_gateway_requests_total", {"tenant": "tests", "status": "200"}, 3),
@@ -67,7 +84,7 @@ def metrics_url(cluster: Cluster) -> str:
 @pytest.fixture(scope="module")
 def traffic(cluster: Cluster, metrics_url: str) -> dict[str, Any]:
     """A few requests of every kind; returns their ids and the scrapes around them."""
-    before = scrape(metrics_url)
+    before = quiet_scrape(metrics_url)
     client = cluster.client()
     ids: dict[str, str] = {}
     rid = f"obs-{uuid.uuid4().hex[:12]}"
