@@ -86,24 +86,9 @@ def metrics_port_for(preferred: int | None = DEFAULT_METRICS_PORT) -> int:
         return int(s.getsockname()[1])
 
 
-def start(
-    spec: ClusterSpec, ready_timeout_s: float = 600.0, metrics_port: int | None = None
-) -> LocalRun:
-    """Start Ray and Serve in this process and deploy the spec; returns once /readyz is 200.
-
-    Metrics of every process of the cluster are served at `LocalRun.metrics_url`, on
-    `metrics_port` (None: a free port, so that parallel test clusters never collide)."""
+def _init_ray(spec: ClusterSpec, port: int) -> None:
     import ray
-    from ray import serve
 
-    from deployments.app import build_graph
-    from deployments.logs import SERVE_LOGGING
-
-    port = metrics_port if metrics_port is not None else metrics_port_for(None)
-
-    t0 = time.monotonic()
-    for name, value in SERVE_PROXY_ENV.items():
-        os.environ.setdefault(name, value)
     # Local mode keeps Ray's own ports on loopback: no dashboard, the node (GCS, object
     # manager, workers) bound to 127.0.0.1, and Ray's token authentication left on.
     ray.init(
@@ -118,6 +103,37 @@ def start(
         configure_logging=False,
         _metrics_export_port=port,
     )
+
+
+def start(
+    spec: ClusterSpec, ready_timeout_s: float = 600.0, metrics_port: int | None = None
+) -> LocalRun:
+    """Start Ray and Serve in this process and deploy the spec; returns once /readyz is 200.
+
+    Metrics of every process of the cluster are served at `LocalRun.metrics_url`, on
+    `metrics_port` (None: a free port, so that parallel test clusters never collide)."""
+    from ray import serve
+
+    from deployments.app import build_graph
+    from deployments.logs import SERVE_LOGGING
+
+    port = metrics_port if metrics_port is not None else metrics_port_for(None)
+
+    t0 = time.monotonic()
+    # In the environment only while Ray starts: its node processes (and through them the
+    # Serve proxy) inherit it, this driver does not keep it, so handles made here keep
+    # their own router loop and may block on `.result()`.
+    saved = {name: os.environ.get(name) for name in SERVE_PROXY_ENV}
+    for name, value in SERVE_PROXY_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        _init_ray(spec, port)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
     serve.start(
         http_options={"host": spec.gateway.host, "port": spec.gateway.port},
         proxy_location="HeadOnly",
@@ -163,8 +179,7 @@ def drain(spec: ClusterSpec) -> int:
 
     window = spec.gateway.drain_timeout_s
 
-    # Awaited inside an event loop: with SERVE_PROXY_ENV in this process's environment,
-    # handles made here route on the caller's loop and refuse blocking `.result()` calls.
+    # Awaited together, so one slow replica does not hold up the calls to the others.
     async def drain_all() -> list[tuple[str, int]]:
         handle = serve.get_deployment_handle(GATEWAY_DEPLOYMENT, app_name=spec.name)
         calls = [handle.drain.remote(window) for _ in range(4 * spec.gateway.replicas)]
