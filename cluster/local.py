@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.spec import ClusterSpec
+
+log = logging.getLogger(__name__)
 
 # Ray's logical CPUs are a scheduling budget, not threads: each tier's engine reserves one
 # and the gateway half of one, so a 2-core machine still needs more than 2 to place them.
@@ -86,7 +89,46 @@ def metrics_port_for(preferred: int | None = DEFAULT_METRICS_PORT) -> int:
         return int(s.getsockname()[1])
 
 
+# Ray waits a fixed 30 s for a new node's raylet to register with the GCS; on a loaded
+# machine (a CI runner just after another cluster's teardown) that start can miss it.
+RAY_START_ATTEMPTS = 3
+RAY_START_TIMEOUT_TEXT = "timed out during startup"
+
+
+def retry_ray_start(
+    init: Callable[[], None],
+    cleanup: Callable[[], None],
+    attempts: int = RAY_START_ATTEMPTS,
+    on_retry: Callable[[int, Exception], None] | None = None,
+) -> None:
+    """Run `init` (a Ray node start); when Ray reports that the node timed out during
+    startup, `cleanup` what it left and try again, up to `attempts` times in all. Any other
+    error, or the last timeout, is raised as it is."""
+    for attempt in range(1, attempts + 1):
+        try:
+            init()
+            return
+        except Exception as err:
+            if RAY_START_TIMEOUT_TEXT not in str(err) or attempt == attempts:
+                raise
+            cleanup()
+            if on_retry is not None:
+                on_retry(attempt, err)
+
+
 def _init_ray(spec: ClusterSpec, port: int) -> None:
+    import ray
+
+    retry_ray_start(
+        lambda: _ray_init_once(spec, port),
+        ray.shutdown,
+        on_retry=lambda n, err: log.warning(
+            "Ray start attempt %d failed (%s); trying again", n, err
+        ),
+    )
+
+
+def _ray_init_once(spec: ClusterSpec, port: int) -> None:
     import ray
 
     # Local mode keeps Ray's own ports on loopback: no dashboard, the node (GCS, object
