@@ -282,39 +282,45 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _latency_line(
+    label: str, make_target: str, data: Mapping[str, Any] | None, digits: int, missing: str
+) -> str:
+    """One bullet: `label` with each latency's p50 (and p99 where given) from a result file."""
+    if not data:
+        return f"- {label}: no `{missing}` yet."
+    parts = [
+        f"{name.replace('_', ' ')} p50 {v['p50_ms']:.{digits}f} ms"
+        + (f" / p99 {v['p99_ms']:.{digits}f} ms" if v.get("p99_ms") is not None else "")
+        for name, v in data.get("latency", {}).items()
+    ]
+    setting = f", {data['setting']}" if data.get("setting") else ""
+    return (
+        f"- {label} (`{make_target}`, {data['source']}, measured {data['measured']}{setting}): "
+        + ("; ".join(parts) if parts else "no latency figures in the file")
+        + "."
+    )
+
+
 def other_benchmarks_md(others: Mapping[str, Mapping[str, Any]]) -> str:
     """Router decision latency and RAG query latency from their own result files."""
-    lines = []
-    router = others.get("router")
-    if router:
-        parts = [
-            f"{name.replace('_', ' ')} p50 {v['p50_ms']:.1f} ms / p99 {v['p99_ms']:.1f} ms"
-            for name, v in router.get("latency", {}).items()
+    return "\n".join(
+        [
+            _latency_line(
+                "Router decision latency",
+                "make bench-router",
+                others.get("router"),
+                1,
+                "bench/results/router.json",
+            ),
+            _latency_line(
+                "RAG query latency",
+                "make bench-rag",
+                others.get("rag"),
+                2,
+                "bench/results/rag.json",
+            ),
         ]
-        lines.append(
-            f"- Router decision latency (`make bench-router`, {router['source']}, measured "
-            f"{router['measured']}{', ' + router['setting'] if router.get('setting') else ''}): "
-            + ("; ".join(parts) if parts else "no latency figures in the file")
-            + "."
-        )
-    else:
-        lines.append("- Router decision latency: no `bench/results/router.json` yet.")
-    rag = others.get("rag")
-    if rag:
-        parts = [
-            f"{name.replace('_', ' ')} p50 {v['p50_ms']:.2f} ms"
-            + (f" / p99 {v['p99_ms']:.2f} ms" if v.get("p99_ms") is not None else "")
-            for name, v in rag.get("latency", {}).items()
-        ]
-        lines.append(
-            f"- RAG query latency (`make bench-rag`, {rag['source']}, measured "
-            f"{rag['measured']}{', ' + rag['setting'] if rag.get('setting') else ''}): "
-            + ("; ".join(parts) if parts else "no latency figures in the file")
-            + "."
-        )
-    else:
-        lines.append("- RAG query latency: no `bench/results/rag.json` yet.")
-    return "\n".join(lines)
+    )
 
 
 def router_latency(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:

@@ -109,7 +109,14 @@ def worker_groups(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE)
 
 
 def check_spec_for_kubernetes(spec: ClusterSpec) -> None:
-    """What a spec must have to run in pods: a proxy bound to the pod network."""
+    """What a spec must have to run in pods: a proxy bound to the pod network, and no
+    local-only settings."""
+    from cluster.render import RenderError, check_renderable
+
+    try:
+        check_renderable(spec)
+    except RenderError as err:
+        raise HelmValuesError(str(err)) from err
     if spec.gateway.host not in WILDCARD_HOSTS:
         raise HelmValuesError(
             f"gateway.host is {spec.gateway.host!r}: on Kubernetes the Serve proxy must bind "

@@ -71,6 +71,24 @@ def wait_ready(url: str, timeout_s: float, on_wait: Callable[[str], None] | None
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f}s: {last}")
 
 
+def serve_process_env(spec: ClusterSpec) -> dict[str, str]:
+    """Settings the spec's request path needs in every Ray process (read at start-up).
+
+    `gateway.direct_ingress`: gateway replicas bind HTTP ports from the spec's port up (one
+    each, end exclusive), so replica 0 answers on `gateway.port` itself; the Serve proxy then
+    listens on another port (`start` picks a free one). `gateway.grpc_between_deployments`:
+    handles talk to replicas over gRPC."""
+    env = dict(SERVE_PROXY_ENV)
+    g = spec.gateway
+    if g.direct_ingress:
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(g.port)
+        env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(g.port + g.replicas)
+    if g.grpc_between_deployments:
+        env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1"
+    return env
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -84,6 +102,10 @@ def metrics_port_for(preferred: int | None = DEFAULT_METRICS_PORT) -> int:
     """`preferred` when it is free, else a free port (another local cluster may hold it)."""
     if preferred is not None and _port_free(preferred):
         return preferred
+    return _free_port()
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -165,8 +187,9 @@ def start(
     # In the environment only while Ray starts: its node processes (and through them the
     # Serve proxy) inherit it, this driver does not keep it, so handles made here keep
     # their own router loop and may block on `.result()`.
-    saved = {name: os.environ.get(name) for name in SERVE_PROXY_ENV}
-    for name, value in SERVE_PROXY_ENV.items():
+    process_env = serve_process_env(spec)
+    saved = {name: os.environ.get(name) for name in process_env}
+    for name, value in process_env.items():
         os.environ.setdefault(name, value)
     try:
         _init_ray(spec, port)
@@ -176,8 +199,11 @@ def start(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = old
+    # With direct ingress the gateway replica holds the spec's port; the proxy, which
+    # Serve still starts, gets a free one and carries no tierline traffic.
+    proxy_port = _free_port() if spec.gateway.direct_ingress else spec.gateway.port
     serve.start(
-        http_options={"host": spec.gateway.host, "port": spec.gateway.port},
+        http_options={"host": spec.gateway.host, "port": proxy_port},
         proxy_location="HeadOnly",
     )
     serve.run(

@@ -10,8 +10,28 @@ from deployments.logs import SERVE_LOGGING
 IMPORT_PATH = "deployments.app:build_app"
 
 
+class RenderError(ValueError):
+    """The spec asks for something a rendered deployment cannot give it."""
+
+
+LOCAL_ONLY_GATEWAY_FIELDS = ("direct_ingress", "grpc_between_deployments")
+
+
+def check_renderable(spec: ClusterSpec) -> None:
+    """Settings that live in the environment of every Ray process, which `tierline up`
+    sets and a config file for an existing cluster cannot: refuse them, never drop them."""
+    on = [f for f in LOCAL_ONLY_GATEWAY_FIELDS if getattr(spec.gateway, f)]
+    if on:
+        raise RenderError(
+            f"gateway.{', gateway.'.join(on)}: local runs (`tierline up`) only for now; they "
+            "are Ray process settings that a Serve config or the Helm chart does not carry. "
+            "Set them to false to render this spec."
+        )
+
+
 def serve_config(spec: ClusterSpec) -> dict[str, Any]:
     """A Ray Serve config file (the `serve deploy` schema) that runs this spec."""
+    check_renderable(spec)
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": spec.gateway.host, "port": spec.gateway.port},

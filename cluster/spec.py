@@ -450,6 +450,17 @@ class GatewaySpec(_Strict):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."
     )
+    direct_ingress: bool = Field(
+        False,
+        description="Local runs only (not yet on Kubernetes): the gateway replicas serve HTTP "
+        "themselves (Ray Serve direct ingress), replica i on port + i, without the Serve "
+        "proxy hop; see BENCHMARKS.md for what it buys.",
+    )
+    grpc_between_deployments: bool = Field(
+        False,
+        description="Local runs only (not yet on Kubernetes): Serve handles call deployments "
+        "over gRPC instead of Ray actor calls; see BENCHMARKS.md for what it buys.",
+    )
 
 
 class RagSpec(_Strict):

@@ -66,7 +66,12 @@ class Gateway:
         clients: dict[str, EngineClient] = {
             t.name: external_client(t)
             if t.is_external
-            else ServeEngineClient(self._engines[t.name], t.model_name, adapter_sources(t))
+            else ServeEngineClient(
+                self._engines[t.name],
+                t.model_name,
+                adapter_sources(t),
+                grpc=self._spec.gateway.grpc_between_deployments,
+            )
             for t in self._spec.tiers
         }
         auth = self._spec.gateway.auth

@@ -106,9 +106,14 @@ class ServeEngineClient:
     costs of many seconds), and the client reports healthy only once it has succeeded.
     """
 
-    def __init__(self, handle: Any, model: str, adapters: Collection[str] = ()) -> None:
+    def __init__(
+        self, handle: Any, model: str, adapters: Collection[str] = (), grpc: bool = False
+    ) -> None:
         self._handle = handle
-        self._stream = handle.options(stream=True)
+        # `grpc`: the calls go over the replicas' inter-deployment gRPC servers instead of
+        # Ray actor calls (spec gateway.grpc_between_deployments). Set on the handle here,
+        # in the gateway replica: the handles arrive built by the driver with its default.
+        self._stream = handle.options(stream=True, _by_reference=not grpc)
         self._model = model
         self._adapters = frozenset(adapters)  # engine-side adapter ids (multiplexed)
         self._warm: asyncio.Future[None] | None = None

@@ -6,7 +6,7 @@ import typer
 import yaml
 
 from cluster.cli.validate import load_or_exit
-from cluster.render import serve_config
+from cluster.render import RenderError, serve_config
 
 app = typer.Typer(help="Render deployment files from a spec.", no_args_is_help=True)
 
@@ -14,7 +14,11 @@ app = typer.Typer(help="Render deployment files from a spec.", no_args_is_help=T
 @app.command("serve")
 def serve(spec: Path = typer.Argument(..., help="Spec file.", show_default=False)) -> None:
     """Write a Ray Serve config (for `serve deploy`) to stdout."""
-    config = serve_config(load_or_exit(spec))
+    try:
+        config = serve_config(load_or_exit(spec))
+    except RenderError as e:
+        typer.echo(f"{spec}: {e}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
 
 

@@ -187,6 +187,8 @@ def test_bad_spec_fails_at_install(tmp_path: Path) -> None:
         (["apiKeys.existingSecret="], "apiKeys.existingSecret"),
         (["upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
         (["workerGroups[0].acceleratorType=A100"], "no workerGroups entry"),
+        (["spec.gateway.direct_ingress=true"], "direct_ingress is true: local runs"),
+        (["spec.gateway.grpc_between_deployments=true"], "grpc_between_deployments is true"),
     ],
 )
 def test_cross_value_checks(sets: list[str], message: str) -> None:

@@ -307,3 +307,23 @@ def test_an_invalid_body_is_a_400_not_a_dead_tier() -> None:
 
     item = asyncio.run(first_item())
     assert isinstance(item, EngineError) and item.status == 400
+
+
+class OptionsHandle:
+    def __init__(self) -> None:
+        self.options_seen: list[dict[str, Any]] = []
+
+    def options(self, **kw: Any) -> OptionsHandle:
+        self.options_seen.append(kw)
+        return self
+
+
+@pytest.mark.parametrize(("grpc", "by_reference"), [(False, True), (True, False)])
+def test_grpc_between_deployments_sets_the_handles_transport(
+    grpc: bool, by_reference: bool
+) -> None:
+    from deployments.engine_client import ServeEngineClient
+
+    handle = OptionsHandle()
+    ServeEngineClient(handle, "small", grpc=grpc)
+    assert handle.options_seen == [{"stream": True, "_by_reference": by_reference}]

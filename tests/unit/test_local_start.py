@@ -1,10 +1,12 @@
-"""Ray node start retries (cluster.local.retry_ray_start), without Ray."""
+"""Local cluster start-up decisions (Ray start retries, Ray process settings), without Ray."""
 
 from __future__ import annotations
 
 import pytest
 
-from cluster.local import retry_ray_start
+from cluster.local import retry_ray_start, serve_process_env
+from cluster.spec import ClusterSpec
+from cluster.specfile import parse_spec
 
 TIMEOUT = Exception(
     "The current node timed out during startup. This could happen because some of the "
@@ -46,3 +48,30 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError, match="bad num_cpus"):
         retry_ray_start(s.init, s.cleanup, attempts=3)
     assert (s.inits, s.cleanups) == (1, 0)
+
+
+def _spec(**gateway: object) -> ClusterSpec:
+    spec = parse_spec(
+        {"tiers": [{"name": "small", "model_source": "org/small", "max_context_tokens": 256}]}
+    )
+    return spec.model_copy(update={"gateway": spec.gateway.model_copy(update=gateway)})
+
+
+def test_the_default_request_path_keeps_the_serve_proxy() -> None:
+    env = serve_process_env(_spec())
+    assert env == {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def test_direct_ingress_gives_gateway_replicas_the_spec_port_and_up() -> None:
+    env = serve_process_env(_spec(direct_ingress=True, port=9100, replicas=2))
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Serve allocates from range(min, max): replica ports 9100 and 9101
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9100"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "9102"
+    assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" not in env
+
+
+def test_grpc_between_deployments() -> None:
+    env = serve_process_env(_spec(grpc_between_deployments=True))
+    assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in env

@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from cluster.render import IMPORT_PATH, serve_config
+from cluster.render import IMPORT_PATH, LOCAL_ONLY_GATEWAY_FIELDS, RenderError, serve_config
 from cluster.spec import deployment_name
 from cluster.specfile import load_spec, parse_spec
 from deployments.engine import llm_config_kwargs
@@ -20,6 +20,12 @@ def test_serve_config_passes_rays_own_schema(path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     spec = load_spec(path)
+    if any(getattr(spec.gateway, f) for f in LOCAL_ONLY_GATEWAY_FIELDS):
+        # configs/bench.yaml: refused as it is, rendered once its local-only settings are off
+        with pytest.raises(RenderError, match="local runs"):
+            serve_config(spec)
+        off = spec.gateway.model_copy(update=dict.fromkeys(LOCAL_ONLY_GATEWAY_FIELDS, False))
+        spec = spec.model_copy(update={"gateway": off})
     config = serve_config(spec)
     parsed = ServeDeploySchema.model_validate(config)
     (application,) = parsed.applications
@@ -34,6 +40,17 @@ def test_cli_render_serve_writes_yaml(root: Path) -> None:
     res = CliRunner().invoke(app, ["render", "serve", str(root / "configs/local.yaml")])
     assert res.exit_code == 0, res.output
     assert yaml.safe_load(res.output) == serve_config(load_spec(root / "configs/local.yaml"))
+
+
+@pytest.mark.parametrize("field", LOCAL_ONLY_GATEWAY_FIELDS)
+def test_local_only_settings_are_refused_not_dropped(root: Path, field: str) -> None:
+    spec = load_spec(root / "configs/local.yaml")
+    spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(update={field: True})})
+    with pytest.raises(RenderError, match=f"gateway.{field}: local runs"):
+        serve_config(spec)
+    path = root / "configs/local.yaml"
+    res = CliRunner().invoke(app, ["render", "serve", str(path)])
+    assert res.exit_code == 0
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
