@@ -14,12 +14,14 @@ class RenderError(ValueError):
     """The spec asks for something a rendered deployment cannot give it."""
 
 
-LOCAL_ONLY_GATEWAY_FIELDS = ("direct_ingress", "grpc_between_deployments")
+LOCAL_ONLY_GATEWAY_FIELDS = ("direct_ingress",)
 
 
 def check_renderable(spec: ClusterSpec) -> None:
     """Settings that live in the environment of every Ray process, which `tierline up`
-    sets and a config file for an existing cluster cannot: refuse them, never drop them."""
+    sets and a config file for an existing cluster cannot: refuse them, never drop them.
+    (`gateway.grpc_between_deployments` travels in the spec: the gateway sets it on its
+    engine handles wherever it runs.)"""
     on = [f for f in LOCAL_ONLY_GATEWAY_FIELDS if getattr(spec.gateway, f)]
     if on:
         raise RenderError(

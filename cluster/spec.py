@@ -458,8 +458,8 @@ class GatewaySpec(_Strict):
     )
     grpc_between_deployments: bool = Field(
         False,
-        description="Local runs only (not yet on Kubernetes): Serve handles call deployments "
-        "over gRPC instead of Ray actor calls; see BENCHMARKS.md for what it buys.",
+        description="The gateway calls the engine deployments over gRPC instead of Ray actor "
+        "calls (local runs: Serve's proxy too); see BENCHMARKS.md for what it buys.",
     )
 
 

@@ -94,11 +94,11 @@ class Gateway:
             else None
         )
         # Autoscaled tiers: the gateway follows their replica counts (scale to zero).
-        autoscaled = {t.name: deployment_name(t) for t in self._spec.tiers if t.autoscaling}
+        # Engine tiers' replica counts from Serve: autoscaled tiers follow them (scale to
+        # zero), and a tier whose replicas all died is marked down at once.
+        watched = {t.name: deployment_name(t) for t in self._spec.engine_tiers}
         replicas = (
-            ServeReplicaWatcher(serve.get_replica_context().app_name, autoscaled)
-            if autoscaled
-            else None
+            ServeReplicaWatcher(serve.get_replica_context().app_name, watched) if watched else None
         )
         self._core = GatewayCore(
             self._spec,

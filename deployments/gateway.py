@@ -611,11 +611,16 @@ class GatewayCore:
             await asyncio.sleep(period_s)
 
     async def watch_replicas(self, period_s: float = 2.0) -> None:
-        """Keep `replicas` current from Serve's status. Tiers that scale to zero and have
-        answered once take their health from it too: a probe would count as load and keep
-        them from ever scaling down (or wake them up)."""
+        """Keep `replicas` of autoscaled tiers current from Serve's status. Tiers that
+        scale to zero and have answered once take their health from it too: a probe would
+        count as load and keep them from ever scaling down (or wake them up).
+
+        A tier that does not scale to zero and had running replicas is marked down as soon
+        as Serve reports none running (they died): its waiting requests move to the
+        fallback tier now, not after the health checks have failed (tens of seconds)."""
         if self.replica_watcher is None:
             return
+        had_running: dict[str, bool] = {}
         while True:
             try:
                 counts = await self.replica_watcher.counts()
@@ -623,9 +628,17 @@ class GatewayCore:
                 logger.warning("replica counts unavailable: %r", err)
                 counts = {}
             for name, count in counts.items():
-                self.replicas[name] = count.running
+                tier = self.spec.tier(name)
+                if tier.autoscaling is not None:
+                    self.replicas[name] = count.running
                 if name in self.warmed:
                     self.health[name] = count.healthy
+                if tier.scales_to_zero:
+                    continue
+                if count.running == 0 and had_running.get(name) and self.health[name]:
+                    logger.warning("tier %s: no replica running (Serve): marked down", name)
+                    self.mark_down(name)
+                had_running[name] = count.running > 0
             await asyncio.sleep(period_s)
 
     async def ready(self, timeout_s: float = 2.0) -> dict[str, bool]:
@@ -809,7 +822,7 @@ def create_app(
         # An external tier's outage is not the gateway's: it is listed, it does not gate.
         ok = all(up for name, up in tiers.items() if not core.spec.tier(name).is_external)
         body: dict[str, Any] = {"status": "ready" if ok else "not ready", "tiers": tiers}
-        if core.replica_watcher is not None:  # autoscaled tiers: replicas running now
+        if any(r is not None for r in core.replicas.values()):  # autoscaled: running now
             body["replicas"] = {n: r for n, r in core.replicas.items() if r is not None}
         return JSONResponse(
             body,

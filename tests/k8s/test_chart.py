@@ -188,7 +188,6 @@ def test_bad_spec_fails_at_install(tmp_path: Path) -> None:
         (["upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
         (["workerGroups[0].acceleratorType=A100"], "no workerGroups entry"),
         (["spec.gateway.direct_ingress=true"], "direct_ingress is true: local runs"),
-        (["spec.gateway.grpc_between_deployments=true"], "grpc_between_deployments is true"),
     ],
 )
 def test_cross_value_checks(sets: list[str], message: str) -> None:
@@ -290,3 +289,11 @@ def test_dashboard_configmap_loads_every_json(tmp_path: Path) -> None:
     assert validate_object(cm) == []
     off = helm_template(chart=chart, sets=["dashboards.enabled=false"])
     assert not [o for o in off if o["kind"] == "ConfigMap"]
+
+
+def test_grpc_between_deployments_travels_in_the_spec() -> None:
+    """Unlike direct_ingress (refused above), the gateway applies it to its own handles."""
+    base = CI_VALUES[0].parent / "minimal-values.yaml"
+    objects = helm_template([base], sets=["spec.gateway.grpc_between_deployments=true"])
+    spec = serve_config_of(objects)["applications"][0]["args"]["spec"]
+    assert spec["gateway"]["grpc_between_deployments"] is True

@@ -301,3 +301,33 @@ def test_cold_start_wait_policy_sends_auto_into_the_cold_tier() -> None:
         assert (tier.name, decision.reason) == ("cheap", "auto:default+coldstart")
 
     asyncio.run(run())
+
+
+def test_a_tier_whose_replicas_all_died_is_marked_down_at_once() -> None:
+    core, watcher, _ = _core()
+    watcher.now["main"] = ReplicaCount(running=0, starting=1, healthy=True)
+
+    async def run() -> None:
+        # Still starting (never ran): not an outage.
+        await _briefly(core.watch_replicas(period_s=0.01))
+        assert core.health["main"] is True
+        watcher.now["main"] = ReplicaCount(running=1, starting=0, healthy=True)
+        await _briefly(core.watch_replicas(period_s=0.01))
+        assert core.health["main"] is True
+        # Its only replica died; Serve starts another. A request waiting for the tier's
+        # first output is told to fail over now.
+        waiter = asyncio.get_running_loop().create_future()
+        core._down_waiters["main"].add(waiter)
+        task = asyncio.ensure_future(core.watch_replicas(period_s=0.01))
+        await asyncio.sleep(0.03)
+        watcher.now["main"] = ReplicaCount(running=0, starting=1, healthy=True)
+        await asyncio.wait_for(waiter, timeout=1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert core.health["main"] is False
+        # A tier that scales to zero reaching zero is cold, not down.
+        watcher.now["cheap"] = ReplicaCount(running=0, starting=0, healthy=True)
+        await _briefly(core.watch_replicas(period_s=0.01))
+        assert core.health["cheap"] is True and core.replicas["cheap"] == 0
+
+    asyncio.run(run())

@@ -58,10 +58,8 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 {{- if not (has $host (list "0.0.0.0" "::")) -}}
 {{- fail (printf "spec.gateway.host is %q: on Kubernetes the Serve proxy must bind 0.0.0.0 (or ::) so the gateway Service can reach it" $host) -}}
 {{- end -}}
-{{- range $field := list "direct_ingress" "grpc_between_deployments" -}}
-{{- if dig "gateway" $field false $spec -}}
-{{- fail (printf "spec.gateway.%s is true: local runs (tierline up) only for now; the chart does not carry this Ray process setting" $field) -}}
-{{- end -}}
+{{- if dig "gateway" "direct_ingress" false $spec -}}
+{{- fail "spec.gateway.direct_ingress is true: local runs (tierline up) only for now; the chart does not carry this Ray process setting" -}}
 {{- end -}}
 {{- $http := dict "host" $host "port" (include "tierline.servePort" . | int) -}}
 {{- /* JSON log lines with request ids, as cluster.render.serve_config (deployments.logs.SERVE_LOGGING) */ -}}
