@@ -276,7 +276,7 @@ class GatewayCore:
         try:
             tier, first, stream = await self._first_item(method, ask, tier, headers, slot)
             if isinstance(first, dict) and cascade is not None:
-                await stream.aclose()
+                await finish_whole_answer(stream)
                 first = await self._cascade(
                     method, ask, tier, first, headers, slot, tenant, cascade
                 )
@@ -284,7 +284,7 @@ class GatewayCore:
             await finish(None)
             raise
         if isinstance(first, dict):
-            await stream.aclose()
+            await finish_whole_answer(stream)
             await finish(_total_tokens(first))
             self.answered(headers, tenant, 200, t0)
             return JSONResponse(first, headers=headers)
@@ -350,7 +350,7 @@ class GatewayCore:
             except APIError as err:
                 logger.warning("cascade to tier %s failed: %s", up, err.message)
                 break
-            await stream.aclose()
+            await finish_whole_answer(stream)
             if not isinstance(item, dict):
                 break
             answer = item
@@ -680,6 +680,23 @@ class GatewayCore:
                 }
             )
         return cards + adapter_cards(self.spec, self.created)
+
+
+async def finish_whole_answer(
+    stream: AsyncGenerator[EngineItem, None], timeout_s: float = 2.0
+) -> None:
+    """After a whole (non-streaming) answer, let the engine call end by itself before
+    closing the stream: cancelling it right after its only item races the engine's own
+    end, and the engine replica then logs the call as cancelled or not at all (its log
+    loses the request id). Bounded: an engine that does not end in `timeout_s` is closed."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in stream:
+                pass
+    except Exception as err:  # TimeoutError, or the engine failed after answering
+        logger.debug("engine stream after a whole answer: %r", err)
+    finally:
+        await stream.aclose()
 
 
 class _FailOver(Exception):
