@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 
 models: $(STAMP)
 	$(BIN)/tierline models tiny --out models/
+	# The router's embedder: MiniLM distilled into a static table (~20 s once, cached in
+	# ~/.cache/tierline or $$TIERLINE_CACHE_DIR; a gateway replica would build it otherwise).
+	$(BIN)/python -m router.static_embedding
 
 run: models
 	$(BIN)/tierline up $(SPEC)

@@ -3,17 +3,21 @@
     .venv/bin/python bench/router_bench.py [--kinds lr,mf,mlp] [--skip-latency]
 
 Writes bench/results/router.json and prints it. Embeddings of the training prompts are
-computed once with the real MiniLM model and cached under .cache/.
+computed once per embedder (the shipped head's: MiniLM distilled into a static table, and
+full MiniLM for comparison) and cached under .cache/.
 
-- quality: 5-fold cross-validation, folds stratified by source file, the head trained on
-  the other folds of both files; APGR/CPT per file on out-of-fold scores, next to random,
-  the prompt-length heuristic and the oracle. Also a cross-benchmark check: trained on
-  one file only, scored on the other (prompts from a benchmark it never saw).
+- quality: 5-fold cross-validation with the shipped head's embedder, folds stratified by
+  source file, the head trained on the other folds of both files; APGR/CPT per file on
+  out-of-fold scores, next to random, the prompt-length heuristic and the oracle. Also a
+  cross-benchmark check: trained on one file only, scored on the other (prompts from a
+  benchmark it never saw). `fold_seeds`: the same with other fold assignments (how much
+  of a figure is the luck of one split). `embedders`: the 5-fold figures for each
+  embedder and head kind, which is how the shipped pair was chosen.
 - calibration: a shuffled stream of every prompt (scored out-of-fold) replayed through
   `decide_learned`/`recalibrate`; realised share above the cheapest tier vs the target.
-- latency: the whole auto decision (MiniLM embedding, head, tier mapping, policy,
-  re-calibration) for 50-, 500- and 2,000-token prompts, wall clock and process CPU time,
-  with 1 and 2 torch threads (`--latency-only` measures just this, into `latency`).
+- latency: the whole auto decision (embedding with the shipped head's embedder, head, tier
+  mapping, policy, re-calibration) for 50-, 500- and 2,000-token prompts, wall clock and
+  process CPU time (`--latency-only` measures just this, into `latency`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from router.data import DEFAULT_TRAIN_FILES, LabelledSet, load_files  # noqa: E402
-from router.embedding import MiniLMEmbedder, cached_embeddings  # noqa: E402
+from router.embedding import MINILM_NAME, Embedder, cached_embeddings, open_embedder  # noqa: E402
 from router.evaluate import (  # noqa: E402
     curve,
     length_scores,
@@ -41,6 +45,7 @@ from router.evaluate import (  # noqa: E402
 from router.head import Head  # noqa: E402
 from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate  # noqa: E402
 from router.scorer import SHIPPED_ARTIFACT, output_weights, tier_quality  # noqa: E402
+from router.static_embedding import STATIC_NAME, minilm_path  # noqa: E402
 from router.train import HeadParams, fit_head, gap_scores, out_of_fold, sample_weights  # noqa: E402
 from router.types import RequestFeatures, TierState  # noqa: E402
 
@@ -48,7 +53,7 @@ CACHE = ROOT / ".cache"
 RESULTS = ROOT / "bench" / "results" / "router.json"
 
 
-def load(embedder: MiniLMEmbedder) -> tuple[LabelledSet, np.ndarray, list[str]]:
+def load(embedder: Embedder) -> tuple[LabelledSet, np.ndarray, list[str]]:
     sets, embs, groups = [], [], []
     for path in DEFAULT_TRAIN_FILES:
         data = load_files([path])
@@ -156,8 +161,10 @@ def calibration(oof: np.ndarray, prior: np.ndarray, groups: list[str]) -> dict:
     return out
 
 
-def latency(head: Head, embedder: MiniLMEmbedder, words: list[str], runs: int) -> dict:
-    tok = embedder._model.tokenizer
+def latency(head: Head, embedder: Embedder, words: list[str], runs: int) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()))  # both embedders' tokenizer
     tiers = [TierState("small", 10**6), TierState("large", 10**6)]
     policy = LearnedPolicy(strong_share=0.3, prior_quantiles=tuple(head.calibration_quantiles))
     weights = output_weights(["small", "large"], head.outputs, {})
@@ -199,19 +206,50 @@ def latency(head: Head, embedder: MiniLMEmbedder, words: list[str], runs: int) -
 
 
 def latency_section(shipped: Head, words: list[str], runs: int) -> dict:
-    """Decision latency with 1 and 2 torch threads, and the machine's load while measured."""
+    """Decision latency with the shipped head's embedder (MiniLM with 1 torch thread), and
+    the machine's load while measured."""
     import os
 
     import torch
 
-    section: dict = {"load_avg_1m_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
-    for threads in (1, 2):
-        lat_embedder = MiniLMEmbedder(threads=threads).start()
-        section[f"threads{threads}"] = latency(shipped, lat_embedder, words, runs)
+    torch.set_num_threads(1)
+    section: dict = {
+        "embedder": shipped.embedder,
+        "load_avg_1m_before": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+    }
+    section.update(latency(shipped, open_embedder(shipped.embedder, threads=1), words, runs))
     section["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    section["torch"] = torch.__version__
-    section["max_seq_tokens"] = 256
     return section
+
+
+def compare_embedders(kinds: list[str]) -> dict:
+    """5-fold figures per embedder and head kind (APGR and CPT(50%) per file)."""
+    out: dict[str, dict] = {}
+    for name in (STATIC_NAME, MINILM_NAME):
+        data, emb, groups = load(open_embedder(name, threads=2))
+        probe_head = Head("lr", ("weak", "strong"), np.zeros((1, 2)), np.zeros(2))
+        x = features(probe_head, emb, data.prompts)
+        out[name] = {}
+        for kind, per in quality(data, x, groups, kinds, {}).items():
+            out[name][kind] = {
+                f: {k: v["router"][k] for k in ("apgr", "cpt50")}
+                for f, v in per.items()
+                if f != "train_s"
+            }
+    return out
+
+
+def fold_seeds(data: LabelledSet, x: np.ndarray, groups: list[str], kind: str) -> dict:
+    y = np.stack([data.weak, data.strong], axis=1)
+    out = {}
+    for seed in (0, 1, 2, 3, 4):
+        oof = out_of_fold(x, y, groups, HeadParams(kind=kind), seed=seed)
+        out[f"seed{seed}"] = {
+            f: {k: v["router"][k] for k in ("apgr", "cpt50")}
+            for f, v in per_file(oof, data, groups).items()
+        }
+    return out
 
 
 def main() -> None:
@@ -235,15 +273,17 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["latency"], indent=2))
         return
-    embedder = MiniLMEmbedder(threads=2).start()
-    data, emb, groups = load(embedder)
+    data, emb, groups = load(open_embedder(shipped.embedder, threads=2))
     x = features(shipped, emb, data.prompts)
     kinds = args.kinds.split(",")
     result = {"data": [str(p.relative_to(ROOT)) for p in DEFAULT_TRAIN_FILES]}
     oofs: dict[str, np.ndarray] = {}
     result["quality_5fold"] = quality(data, x, groups, kinds, oofs)
     result["shipped_head"] = shipped.kind
+    result["shipped_embedder"] = shipped.embedder
     result["cross_benchmark"] = cross_benchmark(data, x, groups, shipped.kind)
+    result["fold_seeds"] = fold_seeds(data, x, groups, shipped.kind)
+    result["embedders"] = compare_embedders(kinds)
     # The replayed stream: out-of-fold scores (no head saw its own prompts); the prior is
     # the shipped head's calibration quantiles, as in the gateway.
     oof = oofs.get(shipped.kind, next(iter(oofs.values())))

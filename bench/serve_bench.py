@@ -109,12 +109,17 @@ def other_benchmarks() -> dict[str, Any]:
             if nested
             else next((k for k in ("latency", "latency_threads1") if k in data), "")
         )
+        section = data.get("latency")
+        embedder = section.get("embedder") if isinstance(section, dict) else None
+        setting = ""
+        if embedder:
+            setting = f"{embedder} embedding + head"
+        elif key == "latency_threads1":
+            setting = "MiniLM embedding + head, 1 torch thread"
         out["router"] = {
             "source": "bench/results/router.json",
             "measured": measured_date(router_path, data),
-            "setting": "MiniLM embedding + head, 1 torch thread"
-            if key == "latency_threads1"
-            else "",
+            "setting": setting,
             "latency": latency,
         }
     if rag_path.exists():

@@ -3,7 +3,7 @@
 `LearnedRouter` holds what the pure core (`router.learned`) needs between requests: the
 scorer (an `Embedder` and a `Head`), the calibration state (passed into the core and
 replaced by what it returns), each tier's queue and recent time to first token, and the
-Prometheus metrics. The gateway builds one at replica start (`start()` loads MiniLM);
+Prometheus metrics. The gateway builds one at replica start (`start()` loads the embedder);
 nothing here does I/O at import or construction.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from cluster.spec import ClusterSpec, LearnedParams
 from deployments.engine_client import EngineClient, EngineItem, Method
 from deployments.metrics import RouterMetrics
-from router.embedding import Embedder, MiniLMEmbedder
+from router.embedding import Embedder, check_probe, open_embedder
 from router.head import Head, prompt_words
 from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
 from router.profile import load_ttft_priors
@@ -94,9 +94,13 @@ class LearnedRouter:
     def start(
         cls, spec: ClusterSpec, threads: int | None = 1, metrics: RouterMetrics | None = None
     ) -> LearnedRouter:
-        """Replica start-up: load the scorer and the MiniLM model (about a second)."""
+        """Replica start-up: load the scorer and the embedder it names (about a second;
+        the static MiniLM table is distilled first, about 20 s, if it is not cached)."""
         head = Head.load(artifact_path(spec.router.learned))
-        router = cls(spec, MiniLMEmbedder(threads=threads).start(), head, metrics)
+        embedder = open_embedder(head.embedder, threads)
+        if "probe" in head.meta:
+            check_probe(embedder, head.meta["probe"])
+        router = cls(spec, embedder, head, metrics)
         if spec.router.learned.profile:
             router.seed_ttft(load_ttft_priors(Path(spec.router.learned.profile).expanduser()))
         return router

@@ -23,6 +23,10 @@ MINILM_DIM = 384
 MINILM_NAME = "all-MiniLM-L6-v2"
 CLIP_CHARS_PER_TOKEN = 8  # English word pieces average about 4 characters
 CLIP_MARGIN_TOKENS = 16
+PROBE_TEXT = "How many prime numbers are there between 10 and 50? Explain briefly."
+"""Embedded when a head is trained and again at start-up: embeddings that disagree with
+those the head was trained on (another model build, a changed distillation) are refused."""
+PROBE_TOLERANCE = 1e-3
 
 
 class Embedder(Protocol):
@@ -141,3 +145,31 @@ def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path)
     np.save(tmp, vectors, allow_pickle=False)
     tmp.replace(path)
     return vectors
+
+
+def open_embedder(name: str, threads: int | None = None) -> Embedder:
+    """The started embedder a head names (`Head.embedder`)."""
+    if name == MINILM_NAME:
+        return MiniLMEmbedder(threads=threads).start()
+    from router.static_embedding import STATIC_NAME, StaticMiniLMEmbedder
+
+    if name == STATIC_NAME:
+        return StaticMiniLMEmbedder().start()
+    raise ValueError(f"unknown embedder {name!r} (known: {MINILM_NAME}, {STATIC_NAME})")
+
+
+def probe(embedder: Embedder) -> list[float]:
+    """The probe text's embedding, rounded: stored with a head, checked at start-up."""
+    return [round(float(v), 6) for v in embedder.embed([PROBE_TEXT])[0]]
+
+
+def check_probe(embedder: Embedder, expected: Sequence[float]) -> None:
+    """Refuse embeddings that differ from those a head was trained on."""
+    got = np.asarray(probe(embedder))
+    want = np.asarray(expected, dtype=np.float64)
+    if got.shape != want.shape or float(np.max(np.abs(got - want))) > PROBE_TOLERANCE:
+        raise ValueError(
+            f"the {embedder.name} embeddings here differ from those the router head was "
+            "trained on (another model build or distillation): retrain the head with "
+            "`tierline router train`"
+        )

@@ -13,7 +13,7 @@ import numpy as np
 
 from router.head import Head
 
-SHIPPED_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "minilm-router.npz"
+SHIPPED_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "minilm-static-router.npz"
 
 
 def output_weights(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from cluster.specfile import SpecError, load_spec
 from router.data import LabelledSet, load_files
+from router.embedding import MINILM_NAME
 from router.evaluate import (
     RoutingCurve,
     curve,
@@ -21,6 +23,7 @@ from router.evaluate import (
     summary,
 )
 from router.head import Head, prompt_words
+from router.static_embedding import STATIC_NAME
 
 app = typer.Typer(help="Train and evaluate the learned router.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -34,14 +37,21 @@ def train(
     out: Path = typer.Option(..., "--out", help="Where to write the artifact (.npz)."),
     kind: str = typer.Option("lr", help="Head: lr, mf or mlp."),
     seed: int = typer.Option(0, help="Training seed."),
+    embedder_name: str = typer.Option(
+        STATIC_NAME, "--embedder", help=f"{STATIC_NAME} (default) or {MINILM_NAME}."
+    ),
 ) -> None:
-    """Embed the prompts with MiniLM (cached under .cache/), fit the head, save it."""
-    from router.embedding import MiniLMEmbedder, cached_embeddings
+    """Embed the prompts (cached under .cache/), fit the head, save it."""
+    from router.embedding import cached_embeddings, open_embedder, probe
     from router.train import HeadParams, train_artifact
 
     sets = [load_files([p]) for p in data]
-    with err.status("loading MiniLM and embedding prompts"):
-        embedder = MiniLMEmbedder().start()
+    with err.status(f"loading {embedder_name} and embedding prompts"):
+        try:
+            embedder = open_embedder(embedder_name)
+        except ValueError as e:
+            err.print(f"[red]{e}[/]")
+            raise typer.Exit(1) from None
         embs = [cached_embeddings(embedder, s.prompts, CACHE) for s in sets]
     allset = _concat(sets)
     groups = [p.name.split(".")[0] for p, s in zip(data, sets, strict=True) for _ in s.prompts]
@@ -52,6 +62,7 @@ def train(
         head = train_artifact(
             x, np.stack([weak, strong], axis=1), groups, HeadParams(kind=kind), seed
         )
+    head = replace(head, embedder=embedder.name, meta={**head.meta, "probe": probe(embedder)})
     head.save(out)
     err.print(f"wrote {out} ({out.stat().st_size // 1024} KiB, {kind}, {len(x)} prompts)")
 
@@ -80,12 +91,12 @@ def _router_scores(
         from deployments.routing import artifact_path
 
         artifact = artifact_path(spec.router.learned)
-    from router.embedding import MiniLMEmbedder, cached_embeddings
+    from router.embedding import cached_embeddings, open_embedder
     from router.train import gap_scores
 
     head = Head.load(artifact)
-    with err.status("embedding prompts with MiniLM"):
-        emb = cached_embeddings(MiniLMEmbedder().start(), data.prompts, CACHE)
+    with err.status(f"embedding prompts with {head.embedder}"):
+        emb = cached_embeddings(open_embedder(head.embedder), data.prompts, CACHE)
     x = head.features(emb, np.asarray([prompt_words(p) for p in data.prompts]))
     return f"learned ({artifact})", gap_scores(head, x)
 
