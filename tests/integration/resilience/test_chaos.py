@@ -28,6 +28,8 @@ from tests.integration.resilience.figures import percentiles_ms, record
 # ceil(4 / 2) + 4 = 6 per replica (deployments.admission), the same 12 in all. The flood
 # sends 160 at once, over 10x that.
 SMALL_CAPACITY = 16
+# The large tier: 8 at once on its replica, 8 queued at each gateway replica: 8 + 2 * 8.
+LARGE_CAPACITY = 24
 
 
 def chat(model: str = "auto", max_tokens: int = 8, stream: bool = False, text: str = "hi"):
@@ -184,6 +186,52 @@ def test_overload_at_ten_times_capacity(up_cluster: UpCluster) -> None:
     assert all(o.retry_after for o in rejected)
 
     # and it keeps serving
+    ok = httpx.post(f"{up_cluster.url}/v1/chat/completions", json=chat(), headers=AUTH, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_a_request_to_a_full_tier_is_refused_at_once(up_cluster: UpCluster) -> None:
+    """The large tier held full by long streams; then one client's requests one after
+    another: each is refused with Retry-After, and the time each took is what a client
+    waits to hear "full" (the flood above instead times 160 arrivals queueing for 2 cores).
+    The large tier, because its 2,048-token context makes streams that last seconds."""
+    probes, holders = 30, 3 * LARGE_CAPACITY
+
+    async def scenario() -> list[Outcome]:
+        async with client_for(up_cluster) as c:
+            long = {**chat("large", max_tokens=1500, stream=True), "ignore_eos": True}
+            # More than the capacity, so each gateway replica is sure to get its share.
+            hold = [asyncio.create_task(send(c, long, AUTH)) for _ in range(holders)]
+            await asyncio.sleep(1.0)  # a check sent with them could take a holder's place
+            deadline, full = time.monotonic() + 60, False
+            async with client_for(up_cluster, timeout_s=2.0) as check:
+                while not full and time.monotonic() < deadline:  # refused: full
+                    full = (await send(check, chat("large"), AUTH)).status in (429, 503)
+            if not full:
+                held = [t.result().status for t in hold if t.done()]
+                raise AssertionError(f"the large tier never filled up; holders ended: {held}")
+            out = [await send(c, chat("large"), AUTH) for _ in range(probes)]
+            for task in hold:  # the clients walk away; the engine stops their streams
+                task.cancel()
+            await asyncio.gather(*hold, return_exceptions=True)
+            return out
+
+    out = asyncio.run(scenario())
+    refused = [o for o in out if o.status in (429, 503)]
+    reject_ms = percentiles_ms([o.seconds for o in refused])
+    print(f"full tier, {probes} sequential requests: {[o.status for o in out]}; {reject_ms}")
+    record(
+        "full_tier_probe",
+        {
+            "what": f"{probes} sequential chat requests pinned to the large tier (capacity "
+            f"{LARGE_CAPACITY}) while {holders} long streams were sent to hold it full",
+            "sent": probes,
+            "by_status": {str(s): sum(o.status == s for o in out) for s in {o.status for o in out}},
+            "time_to_reject": reject_ms,
+        },
+    )
+    assert len(refused) == probes, [o.status for o in out]
+    assert all(o.retry_after for o in refused)
     ok = httpx.post(f"{up_cluster.url}/v1/chat/completions", json=chat(), headers=AUTH, timeout=60)
     assert ok.status_code == 200
 
