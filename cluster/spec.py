@@ -481,9 +481,27 @@ class RagSpec(_Strict):
         "directory, or a model id.",
     )
     embedding_dim: PositiveInt = Field(384, description="Embedding width of embedding_model.")
-    embedding_device: str = Field("cpu", description="torch device of the embedding model.")
+    embedding_engine: Literal["sentence-transformers", "vllm"] = Field(
+        "sentence-transformers",
+        description="What runs embedding_model in each embeddings replica: sentence-transformers, "
+        "or a vLLM engine with the pooling runner (GPU hosts; any pooling model vLLM serves).",
+    )
+    embedding_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments for embedding_engine vllm (max_model_len, dtype, "
+        "enforce_eager, gpu_memory_utilization, ...); model and runner are set by tierline.",
+    )
+    embedding_device: str = Field(
+        "cpu", description="torch device of a sentence-transformers embedding model."
+    )
     embedding_replicas: PositiveInt = 1
     embedding_cpus: float = Field(1.0, gt=0, description="Logical CPUs per embedding replica.")
+    embedding_gpus: float = Field(0.0, ge=0, description="GPUs per embedding replica.")
+    embedding_env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of the embeddings replicas, e.g. VLLM_CPU_KVCACHE_SPACE for "
+        "a vLLM engine on CPU.",
+    )
     embedding_max_batch: PositiveInt = Field(64, description="Texts per batched model call.")
     embedding_batch_wait_ms: float = Field(
         5.0, ge=0, description="How long a batch waits for more concurrent requests."
@@ -521,6 +539,16 @@ class RagSpec(_Strict):
                 f"max_upload_bytes ({self.max_upload_bytes}) is below max_document_bytes "
                 f"({self.max_document_bytes}): a document of the allowed size could not be "
                 "uploaded"
+            )
+        taken = sorted({"model", "runner"} & set(self.embedding_engine_kwargs))
+        if taken:
+            raise ValueError(
+                f"embedding_engine_kwargs sets {', '.join(taken)}, which tierline sets itself "
+                "(embedding_model, and the pooling runner)"
+            )
+        if self.embedding_engine_kwargs and self.embedding_engine != "vllm":
+            raise ValueError(
+                "embedding_engine_kwargs are vLLM engine arguments: set embedding_engine: vllm"
             )
         return self
 

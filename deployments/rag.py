@@ -1,4 +1,4 @@
-"""The RAG deployments: embeddings (batched MiniLM on CPU) and the RAG store replica.
+"""The RAG deployments: embeddings (batched MiniLM on CPU, or a vLLM engine) and the store.
 
 Both are thin: `EmbeddingServer` batches concurrent requests into one model call,
 `RagServer` owns the durable store (a Milvus Lite file has one owner) and runs
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from ray import serve
@@ -67,21 +67,67 @@ def _warm_up(
     return warm
 
 
+class EmbeddingModel(Protocol):
+    """What an embeddings replica runs: sentence-transformers, or a vLLM engine."""
+
+    @property
+    def dim(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]: ...
+
+
+class ThreadedSentenceTransformer:
+    """`EmbeddingModel` over a sentence-transformers model, off the event loop."""
+
+    def __init__(self, model: SentenceTransformerModel) -> None:
+        self.model = model
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.model.start)
+
+    async def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        m = self.model
+        return await asyncio.to_thread(
+            lambda: (m.encode(texts), [m.count_tokens([t]) for t in texts])
+        )
+
+
+def embedding_model(spec: RagSpec) -> EmbeddingModel:
+    if spec.embedding_engine == "vllm":
+        from rag.vllm_embed import VllmEmbeddingModel
+
+        return VllmEmbeddingModel(spec.embedding_model, spec.embedding_engine_kwargs)
+    return ThreadedSentenceTransformer(
+        SentenceTransformerModel(spec.embedding_model, spec.embedding_device)
+    )
+
+
 class EmbeddingServer:
-    """Embeds texts; concurrent calls are batched into one forward pass."""
+    """Embeds texts; concurrent calls are batched into one model call."""
 
     def __init__(self, rag_spec: dict[str, Any]) -> None:
         self._spec = RagSpec.model_validate(rag_spec)
-        self._model: SentenceTransformerModel | None = None
+        self._model: EmbeddingModel | None = None
         self._lock = asyncio.Lock()
         self._warm: asyncio.Future[Any] | None = None
 
-    async def _started(self) -> SentenceTransformerModel:
+    async def _started(self) -> EmbeddingModel:
         async with self._lock:
             if self._model is None:
                 s = self._spec
-                model = SentenceTransformerModel(s.embedding_model, s.embedding_device)
-                await asyncio.to_thread(model.start)
+                model = embedding_model(s)
+                await model.start()
+                if model.dim != s.embedding_dim:
+                    raise RuntimeError(
+                        f"{s.embedding_model} makes {model.dim}-dim vectors; the spec's "
+                        f"rag.embedding_dim is {s.embedding_dim}"
+                    )
                 self._embed_batch.set_max_batch_size(s.embedding_max_batch)  # type: ignore[attr-defined]
                 self._embed_batch.set_batch_wait_timeout_s(s.embedding_batch_wait_ms / 1000)  # type: ignore[attr-defined]
                 self._model = model
@@ -90,10 +136,7 @@ class EmbeddingServer:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _embed_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, int]]:
         model = await self._started()
-        flat = [t for texts in requests for t in texts]
-        vectors, tokens = await asyncio.to_thread(
-            lambda: (model.encode(flat), [model.count_tokens([t]) for t in flat])
-        )
+        vectors, tokens = await model.encode_counted([t for texts in requests for t in texts])
         out, at = [], 0
         for texts in requests:
             n = len(texts)
@@ -215,6 +258,15 @@ class ServeRagClient:
         return await self._call("search", name, query, top_k, filter)
 
 
+def embedding_actor_options(spec: RagSpec) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": spec.embedding_cpus}
+    if spec.embedding_gpus:
+        options["num_gpus"] = spec.embedding_gpus
+    if spec.embedding_env_vars:
+        options["runtime_env"] = {"env_vars": dict(spec.embedding_env_vars)}
+    return options
+
+
 def build_rag_apps(spec: ClusterSpec, base: Path | None = None) -> tuple[Application, Application]:
     """The RAG and embeddings applications to bind into the gateway (spec.rag.enabled)."""
     rag_spec = with_absolute_uri(spec.rag, base or Path.cwd())
@@ -223,7 +275,7 @@ def build_rag_apps(spec: ClusterSpec, base: Path | None = None) -> tuple[Applica
         name=EMBEDDINGS_DEPLOYMENT,
         num_replicas=rag_spec.embedding_replicas,
         max_ongoing_requests=256,
-        ray_actor_options={"num_cpus": rag_spec.embedding_cpus},
+        ray_actor_options=embedding_actor_options(rag_spec),
     )(EmbeddingServer).bind(data)
     rag = serve.deployment(
         name=RAG_DEPLOYMENT,

@@ -1,0 +1,31 @@
+"""A local cluster whose embeddings deployment runs MiniLM on a vLLM engine (the pooling
+runner) instead of sentence-transformers: `rag.embedding_engine: vllm`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.rag.conftest import RagCluster, rag_spec
+
+ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 256}
+
+
+@pytest.fixture(scope="package")
+def vllm_rag_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagCluster]:
+    spec = rag_spec(tmp_path_factory.mktemp("rag-vllm-data"))
+    rag = spec.rag.model_copy(
+        update={
+            "embedding_engine": "vllm",
+            "embedding_engine_kwargs": ENGINE_KWARGS,
+            "embedding_env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        }
+    )
+    cluster = RagCluster(spec.model_copy(update={"rag": rag}))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+    cluster.check_no_leaks()

@@ -1,0 +1,70 @@
+"""RAG with the embedding model served by vLLM: the same vectors as sentence-transformers,
+through `/v1/embeddings`, ingestion and hybrid search on the live cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+
+from rag.embed import SentenceTransformerModel
+from tests.integration.rag.conftest import RagCluster
+
+TEXTS = ["The copper lighthouse stands on Zorbania's north cape.", "hello world"]
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_the_embeddings_replica_runs_a_vllm_engine(vllm_rag_cluster: RagCluster) -> None:
+    replicas = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "ServeReplica" in _cmdline(p) and ":embeddings" in _cmdline(p)
+    ]
+    assert len(replicas) == 1, [_cmdline(p) for p in replicas]
+    children = replicas[0].children(recursive=True)
+    assert any("EngineCore" in p.name() or "EngineCore" in _cmdline(p) for p in children), [
+        (p.name(), _cmdline(p)) for p in children
+    ]
+
+
+def test_vectors_match_sentence_transformers(vllm_rag_cluster: RagCluster) -> None:
+    reference = SentenceTransformerModel("all-MiniLM-L6-v2")
+    reference.start()
+    want = reference.encode(TEXTS)
+    got = vllm_rag_cluster.client().embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS)
+    vectors = np.asarray([d.embedding for d in got.data], dtype=np.float32)
+    assert vectors.shape == want.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert float(np.min(np.sum(vectors * want, axis=1))) > 0.9999
+    assert got.usage.prompt_tokens == reference.count_tokens(TEXTS)
+
+
+def test_long_input_is_truncated_not_refused(vllm_rag_cluster: RagCluster) -> None:
+    got = vllm_rag_cluster.client().embeddings.create(
+        model="all-MiniLM-L6-v2", input=["word " * 3000]
+    )
+    assert len(got.data[0].embedding) == 384
+    assert got.usage.prompt_tokens == 256  # the engine's max_model_len
+
+
+def test_ingest_and_search_with_vllm_embeddings(vllm_rag_cluster: RagCluster) -> None:
+    docs = [
+        {"id": "lighthouse", "text": TEXTS[0], "metadata": {"kind": "fact"}},
+        {"id": "bakery", "text": "The bakery on Elm Street sells rye bread on Tuesdays."},
+    ]
+    with vllm_rag_cluster.http() as http:
+        assert http.post("/v1/rag/collections", json={"name": "kb"}).status_code in (200, 201)
+        r = http.post("/v1/rag/collections/kb/documents", json={"documents": docs})
+        assert r.status_code == 200, r.text
+        r = http.post(
+            "/v1/rag/collections/kb/search",
+            json={"query": "Where is the copper lighthouse?", "top_k": 2},
+        )
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"]
+        assert hits[0]["document_id"] == "lighthouse"
