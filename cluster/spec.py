@@ -320,7 +320,7 @@ Preference = Literal["cost", "balanced", "quality", "latency"]
 
 
 class LearnedParams(_Strict):
-    """Parameters of the learned policy: MiniLM embedding + trained head, calibrated."""
+    """Parameters of the learned policy: (static) MiniLM embedding + trained head, calibrated."""
 
     artifact: str | None = Field(
         None, description="Trained scorer (.npz); unset uses the one shipped with tierline."
@@ -477,8 +477,8 @@ class RagSpec(_Strict):
     embedding_model: str = Field(
         "all-MiniLM-L6-v2",
         min_length=1,
-        description="sentence-transformers model: the packaged all-MiniLM-L6-v2, a local "
-        "directory, or a model id.",
+        description="Embedding model: the packaged all-MiniLM-L6-v2, a local directory, or a "
+        "model id (run by embedding_engine).",
     )
     embedding_dim: PositiveInt = Field(384, description="Embedding width of embedding_model.")
     embedding_engine: Literal["sentence-transformers", "vllm"] = Field(
