@@ -129,9 +129,12 @@ class HashingEmbedder:
 
 
 def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path) -> np.ndarray:
-    """Embed `texts`, reusing vectors cached on disk by content hash (computed once)."""
+    """Embed `texts`, reusing vectors cached on disk by content hash (computed once).
+
+    The key also holds the embedder's `cache_tag` where it has one (the static table's
+    distillation version and weights hash), so a changed embedder misses the cache."""
     key = hashlib.sha256()
-    key.update(embedder.name.encode())
+    key.update(str(getattr(embedder, "cache_tag", embedder.name)).encode())
     for t in texts:
         key.update(hashlib.sha256(t.encode()).digest())
     path = cache_dir / f"emb-{embedder.name}-{key.hexdigest()[:20]}.npy"

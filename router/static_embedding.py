@@ -114,6 +114,9 @@ class StaticMiniLMEmbedder:
         self._directory = directory
         self._table: np.ndarray | None = None
         self.tokenizer: Any = None
+        self.cache_tag = STATIC_NAME
+        """Set by `start()`: the table's file name (version and weights hash), which keys
+        `cached_embeddings`."""
 
     def start(self) -> StaticMiniLMEmbedder:
         """Load the tokenizer and the table, distilling it first if it is not cached."""
@@ -124,6 +127,7 @@ class StaticMiniLMEmbedder:
         model_dir = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._table = load_or_distill(model_dir, self._directory)
+        self.cache_tag = table_path(model_dir, self._directory).stem
         return self
 
     def clip(self, text: str) -> str:

@@ -128,3 +128,27 @@ def test_related_prompts_are_closer_than_unrelated_ones(real: se.StaticMiniLMEmb
     )
     assert float(a @ b) > float(a @ c)
     np.testing.assert_allclose(np.linalg.norm([a, b, c], axis=1), 1.0, rtol=1e-5)
+
+
+def test_cached_embeddings_miss_when_the_embedder_changes(tmp_path: Path) -> None:
+    from router.embedding import cached_embeddings
+
+    class Tagged(HashingEmbedder):
+        def __init__(self, tag: str, scale: float) -> None:
+            super().__init__(dim=8)
+            self.cache_tag, self.scale = tag, scale
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            return super().embed(texts) * self.scale
+
+    texts = ["one prompt", "another prompt"]
+    first = cached_embeddings(Tagged("v1", 1.0), texts, tmp_path)
+    again = cached_embeddings(Tagged("v1", -1.0), texts, tmp_path)  # same tag: the cache
+    np.testing.assert_array_equal(first, again)
+    other = cached_embeddings(Tagged("v2", -1.0), texts, tmp_path)  # new tag: re-embedded
+    np.testing.assert_array_equal(other, -first)
+
+
+def test_real_embedder_tags_its_cache_with_the_table(real: se.StaticMiniLMEmbedder) -> None:
+    assert real.cache_tag == se.table_path(se.minilm_path()).stem
+    assert f"-v{se.DISTILL_VERSION}-" in real.cache_tag
