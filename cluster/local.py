@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -131,19 +132,54 @@ def retry_ray_start(
             init()
             return
         except Exception as err:
-            if RAY_START_TIMEOUT_TEXT not in str(err) or attempt == attempts:
+            if RAY_START_TIMEOUT_TEXT not in str(err):
                 raise
             cleanup()
+            if attempt == attempts:
+                raise
             if on_retry is not None:
                 on_retry(attempt, err)
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def kill_children_since(before: set[int]) -> list[int]:
+    """Kill this process's descendants that are not in `before`: what a Ray start that
+    timed out left running. Its GCS, monitor, dashboard and log monitor are children of
+    this process but belong to no node Ray knows of, so `ray.shutdown()` leaves them."""
+    import psutil
+
+    killed = []
+    for p in psutil.Process().children(recursive=True):
+        if p.pid in before:
+            continue
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+            killed.append(p.pid)
+    return killed
 
 
 def _init_ray(spec: ClusterSpec, port: int) -> None:
     import ray
 
+    before: set[int] = set()
+
+    def init() -> None:
+        before.clear()
+        before.update(_child_pids())
+        _ray_init_once(spec, port)
+
+    def cleanup() -> None:
+        ray.shutdown()
+        kill_children_since(before)
+
     retry_ray_start(
-        lambda: _ray_init_once(spec, port),
-        ray.shutdown,
+        init,
+        cleanup,
         on_retry=lambda n, err: log.warning(
             "Ray start attempt %d failed (%s); trying again", n, err
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local import retry_ray_start, serve_process_env
+from cluster.local import kill_children_since, retry_ray_start, serve_process_env
 from cluster.spec import ClusterSpec
 from cluster.specfile import parse_spec
 
@@ -40,7 +40,7 @@ def test_the_last_timeout_is_raised() -> None:
     s = Starts([TIMEOUT, TIMEOUT, TIMEOUT])
     with pytest.raises(Exception, match="timed out during startup"):
         retry_ray_start(s.init, s.cleanup, attempts=3)
-    assert (s.inits, s.cleanups) == (3, 2)
+    assert (s.inits, s.cleanups) == (3, 3)  # the last attempt's processes are cleaned too
 
 
 def test_other_errors_are_not_retried() -> None:
@@ -48,6 +48,22 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError, match="bad num_cpus"):
         retry_ray_start(s.init, s.cleanup, attempts=3)
     assert (s.inits, s.cleanups) == (1, 0)
+
+
+def test_processes_a_failed_start_left_are_killed_and_earlier_ones_kept() -> None:
+    import subprocess
+    import sys
+
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        before = {older.pid}
+        left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert kill_children_since(before) == [left.pid]
+        assert left.wait(timeout=10) != 0
+        assert older.poll() is None
+    finally:
+        older.kill()
+        older.wait()
 
 
 def _spec(**gateway: object) -> ClusterSpec:
