@@ -53,7 +53,11 @@ CACHE = ROOT / ".cache"
 RESULTS = ROOT / "bench" / "results" / "router.json"
 
 
-def load(embedder: Embedder) -> tuple[LabelledSet, np.ndarray, list[str]]:
+Loaded = tuple[LabelledSet, np.ndarray, list[str]]
+"""The labelled prompts, their embeddings and each prompt's file (the CV's strata)."""
+
+
+def load(embedder: Embedder) -> Loaded:
     sets, embs, groups = [], [], []
     for path in DEFAULT_TRAIN_FILES:
         data = load_files([path])
@@ -223,11 +227,12 @@ def latency_section(shipped: Head, words: list[str], runs: int) -> dict:
     return section
 
 
-def compare_embedders(kinds: list[str]) -> dict:
-    """5-fold figures per embedder and head kind (APGR and CPT(50%) per file)."""
+def compare_embedders(kinds: list[str], loaded: dict[str, Loaded]) -> dict:
+    """5-fold figures per embedder and head kind (APGR and CPT(50%) per file). `loaded`:
+    the embedders whose embeddings `main` already has."""
     out: dict[str, dict] = {}
     for name in (STATIC_NAME, MINILM_NAME):
-        data, emb, groups = load(open_embedder(name, threads=2))
+        data, emb, groups = loaded.get(name) or load(open_embedder(name, threads=2))
         probe_head = Head("lr", ("weak", "strong"), np.zeros((1, 2)), np.zeros(2))
         x = features(probe_head, emb, data.prompts)
         out[name] = {}
@@ -283,7 +288,7 @@ def main() -> None:
     result["shipped_embedder"] = shipped.embedder
     result["cross_benchmark"] = cross_benchmark(data, x, groups, shipped.kind)
     result["fold_seeds"] = fold_seeds(data, x, groups, shipped.kind)
-    result["embedders"] = compare_embedders(kinds)
+    result["embedders"] = compare_embedders(kinds, {shipped.embedder: (data, emb, groups)})
     # The replayed stream: out-of-fold scores (no head saw its own prompts); the prior is
     # the shipped head's calibration quantiles, as in the gateway.
     oof = oofs.get(shipped.kind, next(iter(oofs.values())))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +70,19 @@ class RagCluster:
         return httpx.Client(base_url=self.url, headers=AUTH, timeout=120)
 
 
-@pytest.fixture(scope="package")
-def rag_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagCluster]:
-    cluster = RagCluster(rag_spec(tmp_path_factory.mktemp("rag-data")))
+@contextmanager
+def running(spec: ClusterSpec) -> Iterator[RagCluster]:
+    """A started cluster, stopped afterwards and checked for processes left behind."""
+    cluster = RagCluster(spec)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
     cluster.check_no_leaks()
+
+
+@pytest.fixture(scope="package")
+def rag_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagCluster]:
+    with running(rag_spec(tmp_path_factory.mktemp("rag-data"))) as cluster:
+        yield cluster

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.rag.conftest import RagCluster, rag_spec
+from tests.integration.rag.conftest import RagCluster, rag_spec, running
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 256}
 
@@ -22,10 +22,5 @@ def vllm_rag_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagCl
             "embedding_env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"},
         }
     )
-    cluster = RagCluster(spec.model_copy(update={"rag": rag}))
-    cluster.start()
-    try:
+    with running(spec.model_copy(update={"rag": rag})) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-    cluster.check_no_leaks()
