@@ -77,15 +77,9 @@ def distill(model_dir: Path, ids: Sequence[int] | None = None, batch: int = 1024
     return out
 
 
-def load_or_distill(
-    model_dir: Path, directory: Path | None = None, *, path: Path | None = None
-) -> np.ndarray:
-    """The cached table, distilled and written first if missing (atomic replace).
-
-    `path` is `table_path(model_dir, directory)` when the caller already has it (the
-    weights hash reads 90 MB)."""
-    if path is None:
-        path = table_path(model_dir, directory)
+def load_or_distill(model_dir: Path, path: Path) -> np.ndarray:
+    """The table at `path` (`table_path(model_dir)`), distilled from `model_dir` and written
+    first if missing (atomic replace)."""
     if path.exists():
         table = np.load(path, allow_pickle=False, mmap_mode="r")
         if table.ndim == 2 and table.shape[1] == MINILM_DIM:
@@ -133,7 +127,7 @@ class StaticMiniLMEmbedder:
         model_dir = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         path = table_path(model_dir, self._directory)
-        self._table = load_or_distill(model_dir, path=path)
+        self._table = load_or_distill(model_dir, path)
         self.cache_tag = path.stem
         return self
 
@@ -165,7 +159,7 @@ def main() -> None:
         print(f"{path} exists")
         return
     t0 = time.perf_counter()
-    table = load_or_distill(model_dir, path=path)
+    table = load_or_distill(model_dir, path)
     print(f"wrote {path}: {table.shape[0]} x {table.shape[1]} in {time.perf_counter() - t0:.0f} s")
 
 

@@ -56,21 +56,21 @@ def test_table_is_distilled_once_and_then_read_from_the_cache(
 
     monkeypatch.setattr(se, "distill", fake_distill)
     cache = tmp_path / "cache"
-    first = se.load_or_distill(model, cache)
-    second = se.load_or_distill(model, cache)
+    first = se.load_or_distill(model, se.table_path(model, cache))
+    second = se.load_or_distill(model, se.table_path(model, cache))
     assert len(calls) == 1
     np.testing.assert_array_equal(first, second)
     assert [p.name for p in cache.iterdir()] == [se.table_path(model, cache).name]
 
     # Other weights are another key: distilled again, the old table left alone.
     (model / "model.safetensors").write_bytes(b"weights v2")
-    third = se.load_or_distill(model, cache)
+    third = se.load_or_distill(model, se.table_path(model, cache))
     assert len(calls) == 2 and float(third[0, 0]) == 2.0
     assert len(list(cache.iterdir())) == 2
 
     # A table of the wrong shape in the cache is replaced, not used.
     np.save(se.table_path(model, cache), np.zeros((3, 7), dtype=np.float32))
-    assert se.load_or_distill(model, cache).shape == (5, se.MINILM_DIM)
+    assert se.load_or_distill(model, se.table_path(model, cache)).shape == (5, se.MINILM_DIM)
     assert len(calls) == 3
 
 

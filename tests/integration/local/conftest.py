@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -26,6 +29,24 @@ class Cluster:
 
     def client(self) -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def serve_log_records() -> list[dict[str, Any]]:
+    """The JSON records of Serve's replica logs in this cluster's Ray session, each with
+    its file name under `_file`."""
+    import ray
+
+    node = ray._private.worker._global_node  # this process started the cluster
+    assert node is not None
+    folder = Path(node.get_session_dir_path()) / "logs" / "serve"
+    records = []
+    for f in folder.glob("replica_*.log"):
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                obj = json.loads(line)
+                obj["_file"] = f.name
+                records.append(obj)
+    return records
 
 
 @pytest.fixture(scope="package")

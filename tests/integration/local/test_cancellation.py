@@ -21,16 +21,15 @@ tests of the package (`test_observability.py`).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
-from tests.integration.local.conftest import Cluster
+from cluster import local
+from tests.integration.local.conftest import Cluster, serve_log_records
 from tests.integration.resilience.figures import record
 
 REPORT_INTERVAL_MS = int(os.environ.get("RAY_metrics_report_interval_ms", "10000"))  # noqa: SIM112
@@ -41,14 +40,6 @@ LAST_CHUNK = 1700  # walk away by then even if the gauge has not shown the reque
 RUNNING = "ray_vllm_num_requests_running"
 GENERATED = "ray_vllm_generation_tokens_total"
 MAX_TOKENS = 1900  # tiny-large: 2048 tokens of context
-
-
-def metrics_url() -> str:
-    import ray
-
-    ports = {n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
-    assert len(ports) == 1, ports
-    return f"http://127.0.0.1:{ports.pop()}/metrics"
 
 
 def parse_metric(text: str, name: str, model: str) -> float | None:
@@ -91,20 +82,15 @@ def wait_for(check: Callable[[], bool], timeout_s: float, period_s: float = 0.02
 
 def engine_call_cancelled_at(request_id: str) -> float | None:
     """When Serve's log of an engine replica says its call for `request_id` was cancelled
-    (Unix time), from this cluster's session logs."""
-    import ray
-
-    node = ray._private.worker._global_node  # this process started the cluster
-    assert node is not None
-    folder = Path(node.get_session_dir_path()) / "logs" / "serve"
-    for f in folder.glob("replica_*_tier-*.log"):
-        for line in f.read_text(errors="replace").splitlines():
-            if request_id not in line or not line.startswith("{"):
-                continue
-            rec = json.loads(line)
-            if rec.get("request_id") == request_id and "CANCELLED" in rec.get("message", ""):
-                stamp = datetime.strptime(rec["asctime"], "%Y-%m-%d %H:%M:%S,%f")
-                return stamp.timestamp()  # logging writes local time
+    (Unix time)."""
+    for rec in serve_log_records():
+        if (
+            "_tier-" in rec["_file"]
+            and rec.get("request_id") == request_id
+            and "CANCELLED" in rec.get("message", "")
+        ):
+            stamp = datetime.strptime(rec["asctime"], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()  # logging writes local time
     return None
 
 
@@ -123,7 +109,7 @@ def settled(url: str, name: str, model: str, interval_s: float, timeout_s: float
 
 
 def test_disconnect_mid_stream_stops_the_engine(cluster: Cluster) -> None:
-    url = metrics_url()
+    url = local.metrics_url()
     model = cluster.spec.tier("large").model_name
     interval_s = REPORT_INTERVAL_MS / 1000
     # a one-token request makes the engine export its counters; then it is idle and the

@@ -11,7 +11,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ from cluster import local
 from cluster.cli import app
 from cluster.cli.status import Scrape, parse_samples
 from tests.integration.conftest import API_KEY
-from tests.integration.local.conftest import Cluster
+from tests.integration.local.conftest import Cluster, serve_log_records
 from tests.k8s.test_dashboard import DASHBOARDS, promql_metric_names
 
 # Only exported once something happens that this CPU cluster never does: RAG is off in
@@ -182,7 +181,7 @@ def test_every_dashboard_metric_is_in_the_live_scrape(cluster: Cluster, metrics_
     vLLM sets its engine gauges (requests running and waiting, KV cache usage) only while
     the engine steps, and Ray's metrics agent drops a gauge that is not set again within
     two report intervals (ray-project/ray#64633), so an idle engine's gauges leave the
-    scrape 20-30 s after its last request. The scrape is therefore read right after each
+    scrape within about 30 s of its last request. The scrape is therefore read right after each
     tier has served a request, and again after fresh requests if a slow export missed it.
     """
     wanted = _dashboard_metrics()
@@ -193,7 +192,7 @@ def test_every_dashboard_metric_is_in_the_live_scrape(cluster: Cluster, metrics_
 
     client = cluster.client()
     for _ in range(4):
-        for model in ("tiny-small", "tiny-large"):
+        for model in (t.model_name for t in cluster.spec.tiers):
             client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4
             )
@@ -228,26 +227,10 @@ def test_tierline_status_reads_the_running_cluster(
     assert "small" in table.output and "large" in table.output
 
 
-def _serve_logs() -> list[dict[str, Any]]:
-    import ray
-
-    node = ray._private.worker._global_node  # this process started the cluster
-    assert node is not None
-    folder = Path(node.get_session_dir_path()) / "logs" / "serve"
-    records = []
-    for f in folder.glob("replica_*.log"):
-        for line in f.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                obj = json.loads(line)
-                obj["_file"] = f.name
-                records.append(obj)
-    return records
-
-
 def test_request_ids_follow_requests_through_gateway_router_and_engine(
     traffic: dict[str, Any],
 ) -> None:
-    records = _serve_logs()
+    records = serve_log_records()
     for rid in traffic["ids"].values():
         mine = [r for r in records if r.get("request_id") == rid]
         events = {r.get("event") for r in mine if "_gateway_" in r["_file"]}
