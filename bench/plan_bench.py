@@ -1,7 +1,7 @@
 """Planner benchmark: 1,024 nodes x 8 GPUs, 50 tiers. Target: one plan in <= 1 s.
 
-Writes bench/results/plan.json. Run with `make bench-plan` (or `.venv/bin/python
-bench/plan_bench.py`). Each scenario is planned `--repeats` times; the median is reported.
+Writes bench/results/plan.json. Run with `make bench-plan` (or `.venv/bin/python -m
+bench.plan_bench`). Each scenario is planned `--repeats` times; the median is reported.
 """
 
 from __future__ import annotations
@@ -11,18 +11,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tierline.cluster.inventory import Inventory, NodeInventory
+from tierline.cluster.planner import plan_cluster
+from tierline.cluster.spec import TierSpec
 
-from cluster.inventory import Inventory, NodeInventory  # noqa: E402
-from cluster.planner import plan_cluster  # noqa: E402
-from cluster.spec import TierSpec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = [  # (params_b, dtype, context tokens)
     (1.0, "bfloat16", 8192),

@@ -1,6 +1,6 @@
 """Cache-aware replica routing benchmark: prefix-cache affinity vs power of two choices.
 
-    .venv/bin/python bench/prefix_bench.py [--conversations 8] [--turns 6] [--concurrency 4]
+    .venv/bin/python -m bench.prefix_bench [--conversations 8] [--turns 6] [--concurrency 4]
 
 For each replica routing mode it starts the local cluster of configs/prefix.yaml (one
 tier, two replicas of the tiny model, vLLM prefix caching on) with that mode, runs the
@@ -28,30 +28,27 @@ import json
 import os
 import random
 import socket
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cluster import local  # noqa: E402
-from cluster.engine_metrics import (  # noqa: E402
+import httpx
+import numpy as np
+from tierline.cli import local
+from tierline.cluster.engine_metrics import (
     PrefixCache,
     delta,
     prefix_cache_by_replica,
     total,
 )
-from cluster.spec import ClusterSpec  # noqa: E402
-from cluster.specfile import load_spec  # noqa: E402
-from cluster.tiny_models import ensure_tiny_models  # noqa: E402
-from deployments.auth import add_key  # noqa: E402
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import load_spec
+from tierline.cluster.tiny_models import ensure_tiny_models
+from tierline.deployments.auth import add_key
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = ROOT / "configs" / "prefix.yaml"
 WORDS = [

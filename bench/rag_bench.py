@@ -1,6 +1,6 @@
 """RAG benchmark: recall and latency of retrieval at >= 100k chunks, ingestion, RAG TTFT.
 
-    .venv/bin/python bench/rag_bench.py            # or: make bench-rag
+    .venv/bin/python -m bench.rag_bench            # or: make bench-rag
 writes bench/results/rag.json. Corpus: Debian's python3-doc HTML (apt-get install
 python3-doc), chunked with the MiniLM tokenizer, topped up with generated sentences to
 --chunks. Embeddings are cached under .cache/rag_bench/ so the corpus is embedded once.
@@ -24,23 +24,20 @@ import json
 import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.rag.chunking import chunk_document
+from tierline.rag.dense import DenseIndex
+from tierline.rag.embed import LocalEmbedder, SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.parsing import html_to_text
+from tierline.rag.records import Chunk, Document
+from tierline.rag.service import RagCore, RagSettings
+from tierline.rag.store import MilvusChunkStore
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rag.chunking import chunk_document  # noqa: E402
-from rag.dense import DenseIndex  # noqa: E402
-from rag.embed import LocalEmbedder, SentenceTransformerModel, TokenizerOffsets  # noqa: E402
-from rag.parsing import html_to_text  # noqa: E402
-from rag.records import Chunk, Document  # noqa: E402
-from rag.service import RagCore, RagSettings  # noqa: E402
-from rag.store import MilvusChunkStore  # noqa: E402
 
 CACHE = ROOT / ".cache" / "rag_bench"
 DOCS = Path("/usr/share/doc/python3-doc/html")
@@ -247,9 +244,8 @@ async def ingestion(
 def cluster_phase(ask: int) -> dict:
     """Local cluster without and with RAG: deploy time, memory, and RAG TTFT."""
     import psutil
-
-    from cluster import local
-    from cluster.specfile import load_spec
+    from tierline.cli import local
+    from tierline.cluster.specfile import load_spec
 
     before = {p.pid for p in psutil.process_iter()} - {os.getpid()}
 

@@ -2,7 +2,7 @@
 to a full tier (HTTP parsing, auth, bounds, routing, admission, the 503 body), without Ray,
 the Serve proxy or a loaded machine around it.
 
-    .venv/bin/python bench/resilience_bench.py [--requests 2000]
+    .venv/bin/python -m bench.resilience_bench [--requests 2000]
 
 Adds the section `gateway_reject_in_process` to bench/results/resilience.json. The live
 figures (time to reject through the proxy under a 10x flood and with sequential probes,
@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncGenerator
@@ -25,16 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tierline.cluster.spec import AuthSpec
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.auth import add_key, load_key_store
+from tierline.deployments.engine_client import EngineItem, Method
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.tokens import EstimatingCounter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cluster.spec import AuthSpec  # noqa: E402
-from cluster.specfile import load_spec_text  # noqa: E402
-from deployments.auth import add_key, load_key_store  # noqa: E402
-from deployments.engine_client import EngineItem, Method  # noqa: E402
-from deployments.gateway import GatewayCore, create_app  # noqa: E402
-from deployments.tokens import EstimatingCounter  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "resilience.json"
 SPEC = """

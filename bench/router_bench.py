@@ -1,6 +1,6 @@
 """Router benchmark: cross-validated routing quality, calibration replay, decision latency.
 
-    .venv/bin/python bench/router_bench.py [--kinds lr,mf,mlp] [--skip-latency]
+    .venv/bin/python -m bench.router_bench [--kinds lr,mf,mlp] [--skip-latency]
 
 Writes bench/results/router.json and prints it. Embeddings of the training prompts are
 computed once per embedder (the shipped head's: MiniLM distilled into a static table, and
@@ -24,30 +24,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from router.data import DEFAULT_TRAIN_FILES, LabelledSet, load_files  # noqa: E402
-from router.embedding import MINILM_NAME, Embedder, cached_embeddings, open_embedder  # noqa: E402
-from router.evaluate import (  # noqa: E402
+from tierline.router.data import DEFAULT_TRAIN_FILES, LabelledSet, load_files
+from tierline.router.embedders import open_embedder
+from tierline.router.embedding import MINILM_NAME, Embedder, cached_embeddings
+from tierline.router.evaluate import (
     curve,
     length_scores,
     oracle_scores,
     random_summary,
     summary,
 )
-from router.head import Head  # noqa: E402
-from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate  # noqa: E402
-from router.scorer import SHIPPED_ARTIFACT, output_weights, tier_quality  # noqa: E402
-from router.static_embedding import STATIC_NAME, minilm_path  # noqa: E402
-from router.train import HeadParams, fit_head, gap_scores, out_of_fold, sample_weights  # noqa: E402
-from router.types import RequestFeatures, TierState  # noqa: E402
+from tierline.router.head import Head
+from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from tierline.router.scorer import SHIPPED_ARTIFACT, output_weights, tier_quality
+from tierline.router.static_embedding import STATIC_NAME, minilm_path
+from tierline.router.train import HeadParams, fit_head, gap_scores, out_of_fold, sample_weights
+from tierline.router.types import RequestFeatures, TierState
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CACHE = ROOT / ".cache"
 RESULTS = ROOT / "bench" / "results" / "router.json"

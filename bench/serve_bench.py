@@ -1,7 +1,7 @@
 """Side-by-side serving benchmark: bare `vllm serve` against tierline, same model and
 engine arguments, vLLM's own client (`vllm bench serve`). `make bench` runs it.
 
-    .venv/bin/python bench/serve_bench.py [--spec configs/bench.yaml] [--rounds 2]
+    .venv/bin/python -m bench.serve_bench [--spec configs/bench.yaml] [--rounds 2]
         [--num-prompts-low 64] [--num-prompts-high 128]
 
 For each round: start bare vLLM, run concurrency 1 and 16, stop it and everything it
@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import report as rp
+from bench.servers import BareVllm, Tierline, bare_vllm_args, free_port
 
-from bench import report as rp  # noqa: E402
-from bench.servers import BareVllm, Tierline, bare_vllm_args, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -286,8 +285,8 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="a remark on the machine, for the report")
     args = parser.parse_args()
 
-    from cluster.specfile import load_spec
-    from deployments.auth import add_key
+    from tierline.cluster.specfile import load_spec
+    from tierline.deployments.auth import add_key
 
     spec = load_spec(args.spec)
     tier = spec.tiers[0] if args.tier is None else spec.tier(args.tier)

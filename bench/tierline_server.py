@@ -2,8 +2,8 @@
 
     python bench/tierline_server.py SPEC --port PORT --keys-file KEYS
 
-The same code path as `tierline up` (`cluster.local.start`, then drain and
-`cluster.local.stop` on the signal), with the port and keys file the benchmark chose.
+The same code path as `tierline up` (`tierline.cli.local.start`, then drain and
+`tierline.cli.local.stop` on the signal), with the port and keys file the benchmark chose.
 Prints one line `ready <url>` once /readyz answers 200.
 """
 
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _start(local: Any, spec: Any, ready_timeout_s: float, attempts: int = 3) -> Any:
@@ -39,8 +37,8 @@ def _start(local: Any, spec: Any, ready_timeout_s: float, attempts: int = 3) -> 
 
 
 def main() -> None:
-    from cluster import local
-    from cluster.specfile import load_spec
+    from tierline.cli import local
+    from tierline.cluster.specfile import load_spec
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spec", type=Path)

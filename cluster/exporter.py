@@ -4,7 +4,7 @@
 `tierline_gpu_*` gauges labelled by node and GPU; a node without GPUs or driver exports
 `tierline_gpus 0` and `tierline_gpu_nvml_available{status=...} 0`. `NodeGpuExporter` serves one
 collector over HTTP once `start()` is called; `start_node_exporters` runs one as a Ray actor
-on every alive node, and `python -m cluster.exporter --port 9400` runs it as a process.
+on every alive node, and `python -m tierline.cluster.exporter --port 9400` runs it as a process.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from cluster.nvml import GpuReader, NodeGpus, NvmlGpuReader
+from tierline.cluster.nvml import GpuReader, NodeGpus, NvmlGpuReader
 
 __all__ = [
     "DEFAULT_PORT",
@@ -128,8 +127,7 @@ def start_node_exporters(port: int = DEFAULT_PORT) -> list[NodeExporterHandle]:
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from cluster.inventory import ray_node_name
+    from tierline.cluster.inventory import ray_node_name
 
     @ray.remote(num_cpus=0)
     class _ExporterActor:

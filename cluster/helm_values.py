@@ -13,13 +13,11 @@ models; the chart's values.schema.json embeds it, so a bad spec fails at `helm i
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from pathlib import Path
 from typing import Any
 
-from cluster.spec import ClusterSpec, TierSpec
+from tierline.cluster.spec import ClusterSpec, TierSpec
 
 # Addresses that accept connections from the pod network; anything else (127.0.0.1)
 # would leave the Serve proxy unreachable from the gateway Service.
@@ -111,7 +109,7 @@ def worker_groups(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE)
 def check_spec_for_kubernetes(spec: ClusterSpec) -> None:
     """What a spec must have to run in pods: a proxy bound to the pod network, and no
     local-only settings."""
-    from cluster.render import RenderError, check_renderable
+    from tierline.cluster.render import RenderError, check_renderable
 
     try:
         check_renderable(spec)
@@ -137,7 +135,7 @@ def helm_values(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE) -
 
 def local_model_paths(spec: ClusterSpec) -> list[str]:
     """Tiers whose model is a local path: it must exist inside the image or a volume."""
-    from cluster.specfile import is_local_path
+    from tierline.cluster.specfile import is_local_path
 
     return [t.name for t in spec.engine_tiers if is_local_path(t.model_source or "")]
 
@@ -170,19 +168,3 @@ def chart_schema_with_spec(chart_schema: dict[str, Any]) -> dict[str, Any]:
     }
     out[SCHEMA_DEFINITIONS] = definitions
     return out
-
-
-def _write_chart_schema(path: Path) -> bool:
-    current = json.loads(path.read_text())
-    fresh = chart_schema_with_spec(current)
-    if fresh == current:
-        return False
-    path.write_text(json.dumps(fresh, indent=2) + "\n")
-    return True
-
-
-if __name__ == "__main__":
-    # Regenerate the spec part of the chart's values.schema.json after the spec changed:
-    #   .venv/bin/python -m cluster.helm_values
-    target = Path(__file__).resolve().parents[1] / "helm" / "tierline" / "values.schema.json"
-    print(f"{target}: {'updated' if _write_chart_schema(target) else 'up to date'}")

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from cluster.specfile import format_loc
+from tierline.cluster.specfile import format_loc
 
 __all__ = [
     "ACCELERATOR_RESOURCE_PREFIX",

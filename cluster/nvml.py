@@ -2,7 +2,7 @@
 
 `NvmlLibrary` is the handful of pynvml calls tierline makes; the real one is the `pynvml`
 module of `nvidia-ml-py`, and `RecordedNvml` replays a JSON recording of the same calls
-(`python -m cluster.nvml record > node.json` on a GPU host writes one). `NvmlGpuReader`
+(`python -m tierline.cluster.nvml record > node.json` on a GPU host writes one). `NvmlGpuReader`
 turns either into `NodeGpus`. A machine without GPUs or without the NVIDIA driver reads
 as zero GPUs with a one-line reason, never an exception.
 """
@@ -230,7 +230,7 @@ def _util(u: Any) -> dict[str, int]:
 
 def _main(argv: list[str]) -> int:
     if argv[:1] != ["record"]:
-        print("usage: python -m cluster.nvml record > node.json", file=sys.stderr)
+        print("usage: python -m tierline.cluster.nvml record > node.json", file=sys.stderr)
         return 2
     try:
         import pynvml

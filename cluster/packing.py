@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cluster.inventory import NodeInventory
+from tierline.cluster.inventory import NodeInventory
 
 __all__ = ["Packer", "PoolKey", "StageNeed"]
 

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from cluster.inventory import Inventory
-from cluster.packing import Packer, PoolKey, StageNeed
-from cluster.sizing import ModelSize, model_size
-from cluster.spec import ClusterSpec, TierSpec
+from tierline.cluster.inventory import Inventory
+from tierline.cluster.packing import Packer, PoolKey, StageNeed
+from tierline.cluster.sizing import ModelSize, model_size
+from tierline.cluster.spec import ClusterSpec, TierSpec
 
 __all__ = [
     "InfeasiblePlanError",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.spec import ClusterSpec
-from deployments.logs import SERVE_LOGGING
+from tierline.cluster.spec import ClusterSpec
 
-IMPORT_PATH = "deployments.app:build_app"
+IMPORT_PATH = "tierline.deployments.app:build_app"
+SERVE_LOGGING: dict[str, Any] = {"encoding": "JSON", "log_level": "INFO"}
+"""Serve's logging config for the whole application: JSON lines that carry each request's
+id (`tierline.deployments.logs` writes the same shape outside Serve)."""
 
 
 class RenderError(ValueError):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.spec import TierSpec
-from cluster.specfile import is_local_path
+from tierline.cluster.spec import TierSpec
+from tierline.cluster.specfile import is_local_path
 
 __all__ = [
     "DTYPE_BYTES",

@@ -191,7 +191,11 @@ class TierSpec(_Strict):
     price_per_1m_input_tokens: Price = 0.0
     price_per_1m_output_tokens: Price = 0.0
     params_b: float | None = Field(None, gt=0, description="Parameters, in billions.")
-    dtype: Literal["float32", "bfloat16", "float16", "fp8", "int8", "int4"] | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "fp8", "int8", "int4"] | None = Field(
+        None,
+        description="Weight precision: sizes the tier's GPU memory and, for float types, is "
+        "vLLM's dtype; unset: the model config's.",
+    )
     gpu_hour_price_usd: float | None = Field(
         None, ge=0, description="US dollars per GPU-hour; prices tokens when they have no price."
     )
@@ -412,7 +416,7 @@ class AuthSpec(_Strict):
 class QuotaSpec(_Strict):
     """Limits for one tenant; unset means unlimited."""
 
-    requests_per_min: PositiveInt | None = None
+    requests_per_min: PositiveInt | None = Field(None, description="Requests per rolling minute.")
     tokens_per_min: PositiveInt | None = Field(
         None, description="Prompt plus completion tokens per rolling minute."
     )
@@ -421,13 +425,13 @@ class QuotaSpec(_Strict):
 
 
 class TenantSpec(QuotaSpec):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, description="Tenant name, as in the keys file.")
 
 
 class GatewaySpec(_Strict):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
-    port: int = Field(8000, ge=1, le=65535)
-    replicas: PositiveInt = 1
+    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")
+    replicas: PositiveInt = Field(1, description="Gateway replicas (Serve deployment).")
     max_body_bytes: PositiveInt = Field(1 << 20, description="Larger request bodies get 413.")
     max_tokens_limit: PositiveInt = Field(4096, description="Upper bound on max_tokens.")
     max_n: int = Field(16, ge=1, le=128, description="Upper bound on n (choices per request).")
@@ -494,7 +498,7 @@ class RagSpec(_Strict):
     embedding_device: str = Field(
         "cpu", description="torch device of a sentence-transformers embedding model."
     )
-    embedding_replicas: PositiveInt = 1
+    embedding_replicas: PositiveInt = Field(1, description="Replicas of the embedding deployment.")
     embedding_cpus: float = Field(1.0, gt=0, description="Logical CPUs per embedding replica.")
     embedding_gpus: float = Field(0.0, ge=0, description="GPUs per embedding replica.")
     embedding_env_vars: dict[str, str] = Field(
@@ -521,7 +525,9 @@ class RagSpec(_Strict):
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(200, ge=16, description="HNSW build-time beam width.")
     hnsw_ef_search: int = Field(
-        128, ge=8, description="HNSW query-time beam width (128: recall@10 0.98 at 100k)."
+        128,
+        ge=8,
+        description="HNSW query-time beam width (recall against exact search: BENCHMARKS.md).",
     )
     exact_search_max_vectors: int = Field(
         10_000,
@@ -561,13 +567,22 @@ class RagSpec(_Strict):
 
 
 class ClusterSpec(_Strict):
-    name: str = Field("tierline", pattern=NAME_PATTERN)
+    name: str = Field(
+        "tierline", pattern=NAME_PATTERN, description="Cluster name: the Serve application's."
+    )
     tiers: list[TierSpec] = Field(
         min_length=1, description="Ordered from cheapest to most capable."
     )
-    router: RouterSpec = Field(default_factory=RouterSpec)
-    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
-    rag: RagSpec = Field(default_factory=RagSpec)
+    router: RouterSpec = Field(
+        default_factory=RouterSpec, description="How `auto` requests pick a tier."
+    )
+    gateway: GatewaySpec = Field(
+        default_factory=GatewaySpec,
+        description="The OpenAI-compatible ingress: keys, quotas, limits, failover.",
+    )
+    rag: RagSpec = Field(
+        default_factory=RagSpec, description="Retrieval: the document store, chunking, search."
+    )
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ClusterSpec:

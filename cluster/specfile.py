@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-
-from cluster.spec import ClusterSpec
+from tierline.cluster.spec import ClusterSpec
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from ray.llm._internal.common.models import global_id_manager
 from ray.llm._internal.common.utils.cloud_utils import LoraMirrorConfig
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
-
-from cluster.spec import REMOTE_URI_PREFIXES
-from deployments.adapters import ADAPTER_CONFIG, SOURCES_KEY
+from tierline.cluster.spec import REMOTE_URI_PREFIXES
+from tierline.deployments.adapters import ADAPTER_CONFIG, SOURCES_KEY
 
 
 class TierAdapterLoader(LoraModelLoader):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cluster.spec import REMOTE_URI_PREFIXES, ClusterSpec, TierSpec
+from tierline.cluster.spec import REMOTE_URI_PREFIXES, ClusterSpec, TierSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
 # Where the engine's adapter loader (deployments.adapter_loader) finds each source.

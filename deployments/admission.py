@@ -26,8 +26,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from cluster.spec import TierSpec
-from router.types import TierState
+from tierline.cluster.spec import TierSpec
+from tierline.router.types import TierState
 
 
 def engine_replicas_at_most(tier: TierSpec) -> int:

@@ -1,7 +1,7 @@
 """The Serve application: tier engine deployments plus the gateway ingress.
 
 `build_app` is the `import_path` target of rendered `serve deploy` configs
-(`deployments.app:build_app`, args `{"spec": {...}}`) and what `tierline up` runs, so a
+(`tierline.deployments.app:build_app`, args `{"spec": {...}}`) and what `tierline up` runs, so a
 local run and a cluster deploy build the same graph from the same spec.
 """
 
@@ -14,22 +14,25 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
-
-from cluster.spec import ClusterSpec, deployment_name
-from cluster.specfile import parse_spec
-from deployments.adapters import adapter_sources
-from deployments.auth import load_key_store
-from deployments.engine import build_tier_app, request_path_env
-from deployments.engine_client import EngineClient, ServeEngineClient, import_request_models
-from deployments.external import external_client, external_counter
-from deployments.gateway import GatewayCore, create_app
-from deployments.logs import serve_logging_kept
-from deployments.metrics import GatewayMetrics, RayRecorder, RouterMetrics
-from deployments.quota import QuotaService, ServeQuota, is_limited
-from deployments.rag import ServeRagClient, build_rag_apps
-from deployments.replicas import ServeReplicaWatcher
-from deployments.routing import LearnedRouter
-from deployments.tokens import load_counter
+from tierline.cluster.spec import ClusterSpec, deployment_name
+from tierline.cluster.specfile import parse_spec
+from tierline.deployments.adapters import adapter_sources
+from tierline.deployments.auth import load_key_store
+from tierline.deployments.engine import build_tier_app, request_path_env
+from tierline.deployments.engine_client import (
+    EngineClient,
+    ServeEngineClient,
+    import_request_models,
+)
+from tierline.deployments.external import external_client, external_counter
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.logs import serve_logging_kept
+from tierline.deployments.metrics import GatewayMetrics, RayRecorder, RouterMetrics
+from tierline.deployments.quota import QuotaService, ServeQuota, is_limited
+from tierline.deployments.rag import ServeRagClient, build_rag_apps
+from tierline.deployments.replicas import ServeReplicaWatcher
+from tierline.deployments.routing import LearnedRouter
+from tierline.deployments.tokens import load_counter
 
 GATEWAY_DEPLOYMENT = "gateway"
 QUOTA_DEPLOYMENT = "quota"

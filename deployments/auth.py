@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.spec import AuthSpec
+from tierline.cluster.spec import AuthSpec
 
 KEY_PREFIX = "tl-"
 

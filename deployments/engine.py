@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from cluster.planner import engine_placement
-from cluster.spec import TierSpec, deployment_name
-from deployments.adapters import (
+from tierline.cluster.planner import engine_placement
+from tierline.cluster.spec import TierSpec, deployment_name
+from tierline.deployments.adapters import (
     SOURCES_KEY,
     adapter_sources,
     check_local_sources,
@@ -115,7 +115,7 @@ def build_tier_app(tier: TierSpec, drain_timeout_s: float = 30.0) -> Application
     check_local_sources(tier)
     bind_kwargs = None
     if tier.adapters:
-        from deployments.adapter_loader import TierAdapterLoader
+        from tierline.deployments.adapter_loader import TierAdapterLoader
 
         bind_kwargs = {"model_downloader": TierAdapterLoader}
     return build_llm_deployment(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -180,3 +180,20 @@ class ServeEngineClient:
         except Exception:
             return False
         return True
+
+
+def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
+    """The `usage` object of a whole answer or of a stream chunk, if it carries one."""
+    if isinstance(item, dict):
+        u = item.get("usage")
+        return u if isinstance(u, dict) else None
+    if isinstance(item, str) and '"usage"' in item:
+        for line in item.splitlines():
+            if line.startswith("data: {"):
+                try:
+                    u = json.loads(line[6:]).get("usage")
+                except ValueError:
+                    continue
+                if isinstance(u, dict):
+                    return u
+    return None

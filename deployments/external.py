@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from cluster.spec import ExternalSpec, TierSpec
-from deployments.engine_client import EngineError, EngineItem, EngineUnavailable, Method
-from deployments.tokens import EstimatingCounter, TokenCounter, load_counter
+from tierline.cluster.spec import ExternalSpec, TierSpec
+from tierline.deployments.engine_client import EngineError, EngineItem, EngineUnavailable, Method
+from tierline.deployments.tokens import EstimatingCounter, TokenCounter, load_counter
 
 PATHS: dict[Method, str] = {"chat": "/chat/completions", "completions": "/completions"}
 

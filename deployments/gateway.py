@@ -20,36 +20,40 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
-from deployments.adapters import adapter_cards
-from deployments.admission import Slot, TierSlots, as_router_state
-from deployments.auth import KeyStore
-from deployments.engine_client import (
+from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
+from tierline.deployments.adapters import adapter_cards
+from tierline.deployments.admission import Slot, TierSlots, as_router_state
+from tierline.deployments.auth import KeyStore
+from tierline.deployments.engine_client import (
     EngineClient,
     EngineError,
     EngineItem,
     EngineUnavailable,
     Method,
 )
-from deployments.errors import APIError, error_body, error_response
-from deployments.logs import event
-from deployments.metrics import GatewayMetrics, PromRecorder, metered
-from deployments.middleware import GatewayMiddleware, tenant_of
-from deployments.quota import QuotaClient, is_limited, retry_after_header
-from deployments.rag_routes import (
+from tierline.deployments.errors import APIError, error_body, error_response
+from tierline.deployments.logs import event
+from tierline.deployments.metrics import GatewayMetrics, PromRecorder, metered
+from tierline.deployments.middleware import GatewayMiddleware, tenant_of
+from tierline.deployments.quota import QuotaClient, is_limited, retry_after_header
+from tierline.deployments.rag_routes import (
     RagClient,
     ground_chat,
     rag_router,
     upload_limits,
     with_citations,
 )
-from deployments.replicas import ReplicaWatcher
-from deployments.routing import PREFERENCE_HEADER, LearnedRouter
-from deployments.schemas import ChatCompletionBody, CompletionBody, _Generation, dump_for_engine
-from deployments.tokens import TokenCounter
-from router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
-from router.cascade import (
+from tierline.deployments.replicas import ReplicaWatcher
+from tierline.deployments.routing import PREFERENCE_HEADER, LearnedRouter
+from tierline.deployments.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    _Generation,
+    dump_for_engine,
+)
+from tierline.deployments.tokens import TokenCounter
+from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
+from tierline.router.cascade import (
     THRESHOLD_HEADER,
     CascadePolicy,
     CascadeStep,

@@ -4,7 +4,7 @@ The request id is the one the client sees in `x-request-id`. Under Ray Serve it 
 own request id: the proxy takes the client's `x-request-id` or makes one, returns it on
 the response, and Serve carries it through every handle call (gateway → RAG →
 engine replica), where Ray Serve LLM also makes it vLLM's request id. Serve's
-`LoggingConfig(encoding="JSON")` (`SERVE_LOGGING`, applied to the whole application)
+`LoggingConfig(encoding="JSON")` (`tierline.cluster.render.SERVE_LOGGING`, applied to the whole app)
 writes each replica's records as JSON with a `request_id` field.
 
 Outside Serve (unit tests, plain processes) the gateway's middleware binds the id in a
@@ -26,7 +26,6 @@ from typing import Any
 
 __all__ = [
     "FORBIDDEN_FIELDS",
-    "SERVE_LOGGING",
     "JsonFormatter",
     "RequestContextFilter",
     "bind_request",
@@ -36,7 +35,6 @@ __all__ = [
     "serve_logging_kept",
 ]
 
-SERVE_LOGGING: dict[str, Any] = {"encoding": "JSON", "log_level": "INFO"}
 
 FORBIDDEN_FIELDS = frozenset(
     {"api_key", "authorization", "key", "prompt", "messages", "content", "text", "query"}

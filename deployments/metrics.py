@@ -6,7 +6,7 @@ turns the hooks' calls into samples:
 - `RayRecorder` (production) records through `ray.util.metrics`. Every Ray process ships
   its samples to the metrics agent of its node, which aggregates them across workers and
   serves them on the node's metrics export port (8080 on the Helm chart's pods, the port
-  `cluster.local` picks locally). So with several gateway replicas one scrape of each node
+  `tierline.cli.local` picks locally). So with several gateway replicas one scrape of each node
   sees every replica's counts, never one random replica's. Ray names what it exports
   `ray_<name>` (as it does for `ray_serve_*` and the engines' `ray_vllm_*`): the gateway's
   request counter is scraped as `ray_tierline_gateway_requests_total`. `exported_names`
@@ -28,9 +28,15 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from cluster.spec import ClusterSpec
-from deployments.engine_client import EngineClient, EngineError, EngineItem, Method
-from deployments.logs import current_tenant
+from tierline.cluster.spec import ClusterSpec
+from tierline.deployments.engine_client import (
+    EngineClient,
+    EngineError,
+    EngineItem,
+    Method,
+    usage_of,
+)
+from tierline.deployments.logs import current_tenant
 
 __all__ = [
     "DEFINITIONS",
@@ -454,12 +460,6 @@ class RagMetrics:
 
 
 # -- an engine client that measures --------------------------------------------------------
-def _usage(item: EngineItem) -> Mapping[str, Any] | None:
-    from deployments.routing import usage_of
-
-    return usage_of(item)
-
-
 class MeteredEngine:
     """An `EngineClient` that records time to first output, tokens, cost and engine
     errors for its tier. The tenant comes from the request context (`deployments.logs`)."""
@@ -489,7 +489,7 @@ class MeteredEngine:
                         self.metrics.engine_error(self.tier, f"engine_{item.status}")
                     else:
                         self.metrics.first_output(self.tier, time.perf_counter() - t0)
-                usage = _usage(item)
+                usage = usage_of(item)
                 if usage is not None:
                     self.metrics.usage(
                         self.tier,

@@ -15,10 +15,9 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from deployments.auth import KeyStore
-from deployments.errors import APIError, error_response
-from deployments.logs import bind_request
+from tierline.deployments.auth import KeyStore
+from tierline.deployments.errors import APIError, error_response
+from tierline.deployments.logs import bind_request
 
 REQUEST_ID_HEADER = "x-request-id"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})

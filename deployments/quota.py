@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.spec import GatewaySpec, QuotaSpec
+from tierline.cluster.spec import GatewaySpec, QuotaSpec
 
 WINDOW_S = 60.0
 

@@ -18,12 +18,11 @@ import numpy as np
 from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
-
-from cluster.spec import ClusterSpec, RagSpec
-from rag.embed import SentenceTransformerModel, TokenizerOffsets
-from rag.records import RagError
-from rag.service import RagCore, RagSettings
-from rag.store import MilvusChunkStore, is_remote
+from tierline.cluster.spec import ClusterSpec, RagSpec
+from tierline.rag.embed import SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.records import RagError
+from tierline.rag.service import RagCore, RagSettings
+from tierline.rag.store import MilvusChunkStore, is_remote
 
 logger = logging.getLogger("tierline.rag")
 
@@ -100,7 +99,7 @@ class ThreadedSentenceTransformer:
 
 def embedding_model(spec: RagSpec) -> EmbeddingModel:
     if spec.embedding_engine == "vllm":
-        from rag.vllm_embed import VllmEmbeddingModel
+        from tierline.rag.vllm_embed import VllmEmbeddingModel
 
         return VllmEmbeddingModel(spec.embedding_model, spec.embedding_engine_kwargs)
     return ThreadedSentenceTransformer(

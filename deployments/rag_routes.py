@@ -21,19 +21,18 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-
-from cluster.spec import RagSpec
-from deployments.errors import APIError
-from deployments.logs import event
-from deployments.metrics import RagMetrics
-from deployments.middleware import BodyLimit, RouteLimit
-from deployments.schemas import ChatCompletionBody
-from rag.embed import Embedder
-from rag.parsing import parse_file
-from rag.prompt import citations as citation_list
-from rag.prompt import grounded_messages, query_text
-from rag.records import RagError
-from rag.service import RagCore
+from tierline.cluster.spec import RagSpec
+from tierline.deployments.errors import APIError
+from tierline.deployments.logs import event
+from tierline.deployments.metrics import RagMetrics
+from tierline.deployments.middleware import BodyLimit, RouteLimit
+from tierline.deployments.schemas import ChatCompletionBody
+from tierline.rag.embed import Embedder
+from tierline.rag.parsing import parse_file
+from tierline.rag.prompt import citations as citation_list
+from tierline.rag.prompt import grounded_messages, query_text
+from tierline.rag.records import RagError
+from tierline.rag.service import RagCore
 
 _logger = logging.getLogger("ray.serve.tierline.rag")
 

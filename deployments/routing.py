@@ -10,7 +10,6 @@ nothing here does I/O at import or construction.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cluster.spec import ClusterSpec, LearnedParams
-from deployments.engine_client import EngineClient, EngineItem, Method
-from deployments.metrics import RouterMetrics
-from router.embedding import Embedder, check_probe, open_embedder
-from router.head import Head, prompt_words
-from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
-from router.profile import load_ttft_priors
-from router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
-from router.types import Decision, RequestFeatures, TierState
+from tierline.cluster.spec import ClusterSpec, LearnedParams
+from tierline.deployments.engine_client import EngineClient, EngineItem, Method
+from tierline.deployments.metrics import RouterMetrics
+from tierline.router.embedders import open_embedder
+from tierline.router.embedding import Embedder, check_probe
+from tierline.router.head import Head, prompt_words
+from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from tierline.router.profile import load_ttft_priors
+from tierline.router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
+from tierline.router.types import Decision, RequestFeatures, TierState
 
 PREFERENCE_HEADER = "x-tierline-preference"
 DEFAULT_STRONG_SHARE = 0.3
@@ -181,23 +180,6 @@ class LearnedRouter:
             if load.ttft_s is None
             else (1 - TTFT_SMOOTHING) * load.ttft_s + TTFT_SMOOTHING * seconds
         )
-
-
-def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
-    """The `usage` object of a whole answer or of a stream chunk, if it carries one."""
-    if isinstance(item, dict):
-        u = item.get("usage")
-        return u if isinstance(u, dict) else None
-    if isinstance(item, str) and '"usage"' in item:
-        for line in item.splitlines():
-            if line.startswith("data: {"):
-                try:
-                    u = json.loads(line[6:]).get("usage")
-                except ValueError:
-                    continue
-                if isinstance(u, dict):
-                    return u
-    return None
 
 
 class _TrackedEngine:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from rag.records import Chunk, Document, chunk_id
+from tierline.rag.records import Chunk, Document, chunk_id
 
 Offsets = Sequence[tuple[int, int]]
 Tokenize = Callable[[str], Offsets]

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-
-from rag.chunking import Offsets
+from tierline.rag.chunking import Offsets
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rag.records import RagError
+from tierline.rag.records import RagError
 
 Predicate = Callable[[str, Mapping[str, Any]], bool]
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")

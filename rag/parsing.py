@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import PurePath
 
-from rag.records import RagError
+from tierline.rag.records import RagError
 
 KINDS = {
     ".txt": "text",

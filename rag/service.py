@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from rag.bm25 import BM25Index
-from rag.chunking import Tokenize, chunk_document
-from rag.dense import DenseIndex
-from rag.embed import Embedder
-from rag.filters import KEY, parse_filter
-from rag.fusion import reciprocal_rank_fusion
-from rag.records import Chunk, Document, Hit, RagError
-from rag.store import ChunkStore
+from tierline.rag.bm25 import BM25Index
+from tierline.rag.chunking import Tokenize, chunk_document
+from tierline.rag.dense import DenseIndex
+from tierline.rag.embed import Embedder
+from tierline.rag.filters import KEY, parse_filter
+from tierline.rag.fusion import reciprocal_rank_fusion
+from tierline.rag.records import Chunk, Document, Hit, RagError
+from tierline.rag.store import ChunkStore
 
 COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")

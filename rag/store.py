@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-from rag.records import Chunk
+from tierline.rag.records import Chunk
 
 MAX_TEXT_CHARS = 65535
 

@@ -17,8 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from rag.embed import resolve_model
+from tierline.rag.embed import resolve_model
 
 
 def unit_rows(rows: Sequence[Any]) -> np.ndarray:

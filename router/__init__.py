@@ -1,8 +1,13 @@
 """Tier routing: pure decisions from request features and tier state."""
 
-from router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
-from router.rules import RulesPolicy, decide
-from router.types import Decision, RequestFeatures, RoutingError, TierState
+if __name__ != "tierline.router":  # the folder router/ installs as tierline.router only
+    raise ImportError(
+        f"import tierline.router, not {__name__} (`pip install -e .` maps router/ to it)"
+    )
+
+from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from tierline.router.rules import RulesPolicy, decide
+from tierline.router.types import Decision, RequestFeatures, RoutingError, TierState
 
 __all__ = [
     "CalibrationState",

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.types import TierState
+from tierline.router.types import TierState
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 THRESHOLD_HEADER = "x-tierline-cascade-threshold"

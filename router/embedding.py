@@ -150,17 +150,6 @@ def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path)
     return vectors
 
 
-def open_embedder(name: str, threads: int | None = None) -> Embedder:
-    """The started embedder a head names (`Head.embedder`)."""
-    if name == MINILM_NAME:
-        return MiniLMEmbedder(threads=threads).start()
-    from router.static_embedding import STATIC_NAME, StaticMiniLMEmbedder
-
-    if name == STATIC_NAME:
-        return StaticMiniLMEmbedder().start()
-    raise ValueError(f"unknown embedder {name!r} (known: {MINILM_NAME}, {STATIC_NAME})")
-
-
 def probe(embedder: Embedder) -> list[float]:
     """The probe text's embedding, rounded: stored with a head, checked at start-up."""
     return [round(float(v), 6) for v in embedder.embed([PROBE_TEXT])[0]]

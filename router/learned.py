@@ -23,9 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from router.rules import _context_error, _pinned
-from router.types import Decision, RequestFeatures, RoutingError, TierState
+from tierline.router.fallback import pinned, unusable, walk
+from tierline.router.types import Decision, RequestFeatures, RoutingError, TierState
 
 PREFERENCES = ("cost", "balanced", "quality", "latency")
 
@@ -127,7 +126,7 @@ def decide_learned(
     if not tiers:
         raise ValueError("no tiers to route to")
     if features.pinned_tier is not None:
-        return _pinned(features, tiers)
+        return pinned(features, tiers)
     if features.quality is None or any(t.name not in features.quality for t in tiers):
         raise ValueError("the learned policy needs a quality prediction for every tier")
     preference = features.preference or policy.default_preference
@@ -143,16 +142,11 @@ def decide_learned(
     score = score_of(features.quality, tiers)
     meets, start = _ideal(features.quality, tiers, tol)
 
-    def usable(t: TierState) -> str | None:
-        if features.context_needed(t.name) > t.max_context_tokens:
-            return "context"
-        if not t.healthy:
-            return "unhealthy"
-        return None
-
     steps: list[str] = []
     if preference == "latency":
-        timed = [i for i in meets if usable(tiers[i]) is None and tiers[i].ttft_s is not None]
+        timed = [
+            i for i in meets if unusable(features, tiers[i]) is None and tiers[i].ttft_s is not None
+        ]
         if timed:
             fastest = min(timed, key=lambda i: (tiers[i].ttft_s, i))
             if fastest != start:
@@ -160,35 +154,16 @@ def decide_learned(
             start = fastest
 
     # Tiers scaled to zero are passed over (`skip`) unless no warm tier fits at all.
-    order = [*range(start, len(tiers)), *reversed(range(start))]
-    chosen: int | None = None
     skip_cold = policy.cold_start == "skip"
-    for skipping in (True, False) if skip_cold else (False,):
-        passed: list[str] = []
-        for pos, i in enumerate(order):
-            why = usable(tiers[i]) or ("cold" if skipping and tiers[i].cold else None)
-            if why is not None:
-                passed.append(f"{tiers[i].name}:{why}")
-                continue
-            chosen = i
-            if passed:
-                steps.append(passed[0].split(":")[1])
-            if pos >= len(tiers) - start:
-                steps.append("down")
-            if tiers[i].cold:
-                steps.append("coldstart")
-            break
-        if chosen is not None:
-            break
-    if chosen is None:
-        if any(p.endswith(":unhealthy") for p in passed):
-            raise RoutingError(503, "no_healthy_tier", "no tier that fits the request is healthy")
-        raise _context_error(features, tiers)
+    step = walk(features, tiers, start, policy.cold_start)
+    chosen = step.index
+    passed = list(step.passed)
+    steps.extend(step.notes)
 
     if policy.spill and tiers[chosen].overloaded:
         for j in range(chosen + 1, len(tiers)):
             warm = not (skip_cold and tiers[j].cold)
-            if usable(tiers[j]) is None and not tiers[j].overloaded and warm:
+            if unusable(features, tiers[j]) is None and not tiers[j].overloaded and warm:
                 passed.append(f"{tiers[chosen].name}:overloaded")
                 steps.append("spill")
                 chosen = j

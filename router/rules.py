@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.types import Decision, RequestFeatures, RoutingError, TierState
+from tierline.router.fallback import pinned, walk
+from tierline.router.types import Decision, RequestFeatures, TierState
 
 
 @dataclass(frozen=True)
@@ -40,42 +41,12 @@ def _index(tiers: Sequence[TierState], name: str | None, fallback: int) -> int:
     raise ValueError(f"policy names tier {name!r}, which is not among the tiers")
 
 
-def _context_error(features: RequestFeatures, tiers: Sequence[TierState]) -> RoutingError:
-    best = max(tiers, key=lambda t: t.max_context_tokens)
-    need = features.context_needed(best.name)
-    return RoutingError(
-        400,
-        "context_length_exceeded",
-        f"the request needs {need} tokens ({features.prompt_tokens[best.name]} prompt + "
-        f"{features.completion_tokens} completion) but the largest context is "
-        f"{best.max_context_tokens} tokens (tier {best.name!r})",
-        param="messages",
-    )
-
-
-def _pinned(features: RequestFeatures, tiers: Sequence[TierState]) -> Decision:
-    tier = next(t for t in tiers if t.name == features.pinned_tier)
-    need = features.context_needed(tier.name)
-    if need > tier.max_context_tokens:
-        raise RoutingError(
-            400,
-            "context_length_exceeded",
-            f"tier {tier.name!r} accepts {tier.max_context_tokens} tokens but the request "
-            f"needs {need} ({features.prompt_tokens[tier.name]} prompt + "
-            f"{features.completion_tokens} completion)",
-            param="messages",
-        )
-    if not tier.healthy:
-        raise RoutingError(503, "tier_unavailable", f"tier {tier.name!r} has no healthy replica")
-    return Decision(tier=tier.name, score=0.0, reason="pinned")
-
-
 def decide(features: RequestFeatures, tiers: Sequence[TierState], policy: RulesPolicy) -> Decision:
     """Pick a tier. `tiers` is ordered from cheapest to most capable."""
     if not tiers:
         raise ValueError("no tiers to route to")
     if features.pinned_tier is not None:
-        return _pinned(features, tiers)
+        return pinned(features, tiers)
 
     top = len(tiers) - 1
     start = _index(tiers, policy.default_tier, 0)
@@ -90,27 +61,8 @@ def decide(features: RequestFeatures, tiers: Sequence[TierState], policy: RulesP
         score = min(longest / policy.long_prompt_tokens, 1.0) * 0.5
 
     # Up from the chosen tier first; if nothing above fits, the most capable tier below.
-    # Tiers scaled to zero are passed over (`skip`) unless no warm tier fits at all.
-    order = [*tiers[start:], *reversed(tiers[:start])]
-    passes = (True, False) if policy.cold_start == "skip" else (False,)
-    for skip_cold in passes:
-        passed: list[str] = []
-        for i, t in enumerate(order):
-            if features.context_needed(t.name) > t.max_context_tokens:
-                passed.append(f"{t.name}:context")
-            elif not t.healthy:
-                passed.append(f"{t.name}:unhealthy")
-            elif skip_cold and t.cold:
-                passed.append(f"{t.name}:cold")
-            else:
-                full = reason + "".join(f"+{p.split(':')[1]}" for p in passed[:1])
-                if i >= len(tiers) - start:
-                    full += "+down"
-                if t.cold:
-                    full += "+coldstart"
-                return Decision(
-                    tier=t.name, score=score, reason=f"auto:{full}", escalations=tuple(passed)
-                )
-    if any(p.endswith(":unhealthy") for p in passed):
-        raise RoutingError(503, "no_healthy_tier", "no tier that fits the request is healthy")
-    raise _context_error(features, tiers)
+    step = walk(features, tiers, start, policy.cold_start)
+    full = reason + "".join(f"+{note}" for note in step.notes)
+    return Decision(
+        tier=tiers[step.index].name, score=score, reason=f"auto:{full}", escalations=step.passed
+    )

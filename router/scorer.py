@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from router.head import Head
+from tierline.router.head import Head
 
 SHIPPED_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "minilm-static-router.npz"
 

@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from router.embedding import CLIP_CHARS_PER_TOKEN, CLIP_MARGIN_TOKENS, MINILM_DIM, MINILM_NAME
+from tierline.router.embedding import (
+    CLIP_CHARS_PER_TOKEN,
+    CLIP_MARGIN_TOKENS,
+    MINILM_DIM,
+    MINILM_NAME,
+)
 
 STATIC_NAME = f"{MINILM_NAME}-static"
 DISTILL_VERSION = 1
@@ -150,7 +154,7 @@ class StaticMiniLMEmbedder:
 
 
 def main() -> None:
-    """`python -m router.static_embedding`: build the cached table (what `make models` runs)."""
+    """`python -m tierline.router.static_embedding`: build the cached table (`make models`)."""
     import time
 
     model_dir = minilm_path()

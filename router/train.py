@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-
-from router.head import Head
+from tierline.router.head import Head
 
 OUTPUTS = ("weak", "strong")
 QUANTILE_POINTS = 101

@@ -10,11 +10,10 @@ from typing import Any
 
 import psutil
 import pytest
-
-from cluster.spec import ClusterSpec
-from cluster.specfile import load_spec
-from cluster.tiny_models import ensure_tiny_models
-from deployments.auth import add_key
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import load_spec
+from tierline.cluster.tiny_models import ensure_tiny_models
+from tierline.deployments.auth import add_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

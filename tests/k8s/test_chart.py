@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tierline.cluster.render import serve_config
+from tierline.cluster.specfile import load_spec, parse_spec
 
-from cluster.render import serve_config
-from cluster.specfile import load_spec, parse_spec
 from tests.k8s.manifests import (
     CHART,
     CI_VALUES,

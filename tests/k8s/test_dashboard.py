@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 
 import pytest
+from tierline.deployments.metrics import DEFINITIONS, exported_names
 
-from deployments.metrics import DEFINITIONS, exported_names
 from tests.k8s.manifests import helm_template, one
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def _ray_node_gauges() -> set[str]:
 
 
 def known_metric_names() -> set[str]:
-    from cluster.cli.status import parse_samples
+    from tierline.cli.status import parse_samples
 
     names = {n for d in DEFINITIONS.values() for n in exported_names(d)}
     names |= {s.name for s in parse_samples(SCRAPE.read_text())}

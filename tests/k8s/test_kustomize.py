@@ -6,17 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tierline.cluster.specfile import load_spec, parse_spec
 
-from cluster.specfile import load_spec, parse_spec
-from tests.k8s.kustomize import (
-    K8S,
-    OVERLAYS,
-    chart_objects,
-    generate,
-    generated_on_disk,
-    object_key,
-    with_namespace,
-)
 from tests.k8s.manifests import (
     KUBECTL,
     parse_docs,
@@ -26,14 +17,22 @@ from tests.k8s.manifests import (
     tool,
     validate_object,
 )
+from tools.kustomize import (
+    K8S,
+    OVERLAYS,
+    chart_objects,
+    generate,
+    generated_on_disk,
+    object_key,
+    with_namespace,
+)
 
 
 def test_k8s_files_are_generated_from_the_chart() -> None:
     fresh, disk = generate(), generated_on_disk()
     stale = sorted(p for p in set(fresh) | set(disk) if fresh.get(p) != disk.get(p))
     assert not stale, (
-        f"k8s/ is out of date with helm/tierline ({', '.join(stale)}): "
-        "run `.venv/bin/python -m tests.k8s.kustomize`"
+        f"k8s/ is out of date with helm/tierline ({', '.join(stale)}): run `make generate`"
     )
 
 

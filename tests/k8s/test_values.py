@@ -10,18 +10,18 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from typer.testing import CliRunner
-
-from cluster.cli import app
-from cluster.helm_values import (
+from tierline.cli.main import app
+from tierline.cluster.helm_values import (
     HelmValuesError,
     chart_schema_with_spec,
     helm_values,
     nodes_for,
     worker_groups,
 )
-from cluster.render import serve_config
-from cluster.specfile import load_spec, parse_spec
+from tierline.cluster.render import serve_config
+from tierline.cluster.specfile import load_spec, parse_spec
+from typer.testing import CliRunner
+
 from tests.k8s.manifests import CHART, CI_VALUES, helm_template, serve_config_of
 
 SCHEMA_PATH = CHART / "values.schema.json"
@@ -78,8 +78,7 @@ def test_disagreements_are_found() -> None:
 
 def test_schema_spec_part_is_generated_from_the_models() -> None:
     assert chart_schema() == chart_schema_with_spec(chart_schema()), (
-        "helm/tierline/values.schema.json is stale against cluster/spec.py: "
-        "run `.venv/bin/python -m cluster.helm_values`"
+        "helm/tierline/values.schema.json is stale against cluster/spec.py: run `make generate`"
     )
 
 

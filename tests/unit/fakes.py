@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from deployments.engine_client import EngineError, EngineItem, Method
+from tierline.deployments.engine_client import EngineError, EngineItem, Method
 
 
 class FakeEngine:

@@ -6,8 +6,7 @@ import hashlib
 import re
 
 import numpy as np
-
-from rag.chunking import Offsets
+from tierline.rag.chunking import Offsets
 
 DIM = 64
 

@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
-from cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
-from deployments.adapters import (
+from tierline.cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
+from tierline.deployments.adapters import (
     SOURCES_KEY,
     AdapterSourceError,
     adapter_sources,
     check_local_sources,
     lora_engine_kwargs,
 )
-from deployments.engine import llm_config_kwargs
-from deployments.gateway import GatewayCore, create_app
-from deployments.tokens import EstimatingCounter
+from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.tokens import EstimatingCounter
+
 from tests.unit.fakes import FakeEngine
 
 SPEC = """

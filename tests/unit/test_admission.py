@@ -10,9 +10,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
-
-from cluster.specfile import load_spec_text
-from deployments.admission import (
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.admission import (
     Load,
     TierSlots,
     admits,
@@ -20,16 +19,17 @@ from deployments.admission import (
     gateway_limit,
     tier_limit,
 )
-from deployments.engine_client import EngineItem, Method
-from deployments.errors import APIError
-from deployments.gateway import GatewayCore
-from deployments.routing import LearnedRouter
-from deployments.schemas import ChatCompletionBody
-from deployments.tokens import EstimatingCounter
-from router.embedding import HashingEmbedder
-from router.head import Head
-from router.scorer import SHIPPED_ARTIFACT
-from router.types import TierState
+from tierline.deployments.engine_client import EngineItem, Method
+from tierline.deployments.errors import APIError
+from tierline.deployments.gateway import GatewayCore
+from tierline.deployments.routing import LearnedRouter
+from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.router.embedding import HashingEmbedder
+from tierline.router.head import Head
+from tierline.router.scorer import SHIPPED_ARTIFACT
+from tierline.router.types import TierState
+
 from tests.unit.fakes import FakeEngine
 
 SPEC = """
@@ -292,7 +292,7 @@ class UnusedHandle:
 
 
 def test_an_invalid_body_is_a_400_not_a_dead_tier() -> None:
-    from deployments.engine_client import EngineError, ServeEngineClient
+    from tierline.deployments.engine_client import EngineError, ServeEngineClient
 
     async def first_item() -> EngineItem:
         client = ServeEngineClient(UnusedHandle(), "small")
@@ -322,7 +322,7 @@ class OptionsHandle:
 def test_grpc_between_deployments_sets_the_handles_transport(
     grpc: bool, by_reference: bool
 ) -> None:
-    from deployments.engine_client import ServeEngineClient
+    from tierline.deployments.engine_client import ServeEngineClient
 
     handle = OptionsHandle()
     ServeEngineClient(handle, "small", grpc=grpc)

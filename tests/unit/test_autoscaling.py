@@ -11,16 +11,16 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tierline.cluster.specfile import SpecError, load_spec_text
+from tierline.deployments.engine import PREFIX_ROUTER, llm_config_kwargs
+from tierline.deployments.gateway import GatewayCore
+from tierline.deployments.replicas import ReplicaCount, replica_counts
+from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned
+from tierline.router.rules import RulesPolicy, decide
+from tierline.router.types import RequestFeatures, RoutingError, TierState
 
-from cluster.specfile import SpecError, load_spec_text
-from deployments.engine import PREFIX_ROUTER, llm_config_kwargs
-from deployments.gateway import GatewayCore
-from deployments.replicas import ReplicaCount, replica_counts
-from deployments.schemas import ChatCompletionBody
-from deployments.tokens import EstimatingCounter
-from router.learned import CalibrationState, LearnedPolicy, decide_learned
-from router.rules import RulesPolicy, decide
-from router.types import RequestFeatures, RoutingError, TierState
 from tests.unit.fakes import FakeEngine
 
 SPEC = """

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tierline.cluster.specfile import load_spec
 
 from bench import report as rp
 from bench.servers import bare_vllm_args
-from cluster.specfile import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -329,7 +329,7 @@ def test_report_md_and_splice_keep_hand_written_text() -> None:
 
 # -- same engine arguments ----------------------------------------------------------------------
 def test_bare_vllm_gets_the_tier_engine_arguments() -> None:
-    from deployments.engine import llm_config_kwargs
+    from tierline.deployments.engine import llm_config_kwargs
 
     tier = load_spec(ROOT / "configs" / "bench.yaml").tiers[0]
     args = bare_vllm_args(tier)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from router.learned import (
+from tierline.router.learned import (
     CalibrationState,
     LearnedPolicy,
     decide_learned,
     recalibrate,
     tolerance,
 )
-from router.types import RequestFeatures, TierState
+from tierline.router.types import RequestFeatures, TierState
 
 TIERS = [TierState("small", 10_000), TierState("large", 10_000)]
 

@@ -10,12 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
-
-from cluster.specfile import load_spec_text
-from deployments.engine_client import EngineItem, Method
-from deployments.gateway import GatewayCore, create_app
-from deployments.tokens import EstimatingCounter
-from router.cascade import (
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.engine_client import EngineItem, Method
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.router.cascade import (
     CascadePolicy,
     CascadeStep,
     cascaded_answer,
@@ -27,7 +26,8 @@ from router.cascade import (
     should_escalate,
     total_usage,
 )
-from router.types import TierState
+from tierline.router.types import TierState
+
 from tests.unit.fakes import FakeEngine
 
 # Shapes as vLLM 0.29 returns them (OpenAI's formats).

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tierline.cli.main import app
+from tierline.cluster.inventory import load_inventory
 from typer.testing import CliRunner
-
-from cluster.cli import app
-from cluster.inventory import load_inventory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SPECS = sorted(CONFIGS.glob("*.yaml"))

@@ -8,10 +8,13 @@ import asyncio
 import numpy as np
 import pytest
 from pydantic import ValidationError
-
-from cluster.spec import RagSpec
-from deployments.rag import ThreadedSentenceTransformer, embedding_actor_options, embedding_model
-from rag.vllm_embed import VllmEmbeddingModel, unit_rows
+from tierline.cluster.spec import RagSpec
+from tierline.deployments.rag import (
+    ThreadedSentenceTransformer,
+    embedding_actor_options,
+    embedding_model,
+)
+from tierline.rag.vllm_embed import VllmEmbeddingModel, unit_rows
 
 
 def test_default_is_sentence_transformers_on_cpu() -> None:

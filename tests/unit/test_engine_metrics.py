@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from cluster.engine_metrics import PrefixCache, delta, prefix_cache_by_replica, total
+from tierline.cluster.engine_metrics import PrefixCache, delta, prefix_cache_by_replica, total
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE = """\

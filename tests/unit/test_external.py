@@ -12,18 +12,18 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-
-from cluster.spec import ExternalSpec
-from cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
-from deployments.engine_client import EngineError, EngineUnavailable
-from deployments.external import (
+from tierline.cluster.spec import ExternalSpec
+from tierline.cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
+from tierline.deployments.engine_client import EngineError, EngineUnavailable
+from tierline.deployments.external import (
     ExternalEngineClient,
     ExternalKeyError,
     error_message,
     read_api_key,
 )
-from deployments.gateway import GatewayCore, create_app
-from deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.tokens import EstimatingCounter
+
 from tests.unit.fakes import FakeEngine
 
 SPEC = """

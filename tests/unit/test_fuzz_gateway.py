@@ -14,9 +14,9 @@ import hypothesis
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
+from tierline.cluster.spec import AuthSpec
+from tierline.deployments.auth import add_key, load_key_store
 
-from cluster.spec import AuthSpec
-from deployments.auth import add_key, load_key_store
 from tests.unit.test_gateway import make
 
 CASES_PER_OPERATION = 300

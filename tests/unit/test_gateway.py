@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tierline.cluster.specfile import load_spec_text
+from tierline.cluster.tiny_models import build_tokenizer
+from tierline.deployments.auth import KeyStore
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.quota import QuotaClient
+from tierline.deployments.tokens import EstimatingCounter, HFCounter
 
-from cluster.specfile import load_spec_text
-from cluster.tiny_models import build_tokenizer
-from deployments.auth import KeyStore
-from deployments.gateway import GatewayCore, create_app
-from deployments.quota import QuotaClient
-from deployments.tokens import EstimatingCounter, HFCounter
 from tests.unit.fakes import FakeEngine
 
 SPEC = """

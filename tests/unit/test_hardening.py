@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from cluster.specfile import load_spec_text
-from deployments.gateway import GatewayCore
-from deployments.quota import LocalQuota, ledger_for
-from deployments.schemas import ChatCompletionBody
-from deployments.tokens import EstimatingCounter
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.gateway import GatewayCore
+from tierline.deployments.quota import LocalQuota, ledger_for
+from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.tokens import EstimatingCounter
+
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error, chat, make
 

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from cluster.exporter import NodeGpuExporter
-from cluster.inventory import (
+from tierline.cluster.exporter import NodeGpuExporter
+from tierline.cluster.inventory import (
     InventoryError,
     inventory_from_ray_nodes,
     load_inventory,
     parse_inventory,
 )
-from cluster.nvml import NodeGpus, NvmlGpuReader, RecordedNvml, record
+from tierline.cluster.nvml import NodeGpus, NvmlGpuReader, RecordedNvml, record
 
 ROOT = Path(__file__).resolve().parents[2]
 NVML = ROOT / "tests" / "data" / "nvml"

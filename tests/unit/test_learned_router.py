@@ -7,8 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router.learned import (
+from tierline.router.learned import (
     PREFERENCES,
     CalibrationState,
     LearnedPolicy,
@@ -16,7 +15,7 @@ from router.learned import (
     score_of,
     tolerance,
 )
-from router.types import RequestFeatures, RoutingError, TierState
+from tierline.router.types import RequestFeatures, RoutingError, TierState
 
 PRIOR = tuple(-0.2 + 0.6 * i / 100 for i in range(101))
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from cluster.local import kill_children_since, retry_ray_start, serve_process_env
-from cluster.spec import ClusterSpec
-from cluster.specfile import parse_spec
+from tierline.cli.local import kill_children_since, retry_ray_start, serve_process_env
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import parse_spec
 
 TIMEOUT = Exception(
     "The current node timed out during startup. This could happen because some of the "

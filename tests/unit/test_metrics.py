@@ -14,19 +14,18 @@ import string
 
 import pytest
 from fastapi.testclient import TestClient
-
-from cluster.spec import ClusterSpec
-from cluster.specfile import load_spec_text
-from deployments.auth import KeyStore, hash_key
-from deployments.gateway import GatewayCore, create_app
-from deployments.logs import (
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.auth import KeyStore, hash_key
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.logs import (
     FORBIDDEN_FIELDS,
     JsonFormatter,
     RequestContextFilter,
     bind_request,
     event,
 )
-from deployments.metrics import (
+from tierline.deployments.metrics import (
     DEFINITIONS,
     GatewayMetrics,
     PromRecorder,
@@ -36,7 +35,8 @@ from deployments.metrics import (
     rejection_reason,
     token_cost,
 )
-from deployments.tokens import EstimatingCounter
+from tierline.deployments.tokens import EstimatingCounter
+
 from tests.unit.fakes import FakeEngine
 
 SPEC = """
@@ -359,7 +359,7 @@ def test_a_request_id_follows_the_request_through_gateway_and_router(
 
 def test_serve_logging_kept_restores_handlers_that_an_import_swapped() -> None:
     """vLLM's first import would close the replica's log file; the gateway keeps it."""
-    from deployments.logs import serve_logging_kept
+    from tierline.deployments.logs import serve_logging_kept
 
     lg = logging.getLogger("ray.serve")
     saved = list(lg.handlers), lg.propagate

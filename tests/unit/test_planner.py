@@ -10,27 +10,26 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
-
-from cluster.cli import app
-from cluster.inventory import Inventory, NodeInventory, load_inventory
-from cluster.planner import (
+from tierline.cli.main import app
+from tierline.cluster.inventory import Inventory, NodeInventory, load_inventory
+from tierline.cluster.planner import (
     InfeasiblePlanError,
     Plan,
     apply_plan,
     engine_placement,
     plan_cluster,
 )
-from cluster.sizing import (
+from tierline.cluster.sizing import (
     derived_price_per_1m,
     model_size,
     params_b_from_config,
     read_checkpoint_config,
     tier_cost,
 )
-from cluster.spec import TierSpec
-from cluster.specfile import load_spec
-from deployments.engine import llm_config_kwargs
+from tierline.cluster.spec import TierSpec
+from tierline.cluster.specfile import load_spec
+from tierline.deployments.engine import llm_config_kwargs
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

@@ -13,10 +13,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cluster.inventory import Inventory, NodeInventory
-from cluster.planner import InfeasiblePlanError, plan_cluster
-from cluster.spec import TierSpec
+from tierline.cluster.inventory import Inventory, NodeInventory
+from tierline.cluster.planner import InfeasiblePlanError, plan_cluster
+from tierline.cluster.spec import TierSpec
 
 Shape = tuple[str, int]  # (gpu type, gpus on the node)
 State = tuple[tuple[str, int, int], ...]  # sorted (type, gpus, free)

@@ -7,8 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-
-from router.profile import (
+from tierline.router.profile import (
     PROFILE_VERSION,
     Answer,
     Prompt,

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cluster.spec import QuotaSpec
-from deployments.quota import WINDOW_S, QuotaLedger
+from tierline.cluster.spec import QuotaSpec
+from tierline.deployments.quota import WINDOW_S, QuotaLedger
 
 
 def ledger(**limits: int) -> QuotaLedger:

@@ -7,14 +7,14 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tierline.rag.bm25 import BM25Index
+from tierline.rag.chunking import chunk_document, windows
+from tierline.rag.filters import parse_filter
+from tierline.rag.fusion import reciprocal_rank_fusion
+from tierline.rag.parsing import detect_kind, html_to_text, parse_file
+from tierline.rag.prompt import BEGIN, END, citations, grounded_messages, query_text
+from tierline.rag.records import Document, RagError
 
-from rag.bm25 import BM25Index
-from rag.chunking import chunk_document, windows
-from rag.filters import parse_filter
-from rag.fusion import reciprocal_rank_fusion
-from rag.parsing import detect_kind, html_to_text, parse_file
-from rag.prompt import BEGIN, END, citations, grounded_messages, query_text
-from rag.records import Document, RagError
 from tests.unit.rag_fakes import word_offsets
 
 
@@ -190,7 +190,7 @@ def _reference_bm25(docs: dict[str, str], query: str, k1: float = 1.2, b: float 
     import math
     from collections import Counter
 
-    from rag.bm25 import terms
+    from tierline.rag.bm25 import terms
 
     toks = {d: Counter(terms(t)) for d, t in docs.items()}
     n = len(docs)

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from tierline.rag.bm25 import BM25Index
+from tierline.rag.dense import DenseIndex
+from tierline.rag.fusion import reciprocal_rank_fusion
+from tierline.rag.records import Chunk
+from tierline.rag.service import RagCore
+from tierline.rag.store import MemoryChunkStore
 
-from rag.bm25 import BM25Index
-from rag.dense import DenseIndex
-from rag.fusion import reciprocal_rank_fusion
-from rag.records import Chunk
-from rag.service import RagCore
-from rag.store import MemoryChunkStore
 from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
 from tests.unit.test_rag_service import FACTS, SETTINGS
 

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.rag_routes import InProcessRagClient
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.prompt import BEGIN
+from tierline.rag.service import RagCore, RagSettings
+from tierline.rag.store import MemoryChunkStore
 
-from cluster.specfile import load_spec_text
-from deployments.gateway import GatewayCore, create_app
-from deployments.rag_routes import InProcessRagClient
-from deployments.tokens import EstimatingCounter
-from rag.prompt import BEGIN
-from rag.service import RagCore, RagSettings
-from rag.store import MemoryChunkStore
 from tests.unit.fakes import FakeEngine
 from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from tierline.rag.records import Chunk, RagError
+from tierline.rag.service import RagCore, RagSettings
+from tierline.rag.store import MemoryChunkStore
 
-from rag.records import Chunk, RagError
-from rag.service import RagCore, RagSettings
-from rag.store import MemoryChunkStore
 from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
 
 SETTINGS = RagSettings(dim=DIM, chunk_tokens=12, chunk_overlap_tokens=2, max_document_bytes=2000)

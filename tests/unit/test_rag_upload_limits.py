@@ -12,15 +12,15 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from tierline.cluster.spec import RagSpec
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.middleware import BodyLimit, body_limit
+from tierline.deployments.rag_routes import DOCUMENTS_PATH, InProcessRagClient, upload_limits
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.service import RagCore, RagSettings
+from tierline.rag.store import MemoryChunkStore
 
-from cluster.spec import RagSpec
-from cluster.specfile import load_spec_text
-from deployments.gateway import GatewayCore, create_app
-from deployments.middleware import BodyLimit, body_limit
-from deployments.rag_routes import DOCUMENTS_PATH, InProcessRagClient, upload_limits
-from deployments.tokens import EstimatingCounter
-from rag.service import RagCore, RagSettings
-from rag.store import MemoryChunkStore
 from tests.unit.fakes import FakeEngine
 from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
 

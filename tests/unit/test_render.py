@@ -4,13 +4,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tierline.cli.main import app
+from tierline.cluster.render import (
+    IMPORT_PATH,
+    LOCAL_ONLY_GATEWAY_FIELDS,
+    RenderError,
+    serve_config,
+)
+from tierline.cluster.spec import deployment_name
+from tierline.cluster.specfile import load_spec, parse_spec
+from tierline.deployments.engine import llm_config_kwargs
 from typer.testing import CliRunner
-
-from cluster.cli import app
-from cluster.render import IMPORT_PATH, LOCAL_ONLY_GATEWAY_FIELDS, RenderError, serve_config
-from cluster.spec import deployment_name
-from cluster.specfile import load_spec, parse_spec
-from deployments.engine import llm_config_kwargs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router.data import parse_rows
-from router.embedding import HashingEmbedder
-from router.evaluate import curve, oracle_scores, random_summary, summary
-from router.head import Head
-from router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
+from tierline.router.data import parse_rows
+from tierline.router.embedding import HashingEmbedder
+from tierline.router.evaluate import curve, oracle_scores, random_summary, summary
+from tierline.router.head import Head
+from tierline.router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
 
 labels = st.lists(st.tuples(st.sampled_from([0.0, 1.0]), st.sampled_from([0.0, 1.0])), min_size=4)
 

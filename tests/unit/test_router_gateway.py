@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.routing import LearnedRouter
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.router.embedding import HashingEmbedder
+from tierline.router.head import Head
+from tierline.router.scorer import SHIPPED_ARTIFACT
 
-from cluster.specfile import load_spec_text
-from deployments.gateway import GatewayCore, create_app
-from deployments.routing import LearnedRouter
-from deployments.tokens import EstimatingCounter
-from router.embedding import HashingEmbedder
-from router.head import Head
-from router.scorer import SHIPPED_ARTIFACT
 from tests.unit.fakes import FakeEngine
 
 SPEC = """
@@ -122,7 +122,7 @@ def test_learned_policy_without_a_router_is_refused() -> None:
 
 
 def test_spec_errors_name_the_yaml_path() -> None:
-    from cluster.specfile import SpecError
+    from tierline.cluster.specfile import SpecError
 
     bad = SPEC.format(share=1.5) + "    tier_outputs: {medium: weak}\n"
     with pytest.raises(SpecError) as err:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
+from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
 
 POLICY = RulesPolicy(long_prompt_tokens=100, hard_keywords=("prove", "step by step"))
 

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tierline.cli.main import app
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec
 from typer.testing import CliRunner
-
-from cluster.cli import app
-from cluster.spec import ClusterSpec
-from cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

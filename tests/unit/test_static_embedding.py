@@ -7,17 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from router import static_embedding as se
-from router.embedding import (
+from tierline.router import static_embedding as se
+from tierline.router.embedders import open_embedder
+from tierline.router.embedding import (
     PROBE_TEXT,
     HashingEmbedder,
     check_probe,
-    open_embedder,
     probe,
 )
-from router.head import Head
-from router.scorer import SHIPPED_ARTIFACT
+from tierline.router.head import Head
+from tierline.router.scorer import SHIPPED_ARTIFACT
 
 
 def test_pool_is_the_normalised_mean_of_the_first_pieces() -> None:
@@ -131,7 +130,7 @@ def test_related_prompts_are_closer_than_unrelated_ones(real: se.StaticMiniLMEmb
 
 
 def test_cached_embeddings_miss_when_the_embedder_changes(tmp_path: Path) -> None:
-    from router.embedding import cached_embeddings
+    from tierline.router.embedding import cached_embeddings
 
     class Tagged(HashingEmbedder):
         def __init__(self, tag: str, scale: float) -> None:

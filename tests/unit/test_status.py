@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-
-from cluster.cli.status import Sample, Scrape, parse_samples, render, summary
+from tierline.cli.status import Sample, Scrape, parse_samples, render, summary
 
 SCRAPE = Path(__file__).resolve().parents[1] / "data" / "metrics" / "local-cpu-scrape.prom"
 TIERS = ["small", "large"]

@@ -62,9 +62,9 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 {{- fail "spec.gateway.direct_ingress is true: local runs (tierline up) only for now; the chart does not carry this Ray process setting" -}}
 {{- end -}}
 {{- $http := dict "host" $host "port" (include "tierline.servePort" . | int) -}}
-{{- /* JSON log lines with request ids, as cluster.render.serve_config (deployments.logs.SERVE_LOGGING) */ -}}
+{{- /* JSON log lines with request ids, as tierline.cluster.render.serve_config (its SERVE_LOGGING) */ -}}
 {{- $logging := dict "encoding" "JSON" "log_level" "INFO" -}}
-{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "deployments.app:build_app" "args" (dict "spec" $spec) "logging_config" $logging -}}
+{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "tierline.deployments.app:build_app" "args" (dict "spec" $spec) "logging_config" $logging -}}
 {{- toYaml (dict "proxy_location" "HeadOnly" "http_options" $http "applications" (list $app)) -}}
 {{- end -}}
 

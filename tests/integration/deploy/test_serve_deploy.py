@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
+from tierline.cli.local import endpoint, logical_cpus, wait_ready
+from tierline.cluster.render import serve_config
 
-from cluster.local import endpoint, logical_cpus, wait_ready
-from cluster.render import serve_config
 from tests.integration.conftest import (
     API_KEY,
     descendants,

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 from openai import OpenAI
+from tierline.cli import local
 
-from cluster import local
 from tests.integration.conftest import (
     API_KEY,
     AUTH,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from openai import OpenAI
+from tierline.cli import local
+from tierline.cluster.spec import ClusterSpec
 
-from cluster import local
-from cluster.spec import ClusterSpec
 from tests.integration.conftest import (
     API_KEY,
     descendants,

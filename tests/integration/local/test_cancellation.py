@@ -28,7 +28,8 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from cluster import local
+from tierline.cli import local
+
 from tests.integration.local.conftest import Cluster, serve_log_records
 from tests.integration.resilience.figures import record
 

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from tierline.cli import local
+from tierline.cli.main import app
+from tierline.cli.status import Scrape, parse_samples
 from typer.testing import CliRunner
 
-from cluster import local
-from cluster.cli import app
-from cluster.cli.status import Scrape, parse_samples
 from tests.integration.conftest import API_KEY
 from tests.integration.local.conftest import Cluster, serve_log_records
 from tests.k8s.test_dashboard import DASHBOARDS, promql_metric_names

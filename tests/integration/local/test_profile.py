@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+from tierline.cli.main import app
 from typer.testing import CliRunner
 
-from cluster.cli import app
 from tests.integration.conftest import API_KEY, ROOT
 from tests.integration.local.conftest import Cluster
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-
-from cluster.inventory import NODE_LABEL
+from tierline.cluster.inventory import NODE_LABEL
 
 GPU_NODES = 4
 GPUS_PER_NODE = 8

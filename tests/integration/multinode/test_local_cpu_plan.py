@@ -1,6 +1,6 @@
 """A CPU-only plan drives the real local deployment (configs/local.yaml, `tierline up`).
 
-Ray is started the way `cluster.local.start` starts it; the inventory is read from it; the
+Ray is started the way `tierline.cli.local.start` starts it; the inventory is read from it; the
 plan must be what `deployments.engine` hands Ray Serve LLM, and the placement groups Serve
 would create for it (plus the gateway's CPUs) must fit the node. No engine is started:
 the local integration suite does that.
@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tierline.cli import local
+from tierline.cluster.inventory import inventory_from_live_cluster
+from tierline.cluster.planner import plan_cluster
+from tierline.cluster.sizing import model_size, read_checkpoint_config
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import load_spec
+from tierline.cluster.tiny_models import ensure_tiny_models
+from tierline.deployments.engine import llm_config_kwargs
 
-from cluster import local
-from cluster.inventory import inventory_from_live_cluster
-from cluster.planner import plan_cluster
-from cluster.sizing import model_size, read_checkpoint_config
-from cluster.spec import ClusterSpec
-from cluster.specfile import load_spec
-from cluster.tiny_models import ensure_tiny_models
-from deployments.engine import llm_config_kwargs
 from tests.integration.multinode.test_placement import create_and_wait, landed, remove_all
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,8 +48,7 @@ def local_ray() -> Iterator[ClusterSpec]:
 def test_cpu_plan_matches_the_local_deployment(local_ray: ClusterSpec) -> None:
     from ray.llm._internal.serve.core.server.llm_server import LLMServer
     from ray.serve.llm import LLMConfig
-
-    from deployments.app import build_graph, gateway_options
+    from tierline.deployments.app import build_graph, gateway_options
 
     spec = local_ray
     inv = inventory_from_live_cluster()

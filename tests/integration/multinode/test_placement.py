@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tierline.cluster.inventory import (
+    NODE_LABEL,
+    Inventory,
+    inventory_from_live_cluster,
+    ray_node_name,
+)
+from tierline.cluster.planner import Plan, plan_cluster
+from tierline.cluster.spec import TierSpec
+from tierline.cluster.specfile import load_spec
+from tierline.deployments.engine import llm_config_kwargs
 
-from cluster.inventory import NODE_LABEL, Inventory, inventory_from_live_cluster, ray_node_name
-from cluster.planner import Plan, plan_cluster
-from cluster.spec import TierSpec
-from cluster.specfile import load_spec
-from deployments.engine import llm_config_kwargs
 from tests.integration.multinode.conftest import GPU_NODES, GPUS_PER_NODE
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -154,8 +159,7 @@ def test_node_exporters_report_zero_gpus_without_a_driver(ray_cluster: object) -
 
     import ray
     from prometheus_client.parser import text_string_to_metric_families
-
-    from cluster.exporter import start_node_exporters
+    from tierline.cluster.exporter import start_node_exporters
 
     handles = start_node_exporters(port=0)
     assert sorted(h.node for h in handles) == [f"gpu-{i}" for i in range(GPU_NODES)]
@@ -178,9 +182,8 @@ def test_node_exporters_report_zero_gpus_without_a_driver(ray_cluster: object) -
 def test_cli_plans_from_the_live_cluster(ray_cluster: object) -> None:
     import json
 
+    from tierline.cli.main import app
     from typer.testing import CliRunner
-
-    from cluster.cli import app
 
     spec = str(ROOT / "configs" / "multi-node.yaml")
     res = CliRunner().invoke(app, ["plan", spec, "--from-cluster", "--json"])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tierline.cli.main import app as cli
 from typer.testing import CliRunner
 
-from cluster.cli import app as cli
 from tests.integration.conftest import API_KEY
 from tests.integration.rag.conftest import RagCluster
 

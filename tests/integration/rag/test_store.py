@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tierline.rag.records import Chunk
+from tierline.rag.store import MilvusChunkStore
 
-from rag.records import Chunk
-from rag.store import MilvusChunkStore
 from tests.integration.conftest import free_port
 
 DIM = 8

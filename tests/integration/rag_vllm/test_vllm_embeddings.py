@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import psutil
+from tierline.rag.embed import SentenceTransformerModel
 
-from rag.embed import SentenceTransformerModel
 from tests.integration.rag.conftest import RagCluster
 
 TEXTS = ["The copper lighthouse stands on Zorbania's north cape.", "hello world"]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tierline.cli.local import endpoint, wait_ready
+from tierline.cluster.spec import ClusterSpec, RouterSpec, TenantSpec
+from tierline.deployments.auth import add_key
 
-from cluster.local import endpoint, wait_ready
-from cluster.spec import ClusterSpec, RouterSpec, TenantSpec
-from deployments.auth import add_key
 from tests.integration.conftest import (
     KEYS_FILE,
     descendants,

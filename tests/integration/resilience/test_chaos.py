@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import psutil
+from tierline.cli.local import wait_ready
 
-from cluster.local import wait_ready
 from tests.integration.conftest import AUTH, descendants
 from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
 from tests.integration.resilience.figures import percentiles_ms, record

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from tierline.cli import local
+from tierline.cluster.spec import ClusterSpec, deployment_name
+from tierline.cluster.specfile import load_spec
+from tierline.cluster.tiny_models import ensure_tiny_models
 
-from cluster import local
-from cluster.spec import ClusterSpec, deployment_name
-from cluster.specfile import load_spec
-from cluster.tiny_models import ensure_tiny_models
 from tests.integration.conftest import (
     API_KEY,
     KEYS_FILE,

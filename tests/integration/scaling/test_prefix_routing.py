@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from tierline.cluster.engine_metrics import PrefixCache, delta, prefix_cache_by_replica, total
 
-from cluster.engine_metrics import PrefixCache, delta, prefix_cache_by_replica, total
 from tests.integration.conftest import ROOT
 from tests.integration.scaling.conftest import ScalingCluster, running
 

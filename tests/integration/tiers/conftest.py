@@ -28,12 +28,12 @@ from pathlib import Path
 import psutil
 import pytest
 from openai import OpenAI
+from tierline.cli import local
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import load_spec_text
+from tierline.cluster.tiny_adapters import ensure_tiny_adapters
+from tierline.cluster.tiny_models import ensure_tiny_models
 
-from cluster import local
-from cluster.spec import ClusterSpec
-from cluster.specfile import load_spec_text
-from cluster.tiny_adapters import ensure_tiny_adapters
-from cluster.tiny_models import ensure_tiny_models
 from tests.integration.conftest import (
     API_KEY,
     KEYS_FILE,

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.spec import ClusterSpec
+from tierline.cli.startup import StartWatcher, wait_deployed
+from tierline.cluster.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +207,27 @@ def _ray_init_once(spec: ClusterSpec, port: int) -> None:
 
 
 def start(
-    spec: ClusterSpec, ready_timeout_s: float = 600.0, metrics_port: int | None = None
+    spec: ClusterSpec,
+    ready_timeout_s: float = 600.0,
+    metrics_port: int | None = None,
+    watcher: StartWatcher | None = None,
 ) -> LocalRun:
     """Start Ray and Serve in this process and deploy the spec; returns once /readyz is 200.
 
     Metrics of every process of the cluster are served at `LocalRun.metrics_url`, on
-    `metrics_port` (None: a free port, so that parallel test clusters never collide)."""
+    `metrics_port` (None: a free port, so that parallel test clusters never collide).
+    The deploy and the /readyz wait each get `ready_timeout_s`; `watcher` hears of each
+    phase and, about once a second, of the deployments' states (`tierline up`'s display).
+    A deploy Serve gives up on raises `startup.DeployFailed` (a RuntimeError)."""
     from ray import serve
-
-    from deployments.app import build_graph
-    from deployments.logs import SERVE_LOGGING
+    from tierline.cluster.render import SERVE_LOGGING
+    from tierline.deployments.app import build_graph
 
     port = metrics_port if metrics_port is not None else metrics_port_for(None)
 
     t0 = time.monotonic()
+    if watcher is not None:
+        watcher.phase("ray", f"{logical_cpus(spec)} logical CPUs")
     # In the environment only while Ray starts: its node processes (and through them the
     # Serve proxy) inherit it, this driver does not keep it, so handles made here keep
     # their own router loop and may block on `.result()`.
@@ -238,26 +246,41 @@ def start(
     # With direct ingress the gateway replica holds the spec's port; the proxy, which
     # Serve still starts, gets a free one and carries no tierline traffic.
     proxy_port = _free_port() if spec.gateway.direct_ingress else spec.gateway.port
+    if watcher is not None:
+        watcher.phase("deploy", ray_logs_dir() or "")
     serve.start(
         http_options={"host": spec.gateway.host, "port": proxy_port},
         proxy_location="HeadOnly",
     )
-    serve.run(
+    # serve.run(blocking=False) without its wait for RUNNING: wait_deployed polls the
+    # same status and reports each deployment's state on the way.
+    serve._run(
         build_graph(spec),
+        _blocking=False,
         name=spec.name,
         route_prefix="/",
-        blocking=False,
         logging_config=SERVE_LOGGING,  # JSON lines with request ids (deployments.logs)
     )
+    wait_deployed(spec.name, ready_timeout_s, watcher.deployments if watcher else None)
     deployed = time.monotonic()
     url = endpoint(spec)
-    wait_ready(url, ready_timeout_s)
+    if watcher is not None:
+        watcher.phase("ready", url)
+    wait_ready(url, ready_timeout_s, watcher.waiting if watcher else None)
     return LocalRun(
         url,
         deploy_s=deployed - t0,
         ready_s=time.monotonic() - t0,
         metrics_url=f"http://127.0.0.1:{port}/metrics",
     )
+
+
+def ray_logs_dir() -> str | None:
+    """This process's Ray session log folder (Serve's replica logs are in its serve/)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return None if node is None else str(node.get_logs_dir_path())
 
 
 def metrics_url() -> str:
@@ -278,8 +301,7 @@ def drain(spec: ClusterSpec) -> int:
     draining replica is busy, and Serve's router sends the next call to a less busy one.
     """
     from ray import serve
-
-    from deployments.app import GATEWAY_DEPLOYMENT
+    from tierline.deployments.app import GATEWAY_DEPLOYMENT
 
     window = spec.gateway.drain_timeout_s
 

@@ -13,7 +13,7 @@ def tiny(
     force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
 ) -> None:
     """Build the tiny offline random-weight models the local config serves."""
-    from cluster.tiny_models import ensure_tiny_models
+    from tierline.cluster.tiny_models import ensure_tiny_models
 
     for path, built in ensure_tiny_models(out, force=force):
         typer.echo(f"{path}: {'built' if built else 'present'}")
@@ -30,7 +30,7 @@ def tiny_lora(
     force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
 ) -> None:
     """Build tiny random-weight LoRA adapters (needs `peft`) for a tiny base model."""
-    from cluster.tiny_adapters import ensure_tiny_adapters
+    from tierline.cluster.tiny_adapters import ensure_tiny_adapters
 
     for path, built in ensure_tiny_adapters(base, out, force=force):
         typer.echo(f"{path}: {'built' if built else 'present'}")

@@ -18,8 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
-from router.profile import Answer, Prompt, TierPricing, build_profile, parse_prompts
+from tierline.router.profile import Answer, Prompt, TierPricing, build_profile, parse_prompts
 
 console = Console()
 err = Console(stderr=True)

@@ -13,7 +13,7 @@ def add(
     keys_file: Path = typer.Option(..., "--file", help="Keys file (JSON of hashes)."),
 ) -> None:
     """Make a key for TENANT, store its hash in the keys file, print the key once."""
-    from deployments.auth import add_key
+    from tierline.deployments.auth import add_key
 
     key = add_key(keys_file, tenant)
     typer.echo(key)

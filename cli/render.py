@@ -4,9 +4,8 @@ from pathlib import Path
 
 import typer
 import yaml
-
-from cluster.cli.validate import load_or_exit
-from cluster.render import RenderError, serve_config
+from tierline.cli.validate import load_or_exit
+from tierline.cluster.render import RenderError, serve_config
 
 app = typer.Typer(help="Render deployment files from a spec.", no_args_is_help=True)
 
@@ -31,7 +30,7 @@ def helm_values_cmd(
     ),
 ) -> None:
     """Write Helm values (helm/tierline) that run this spec: the spec and its worker groups."""
-    from cluster.helm_values import HelmValuesError, helm_values, local_model_paths
+    from tierline.cluster.helm_values import HelmValuesError, helm_values, local_model_paths
 
     loaded = load_or_exit(spec)
     try:

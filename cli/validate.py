@@ -4,8 +4,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-
-from cluster.specfile import SpecError, load_spec
+from tierline.cluster.specfile import SpecError, load_spec
 
 err = Console(stderr=True)
 

@@ -9,18 +9,17 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
-
-from cluster.cli.validate import load_or_exit
-from cluster.inventory import (
+from tierline.cli.validate import load_or_exit
+from tierline.cluster.inventory import (
     Inventory,
     InventoryError,
     inventory_from_live_cluster,
     load_inventory,
 )
-from cluster.planner import InfeasiblePlanError, Plan, apply_plan, plan_cluster
-from cluster.sizing import ModelSize, model_size, read_checkpoint_config, tier_cost
-from cluster.spec import ClusterSpec
-from cluster.specfile import spec_to_data
+from tierline.cluster.planner import InfeasiblePlanError, Plan, apply_plan, plan_cluster
+from tierline.cluster.sizing import ModelSize, model_size, read_checkpoint_config, tier_cost
+from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.specfile import spec_to_data
 
 __all__ = ["plan", "plan_json", "render_plan"]
 

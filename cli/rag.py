@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
-from rag.parsing import KINDS
+from tierline.rag.parsing import KINDS
 
 app = typer.Typer(
     help="Retrieval: ingest documents, search, list collections.", no_args_is_help=True

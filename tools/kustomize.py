@@ -5,21 +5,20 @@ chart rendered for its spec, written as JSON patches over the base. A test regen
 everything and compares it with the files in k8s/, so the two cannot drift. Regenerate
 after changing the chart or a config:
 
-    .venv/bin/python -m tests.k8s.kustomize
+    make generate
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tierline.cluster.helm_values import helm_values
+from tierline.cluster.specfile import load_spec
 
-from cluster.helm_values import helm_values
-from cluster.specfile import load_spec
-from tests.k8s.manifests import ROOT, Obj, helm_template
+from tools.helm import ROOT, Obj, helm_template
 
 K8S = ROOT / "k8s"
 NAMESPACE = "tierline"
@@ -30,7 +29,7 @@ OVERLAYS = {
     "multi-node": "configs/multi-node.yaml",
 }
 HEADER = (
-    "# Generated from helm/tierline by `.venv/bin/python -m tests.k8s.kustomize`;\n"
+    "# Generated from helm/tierline by `make generate`;\n"
     "# do not edit (tests/k8s/test_kustomize.py checks it is current).\n"
 )
 
@@ -169,18 +168,3 @@ def generated_on_disk() -> dict[str, str]:
         for folder in ("base", "overlays")
         for p in sorted((K8S / folder).rglob("*.yaml"))
     }
-
-
-def write() -> None:
-    fresh = generate()
-    for rel in set(generated_on_disk()) - set(fresh):
-        (K8S / rel).unlink()
-    for rel, text in fresh.items():
-        path = K8S / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    print(f"wrote {len(fresh)} files under {K8S}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    write()

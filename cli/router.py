@@ -10,11 +10,10 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from cluster.specfile import SpecError, load_spec
-from router.data import LabelledSet, load_files
-from router.embedding import MINILM_NAME
-from router.evaluate import (
+from tierline.cluster.specfile import SpecError, load_spec
+from tierline.router.data import LabelledSet, load_files
+from tierline.router.embedding import MINILM_NAME
+from tierline.router.evaluate import (
     RoutingCurve,
     curve,
     length_scores,
@@ -22,8 +21,8 @@ from router.evaluate import (
     random_summary,
     summary,
 )
-from router.head import Head, prompt_words
-from router.static_embedding import STATIC_NAME
+from tierline.router.head import Head, prompt_words
+from tierline.router.static_embedding import STATIC_NAME
 
 app = typer.Typer(help="Train and evaluate the learned router.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -42,8 +41,9 @@ def train(
     ),
 ) -> None:
     """Embed the prompts (cached under .cache/), fit the head, save it."""
-    from router.embedding import cached_embeddings, open_embedder, probe
-    from router.train import HeadParams, train_artifact
+    from tierline.router.embedders import open_embedder
+    from tierline.router.embedding import cached_embeddings, probe
+    from tierline.router.train import HeadParams, train_artifact
 
     sets = [load_files([p]) for p in data]
     with err.status(f"loading {embedder_name} and embedding prompts"):
@@ -88,11 +88,12 @@ def _router_scores(
             raise typer.Exit(1) from None
         if spec.router.policy == "rules":
             return f"rules ({spec_path})", _rules_scores(data, spec_path)
-        from deployments.routing import artifact_path
+        from tierline.deployments.routing import artifact_path
 
         artifact = artifact_path(spec.router.learned)
-    from router.embedding import cached_embeddings, open_embedder
-    from router.train import gap_scores
+    from tierline.router.embedders import open_embedder
+    from tierline.router.embedding import cached_embeddings
+    from tierline.router.train import gap_scores
 
     head = Head.load(artifact)
     with err.status(f"embedding prompts with {head.embedder}"):
@@ -102,8 +103,8 @@ def _router_scores(
 
 
 def _rules_scores(data: LabelledSet, spec_path: Path) -> np.ndarray:
-    from cluster.specfile import load_spec as _load
-    from router.rules import RulesPolicy
+    from tierline.cluster.specfile import load_spec as _load
+    from tierline.router.rules import RulesPolicy
 
     p = _load(spec_path).router.params
     policy = RulesPolicy(p.long_prompt_tokens, tuple(p.hard_keywords))

@@ -1,15 +1,14 @@
-"""The `tierline` command."""
+"""The `tierline` command: one typer app over the subcommand modules."""
 
 from __future__ import annotations
 
 import typer
-
-from cluster.cli import keys, models, render, run, validate
-from cluster.cli import plan as plan_cli
-from cluster.cli import profile as profile_cli
-from cluster.cli import rag as rag_cli
-from cluster.cli import router as router_cli
-from cluster.cli import status as status_cli
+from tierline.cli import keys, models, render, run, validate
+from tierline.cli import plan as plan_cli
+from tierline.cli import profile as profile_cli
+from tierline.cli import rag as rag_cli
+from tierline.cli import router as router_cli
+from tierline.cli import status as status_cli
 
 app = typer.Typer(
     name="tierline",

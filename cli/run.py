@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from tierline.cli import quiet
+from tierline.cli.progress import StepBoard, apply_deployments, failure_report, output_to, shown
+from tierline.cli.startup import DeploymentState, warm_up
+from tierline.cli.validate import load_or_exit
+from tierline.cluster.spec import ClusterSpec, deployment_name
+
+if TYPE_CHECKING:
+    from tierline.cli.local import LocalRun
+
+
+class UpWatcher:
+    """`local.start`'s phases and deployment states onto the board."""
+
+    def __init__(self, board: StepBoard) -> None:
+        self.board = board
+        self.ray_logs = ""
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if name == "ray":
+            self.board.start("ray", detail)
+        elif name == "deploy":
+            self.ray_logs = detail
+            self.board.done("ray")
+            for s in self.board.steps:
+                if s.key not in ("ray", "warmup"):
+                    self.board.start(s.key, "deploying")
+        elif name == "ready":
+            self.board.start("warmup", "waiting for /readyz")
+
+    def deployments(self, states: Sequence[DeploymentState]) -> None:
+        apply_deployments(self.board, states)
+
+    def waiting(self, last: str) -> None:
+        self.board.update("warmup", f"/readyz: {last}")
+
+
+def up(
+    spec_path: Path = typer.Argument(Path("configs/local.yaml"), help="Spec to deploy."),
+    ready_timeout_s: float = typer.Option(
+        900.0, help="How long to wait for the deploy, and then for /readyz."
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help=f"Ray's and vLLM's logs on the console ({quiet.LOG_LEVEL_ENV}=debug).",
+    ),
+) -> None:
+    """Start a local Ray head, deploy the spec on Ray Serve, and serve until Ctrl-C.
+
+    The console shows the start-up steps, then the endpoint. Ray's and vLLM's output goes
+    to a file under .tierline/logs/ (with -v or TIERLINE_LOG_LEVEL=debug, to the console)."""
+    try:
+        level = quiet.log_level()
+    except ValueError as err:
+        Console(stderr=True).print(f"error: {err}", highlight=False)
+        raise typer.Exit(2) from None
+    spec = load_or_exit(spec_path)
+    log_path = quiet.LOG_DIR / f"up-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    verbose = verbose or level.verbose
+    with contextlib.ExitStack() as stack:
+        console = Console() if verbose else Console(file=stack.enter_context(output_to(log_path)))
+        handler = logging.StreamHandler()  # stderr: the log file, or with -v the console
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tierline_log = logging.getLogger("tierline")
+        tierline_log.addHandler(handler)
+        tierline_log.setLevel(level.value.upper())
+        stack.callback(tierline_log.removeHandler, handler)
+        code = _up(spec, spec_path, console, None if verbose else log_path, ready_timeout_s)
+    if code:
+        raise typer.Exit(code)
+
+
+def _up(
+    spec: ClusterSpec, spec_path: Path, console: Console, log_path: Path | None, timeout_s: float
+) -> int:
+    from tierline.cli import local
+
+    key = _local_key(spec, console)
+    board = StepBoard()
+    board.add("ray", "Ray")
+    for t in spec.engine_tiers:
+        board.add(deployment_name(t), f"engine {t.name}")
+    board.add("gateway", "gateway")
+    board.add("warmup", "warm-up")
+    watcher = UpWatcher(board)
+    stop = threading.Event()
+    # Ctrl-C stops a start half way too (cleanly: `local.stop()` below), also where the
+    # shell that started us left SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    t0 = time.monotonic()
+    started, code = False, 0
+    title = f"tierline up {spec_path}" + (f" (logs: {log_path})" if log_path else "")
+    try:
+        with shown(board, console, title, live=console.is_terminal and log_path is not None):
+            try:
+                metrics_port = local.metrics_port_for(local.DEFAULT_METRICS_PORT)
+                run = local.start(spec, timeout_s, metrics_port, watcher=watcher)
+                started = True
+                _warm_up(board, run.endpoint, spec, key)
+            except BaseException as err:
+                board.stop_running("interrupted" if isinstance(err, KeyboardInterrupt) else None)
+                raise
+        # Installed after ray.init on purpose: Ray's own fatal-signal handler would
+        # otherwise run first and leave the driver unable to shut Serve down cleanly.
+        # SIGINT too: a shell that starts us in the background leaves Ctrl-C ignored.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        _banner(console, spec, run, key, log_path, watcher.ray_logs, time.monotonic() - t0)
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:
+        code = 1
+        tail = quiet.read_tail(log_path, errors_only=True) if log_path is not None else []
+        for line in failure_report(err, tail, log_path, watcher.ray_logs):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+    finally:
+        if started:
+            console.print(f"draining (up to {spec.gateway.drain_timeout_s:.0f}s)...")
+            try:
+                left = local.drain(spec)
+                if left:
+                    console.print(f"{left} request(s) still running at the end of the window")
+            except Exception as err:  # shutting down anyway
+                console.print(f"drain failed: {err}")
+        console.print("shutting down...")
+        local.stop()
+        console.print("stopped.")
+    return code
+
+
+def _warm_up(board: StepBoard, url: str, spec: ClusterSpec, key: Path | None) -> None:
+    # A tier that scales to zero stays at zero until real traffic comes.
+    models = [t.model_name for t in spec.engine_tiers if not t.scales_to_zero]
+    try:
+        warm_up(url, models, key, on_model=lambda m: board.update("warmup", f"first request: {m}"))
+    except Exception as err:  # the cluster is up; the first request will tell again
+        board.fail("warmup", str(err))
+    else:
+        board.done("warmup", f"{len(models)} tier(s) answered")
+
+
+def _banner(
+    console: Console,
+    spec: ClusterSpec,
+    run: LocalRun,
+    key: Path | None,
+    log_path: Path | None,
+    ray_logs: str,
+    took: float,
+) -> None:
+    from tierline.cli import local
+
+    p = console.print
+    p(f"[green]ready[/] in {took:.0f}s: tiers {', '.join(t.name for t in spec.tiers)}")
+    rows = [
+        ("endpoint", f"{run.endpoint} (OpenAI-compatible, /v1)"),
+        ("metrics", f"{run.metrics_url} (Prometheus; `tierline status`)"),
+    ]
+    if key is not None:
+        rows.append(("API key", f"{_rel(key)} (header 'Authorization: Bearer <key>')"))
+    if log_path is not None:
+        rows.append(("logs", str(log_path)))
+    if ray_logs:
+        rows.append(("Ray logs", ray_logs))
+    for name, value in rows:
+        p(f"  {name:<9} {value}", highlight=False, markup=False, soft_wrap=True)
+    p("try:\n  " + local.sample_curl(run.endpoint, key_file=key), highlight=False, soft_wrap=True)
+    p("Ctrl-C stops the cluster.")
+
+
+def _rel(path: Path) -> Path:
+    """`path` relative to the working directory when it is under it."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _local_key(spec: ClusterSpec, console: Console) -> Path | None:
+    """On first start, make a local API key next to the spec's keys file (mode 600)."""
+    auth = spec.gateway.auth
+    if not auth.enabled or auth.keys_file is None:
+        return None
+    from tierline.deployments.auth import ensure_local_key
+
+    keys_file = Path(auth.keys_file)
+    _, created = ensure_local_key(keys_file.parent, keys_file)
+    key_path = keys_file.parent / "api-key"
+    if created:
+        console.print(f"created a local API key in {key_path} (mode 600)", highlight=False)
+    return key_path
