@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from tierline.cli import quiet
 from tierline.cli.progress import StepBoard, apply_deployments, failure_report, output_to, shown
-from tierline.cli.startup import DeploymentState, warm_up
+from tierline.cli.startup import DeploymentState
 from tierline.cli.validate import load_or_exit
 from tierline.cluster.spec import ClusterSpec, deployment_name
 
@@ -110,7 +110,8 @@ def _up(
                 metrics_port = local.metrics_port_for(local.DEFAULT_METRICS_PORT)
                 run = local.start(spec, timeout_s, metrics_port, watcher=watcher)
                 started = True
-                _warm_up(board, run.endpoint, spec, key)
+                # /readyz is 200 once each tier has answered a first request: the warm-up.
+                board.done("warmup", f"{len(spec.tiers)} tier(s) ready")
             except BaseException as err:
                 board.stop_running("interrupted" if isinstance(err, KeyboardInterrupt) else None)
                 raise
@@ -142,17 +143,6 @@ def _up(
         local.stop()
         console.print("stopped.")
     return code
-
-
-def _warm_up(board: StepBoard, url: str, spec: ClusterSpec, key: Path | None) -> None:
-    # A tier that scales to zero stays at zero until real traffic comes.
-    models = [t.model_name for t in spec.engine_tiers if not t.scales_to_zero]
-    try:
-        warm_up(url, models, key, on_model=lambda m: board.update("warmup", f"first request: {m}"))
-    except Exception as err:  # the cluster is up; the first request will tell again
-        board.fail("warmup", str(err))
-    else:
-        board.done("warmup", f"{len(models)} tier(s) answered")
 
 
 def _banner(

@@ -1,15 +1,12 @@
 """Watching a local cluster come up: Serve's per-deployment states while the application
-deploys, and the warm-up requests that make the first user request fast."""
+deploys. (The warm-up is the gateway's own: /readyz answers 200 once each tier has served
+a first request, so the user's first request is not an engine's slow first one.)"""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 DEPLOY_POLL_S = 1.0
@@ -114,30 +111,3 @@ def wait_deployed(
         if time.monotonic() >= deadline:
             raise DeployTimeout(app, timeout_s, states)
         time.sleep(DEPLOY_POLL_S)
-
-
-def warm_up(
-    url: str,
-    models: Iterable[str],
-    key_file: Path | None = None,
-    timeout_s: float = 300.0,
-    on_model: Callable[[str], None] | None = None,
-) -> None:
-    """One 1-token chat completion per model: an engine's first request is slow (tens of
-    seconds on CPU), and this way it is not the user's. Raises on an error answer."""
-    headers = {"Content-Type": "application/json"}
-    if key_file is not None:
-        headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
-    for model in models:
-        if on_model is not None:
-            on_model(model)
-        body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-        req = urllib.request.Request(
-            f"{url}/v1/chat/completions", json.dumps(body).encode(), headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                resp.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:300]
-            raise RuntimeError(f"warm-up request to {model} got {err.code}: {detail}") from None

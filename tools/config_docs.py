@@ -143,6 +143,19 @@ def _type(schema: dict[str, Any], link: str) -> str:
     return " or ".join(shown)
 
 
+_CONSTRAINTS: tuple[tuple[str, str], ...] = (
+    ("minimum", "≥ {}"),
+    ("exclusiveMinimum", "> {}"),
+    ("maximum", "≤ {}"),
+    ("exclusiveMaximum", "< {}"),
+    ("minLength", "at least {} character(s)"),
+    ("maxLength", "at most {} character(s)"),
+    ("pattern", "matches `{}`"),
+    ("minItems", "at least {} item(s)"),
+    ("maxItems", "at most {} item(s)"),
+)
+
+
 def _constraints(schema: dict[str, Any]) -> str:
     parts: list[str] = []
     for option in schema.get("anyOf", [schema]):
@@ -152,24 +165,10 @@ def _constraints(schema: dict[str, Any]) -> str:
             parts.append("one of " + ", ".join(f"`{_json(v)}`" for v in option["enum"]))
         if "const" in option:
             parts.append(f"exactly `{_json(option['const'])}`")
-        if "minimum" in option:
-            parts.append(f"≥ {_json(option['minimum'])}")
-        if "exclusiveMinimum" in option:
-            parts.append(f"> {_json(option['exclusiveMinimum'])}")
-        if "maximum" in option:
-            parts.append(f"≤ {_json(option['maximum'])}")
-        if "exclusiveMaximum" in option:
-            parts.append(f"< {_json(option['exclusiveMaximum'])}")
-        if "minLength" in option:
-            parts.append(f"at least {option['minLength']} character(s)")
-        if "maxLength" in option:
-            parts.append(f"at most {option['maxLength']} character(s)")
-        if "pattern" in option:
-            parts.append(f"matches `{option['pattern']}`")
-        if "minItems" in option:
-            parts.append(f"at least {option['minItems']} item(s)")
-        if "maxItems" in option:
-            parts.append(f"at most {option['maxItems']} item(s)")
+        for key, text in _CONSTRAINTS:
+            if key in option:
+                value = option[key]
+                parts.append(text.format(value if isinstance(value, str) else _json(value)))
     return "; ".join(parts)
 
 
