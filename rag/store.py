@@ -42,6 +42,20 @@ def _quoted(ids: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in ids) + "]"
 
 
+def _release_embedded(path: str) -> None:
+    """Stop the in-process Milvus Lite server behind a local file and close its database.
+
+    pymilvus starts one server thread per file on first connect and leaves it running until
+    interpreter exit, where tearing it down can crash the process. Closing the store ends it
+    here instead, so the file is released (and a reopen reads it back from disk).
+    """
+    try:
+        from milvus_lite import server_manager_instance
+    except ImportError:  # pymilvus without milvus-lite cannot open a local file at all
+        return
+    server_manager_instance.release_server(path)
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
@@ -75,6 +89,8 @@ class MilvusChunkStore:
         if self._client is not None:
             self._client.close()
             self._client = None
+            if not is_remote(self.uri):
+                _release_embedded(self.uri)
 
     def list_collections(self) -> list[str]:
         return sorted(self.client.list_collections())
