@@ -113,8 +113,9 @@ bench-plan: $(STAMP)
 bench-router: $(STAMP)
 	$(BIN)/python -m bench.router_bench --out bench/results/router.json
 
-# Serving benchmark: bare `vllm serve` vs tierline (configs/bench.yaml), same model and
-# engine args, `vllm bench serve` at concurrency 1 and 16, A B A B; writes
+# Serving benchmark: bare `vllm serve`, Ray Serve LLM's own OpenAI app (build_openai_app)
+# and tierline (configs/bench.yaml), same model and engine args, `vllm bench serve` at
+# concurrency 1 and 16, A B C A B C (one system at a time); writes
 # bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md.
 bench: models
 	$(BIN)/python -m bench.serve_bench $(BENCH_ARGS)

@@ -1,13 +1,16 @@
-"""Side-by-side serving benchmark: bare `vllm serve` against tierline, same model and
-engine arguments, vLLM's own client (`vllm bench serve`). `make bench` runs it.
+"""Side-by-side serving benchmark: bare `vllm serve`, Ray Serve LLM's own OpenAI app and
+tierline, same model and engine arguments, vLLM's own client (`vllm bench serve`).
+`make bench` runs it.
 
     .venv/bin/python -m bench.serve_bench [--spec configs/bench.yaml] [--rounds 2]
-        [--num-prompts-low 64] [--num-prompts-high 128]
+        [--num-prompts-low 64] [--num-prompts-high 160] [--only bare|serve-llm|tierline]
 
 For each round: start bare vLLM, run concurrency 1 and 16, stop it and everything it
-started; then the same for tierline (one tier, Serve HTTP proxy -> gateway -> tier engine).
-Writes bench/results/latest.json (`throughput_ratio`, `ttft_p50_overhead_ms`, per-system
-figures, machine, versions, per-round numbers), bench/results/latest.png and the
+started; then the same for Ray Serve LLM (`build_openai_app`, bench/serve_llm_server.py)
+and for tierline (the spec's tier behind tierline's gateway), never two at once.
+Writes bench/results/latest.json (`throughput_ratio`, `throughput_ratio_vs_serve_llm`,
+`ttft_p50_overhead_ms`, `cpu_ratio`, `ratios` and `targets`, per-system figures, CPU per
+request, machine, versions, per-round numbers), bench/results/latest.png and the
 generated section of BENCHMARKS.md; router and RAG latency come from
 bench/results/router.json and rag.json (not re-run here).
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report as rp
-from bench.servers import BareVllm, Tierline, bare_vllm_args, free_port
+from bench.servers import BareVllm, ServeLlm, Tierline, bare_vllm_args, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,21 +205,22 @@ def plot(stats: dict[str, dict[int, rp.Stats]], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cs = sorted(set(stats["bare"]) & set(stats["tierline"]))
+    systems = [system for system in rp.SYSTEMS if system in stats]
+    cs = sorted(set.intersection(*(set(stats[system]) for system in systems)))
     panels = [
         ("output tok/s", "output_tok_s"),
         ("TTFT p50 (ms)", "ttft_p50_ms"),
         ("TTFT p99 (ms)", "ttft_p99_ms"),
         ("ITL p50 (ms)", "itl_p50_ms"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
-    width = 0.38
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.8))
+    width = 0.8 / len(systems)
     for ax, (label, attr) in zip(axes, panels, strict=True):
-        for i, system in enumerate(rp.SYSTEMS):
-            xs = [j + (i - 0.5) * width for j in range(len(cs))]
+        for i, system in enumerate(systems):
+            xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(cs))]
             ys = [getattr(stats[system][c], attr) for c in cs]
             bars = ax.bar(xs, ys, width, label=rp.SYSTEM_LABELS[system])
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
         ax.set_xticks(range(len(cs)), [f"c={c}" for c in cs])
         ax.set_title(label)
     axes[0].legend(fontsize=8)
@@ -232,7 +236,7 @@ def load_runs(folder: Path) -> list[rp.Run]:
     for path in sorted(folder.glob("*-r*-c*.json")):
         if path.name.endswith(".cpu.json"):
             continue
-        system, round_part, _ = path.stem.split("-", 2)
+        system, round_part, _ = path.stem.rsplit("-", 2)  # system names may have a "-"
         cpu_path = path.with_suffix(".cpu.json")
         cpu = json.loads(cpu_path.read_text()) if cpu_path.exists() else None
         data = json.loads(path.read_text())
@@ -317,11 +321,13 @@ def main() -> None:
         for system in systems:
             port = free_port()
             log = work / f"{system}-r{round_}.server.log"
-            server: BareVllm | Tierline = (
-                BareVllm(tier, port, log)
-                if system == "bare"
-                else Tierline(args.spec, port, keys_file, log, _env_pairs(args.tierline_env))
-            )
+            server: BareVllm | ServeLlm | Tierline
+            if system == "bare":
+                server = BareVllm(tier, port, log)
+            elif system == "serve-llm":
+                server = ServeLlm(args.spec, tier.name, port, log)
+            else:
+                server = Tierline(args.spec, port, keys_file, log, _env_pairs(args.tierline_env))
             print(f"[{time.monotonic() - t0:5.0f}s] round {round_}: starting {system}", flush=True)
             try:
                 server.start()
@@ -357,11 +363,20 @@ def main() -> None:
                 if killed:
                     print(f"  {system}: had to kill {len(killed)} process(es): {killed}")
     stats = rp.aggregate(runs)
+    cpu_per_request = rp.cpu_per_request(runs)
+    complete = all(
+        c in stats.get(system, {})
+        for system in rp.SYSTEMS
+        for c in (args.low_concurrency, args.high_concurrency)
+    )
     report: dict[str, Any] = {}
-    if not args.only:
-        report.update(rp.headline(stats, args.low_concurrency, args.high_concurrency))
+    if complete:
+        report.update(
+            rp.headline(stats, cpu_per_request, args.low_concurrency, args.high_concurrency)
+        )
         report["deltas"] = {
-            str(c): rp.deltas(stats["bare"][c], stats["tierline"][c]) for c in stats["bare"]
+            base: {str(c): rp.deltas(stats[base][c], stats["tierline"][c]) for c in stats[base]}
+            for base in ("bare", "serve-llm")
         }
     report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     report["systems"] = {
@@ -380,7 +395,10 @@ def main() -> None:
         "low_concurrency": args.low_concurrency,
         "high_concurrency": args.high_concurrency,
         "rounds": args.rounds,
-        "order": "A B A B (bare vLLM, tierline)",
+        "order": " ".join("ABC"[: len(systems)] * args.rounds)
+        + " ("
+        + ", ".join(rp.SYSTEM_LABELS[system] for system in systems)
+        + ")",
         "model": tier.model_name,
         "spec": str(args.spec.resolve().relative_to(ROOT))
         if args.spec.resolve().is_relative_to(ROOT)
@@ -394,21 +412,21 @@ def main() -> None:
     report["versions"] = versions()
     report["wall_s"] = round(time.monotonic() - t0, 1)
     report["cpu_ms_per_request"] = {
-        system: {str(c): per for c, per in by_c.items()}
-        for system, by_c in rp.cpu_per_request(runs).items()
+        system: {str(c): per for c, per in by_c.items()} for system, by_c in cpu_per_request.items()
     }
     report["rounds"] = [r.summary() for r in runs]
     report["other_benchmarks"] = other_benchmarks()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-    if args.only:
+    if not complete:  # --only, or a --from-dir run without all three systems
+        print("not every system ran at both concurrencies: no report section, no plot")
         return
     png = args.out.with_suffix(".png")
     plot(
         stats,
         png,
-        f"bare vLLM vs tierline, {tier.model_name}, {report['date']} "
+        f"bare vLLM vs Ray Serve LLM vs tierline, {tier.model_name}, {report['date']} "
         f"(load before {load_before[0]:.1f})",
     )
     print(f"wrote {png}")
@@ -416,9 +434,12 @@ def main() -> None:
     old = args.markdown.read_text() if args.markdown.exists() else "# Benchmarks\n"
     args.markdown.write_text(rp.splice(old, section))
     print(f"wrote {args.markdown}")
+    cpu_ratio = report["cpu_ratio"]
     print(
-        f"throughput ratio (c={args.high_concurrency}) {report['throughput_ratio']:.3f}, "
-        f"TTFT p50 overhead (c={args.low_concurrency}) {report['ttft_p50_overhead_ms']:+.1f} ms"
+        f"c={args.high_concurrency} throughput: tierline / bare {report['throughput_ratio']:.3f}, "
+        f"tierline / Serve LLM {report['throughput_ratio_vs_serve_llm']:.3f}; "
+        f"TTFT p50 overhead (c={args.low_concurrency}) {report['ttft_p50_overhead_ms']:+.1f} ms; "
+        f"CPU tierline / bare API server " + ("n/a" if cpu_ratio is None else f"{cpu_ratio:.2f}")
     )
 
 

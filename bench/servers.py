@@ -1,10 +1,12 @@
-"""The two systems under test, started and stopped as child processes.
+"""The three systems under test, started and stopped as child processes.
 
 `BareVllm` runs `vllm serve` (through `bench/vllm_cli.py`, see there why) with the engine
-arguments a tier of the spec would get; `Tierline` runs the spec through
-`bench/tierline_server.py`. Both are started in their own session, waited on until they
-answer, and stopped with a signal; `stop` then waits for every process they started
-(Ray's daemons and workers, vLLM's engine processes) to be gone and kills what is left.
+arguments a tier of the spec would get; `ServeLlm` runs Ray Serve LLM's own OpenAI app
+(`build_openai_app`) with the same model, engine arguments and environment through
+`bench/serve_llm_server.py`; `Tierline` runs the spec through `bench/tierline_server.py`.
+Each is started in its own session, waited on until it answers, and stopped with a signal;
+`stop` then waits for every process it started (Ray's daemons and workers, vLLM's engine
+processes) to be gone and kills what is left.
 """
 
 from __future__ import annotations
@@ -32,23 +34,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def vllm_engine_kwargs(tier: Any) -> dict[str, Any]:
+    """The vLLM engine arguments of `tier`, as tierline's engine deployment gives them to
+    vLLM (see `deployments.engine.llm_config_kwargs`), less the model and its name. Both
+    peers get exactly these: bare vLLM as flags, Ray Serve LLM as `engine_kwargs`."""
+    kwargs: dict[str, Any] = {
+        "max_model_len": tier.max_context_tokens,
+        "tensor_parallel_size": tier.tensor_parallel_size,
+        "pipeline_parallel_size": tier.pipeline_parallel_size,
+    }
+    if tier.dtype in ("float32", "bfloat16", "float16"):
+        kwargs["dtype"] = tier.dtype
+    kwargs.update(tier.engine_kwargs)
+    return kwargs
+
+
 def bare_vllm_args(tier: Any) -> list[str]:
     """`vllm serve` arguments equal to what tierline's engine deployment gives vLLM for
     `tier` (see `deployments.engine.llm_config_kwargs`)."""
-    args = [
-        str(tier.model_source),
-        "--served-model-name",
-        tier.model_name,
-        "--max-model-len",
-        str(tier.max_context_tokens),
-        "--tensor-parallel-size",
-        str(tier.tensor_parallel_size),
-        "--pipeline-parallel-size",
-        str(tier.pipeline_parallel_size),
-    ]
-    if tier.dtype in ("float32", "bfloat16", "float16"):
-        args += ["--dtype", tier.dtype]
-    for key, value in tier.engine_kwargs.items():
+    args = [str(tier.model_source), "--served-model-name", tier.model_name]
+    for key, value in vllm_engine_kwargs(tier).items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
@@ -57,6 +62,30 @@ def bare_vllm_args(tier: Any) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def serve_llm_config_kwargs(tier: Any) -> dict[str, Any]:
+    """`ray.serve.llm.LLMConfig` keyword arguments for Ray Serve LLM's own app: the model,
+    served name, engine arguments and engine environment bare vLLM gets, and Ray Serve
+    LLM's defaults for everything else (deployment options, stream batching, ingress).
+
+    The one setting beyond those: on a CPU tier the accelerator kind, since Serve LLM's
+    default asks for a GPU; its CPU default is one `{"CPU": 1}` bundle per engine worker,
+    what tierline's engine deployment reserves for a CPU tier with `cpus_per_replica: 1`.
+    """
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": tier.model_name,
+            "model_source": str(tier.model_source),
+        },
+        "engine_kwargs": vllm_engine_kwargs(tier),
+        "runtime_env": {"env_vars": dict(tier.env_vars)},
+    }
+    if tier.uses_gpu:
+        kwargs["accelerator_type"] = tier.accelerator_type
+    else:
+        kwargs["accelerator_config"] = {"kind": "cpu"}
+    return kwargs
 
 
 class _Server:
@@ -127,6 +156,26 @@ class _Server:
             f"{self.name} not ready after {timeout_s:.0f}s ({last}): see {self.log_path}"
         )
 
+    def wait_ready_line(self, timeout_s: float) -> str:
+        """Wait for the server script's `ready <url> ...` line in its log; returns it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}: see {self.log_path}"
+                )
+            self._remember_children()
+            try:
+                text = self.log_path.read_text(errors="replace")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                if line.startswith("ready "):
+                    self._remember_children()
+                    return line
+            time.sleep(1.0)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f}s: see {self.log_path}")
+
     def stop(self, timeout_s: float = 90.0) -> list[str]:
         """Signal the server, wait for it and all of its processes; returns what had to be
         killed (empty when everything stopped by itself)."""
@@ -183,6 +232,29 @@ class BareVllm(_Server):
         self._spawn(argv, dict(self.tier.env_vars))
         self.wait_http(f"{self.url}/health", timeout_s)
         _warm_up(self.url, self.tier.model_name, api_key=None)
+
+
+class ServeLlm(_Server):
+    """Ray Serve LLM's own OpenAI app (`ray.serve.llm.build_openai_app`) for one tier of
+    the spec, run by `bench/serve_llm_server.py`: ingress replica -> LLMServer replica."""
+
+    name = "serve-llm"
+
+    def __init__(self, spec_path: Path, tier_name: str, port: int, log_path: Path) -> None:
+        super().__init__(log_path)
+        self.spec_path = spec_path
+        self.tier_name = tier_name
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+
+    def start(self, timeout_s: float = 900.0) -> None:
+        argv = [PY, "-m", "bench.serve_llm_server", str(self.spec_path)]  # cwd: the repo
+        argv += ["--tier", self.tier_name, "--port", str(self.port)]
+        argv += ["--ready-timeout-s", str(timeout_s)]
+        self._spawn(argv, {})
+        # The script prints `ready` once a first completion has answered (vLLM's one-off
+        # set-up, which bare vLLM's warm-up also pays before its runs).
+        self.wait_ready_line(timeout_s + 60.0)
 
 
 class Tierline(_Server):

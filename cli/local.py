@@ -23,11 +23,10 @@ log = logging.getLogger(__name__)
 # Ray's logical CPUs are a scheduling budget, not threads: each tier's engine reserves one
 # and the gateway half of one, so a 2-core machine still needs more than 2 to place them.
 MIN_LOGICAL_CPUS = 8
-# Serve's HTTP proxy routes to the gateway on its main event loop instead of a second
-# loop in a thread (every streamed token crosses it). Read by Ray processes at start-up,
-# so set before ray.init; an explicit environment value wins. The replicas on the token
-# path get their settings with the deployments (deployments.engine.REQUEST_PATH_ENV).
-SERVE_PROXY_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# A local run has no load balancer in front of the gateway to deregister a stopping
+# replica: Ray's 30 s hold of a stopping direct-ingress replica only delays the stop (the
+# gateway's own drain still finishes in-flight requests and refuses new ones).
+LOCAL_ONLY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 # Where Ray's metrics agent serves every metric of the node (tierline's, Serve's, vLLM's):
 # `tierline up` uses the Helm chart's port when it is free (see `metrics_port_for`).
 DEFAULT_METRICS_PORT = 8080
@@ -74,21 +73,16 @@ def wait_ready(url: str, timeout_s: float, on_wait: Callable[[str], None] | None
 
 
 def serve_process_env(spec: ClusterSpec) -> dict[str, str]:
-    """Settings the spec's request path needs in every Ray process (read at start-up).
+    """The request path's settings for every Ray process of the local node (read at
+    start-up), as a cluster gets them (`tierline.cluster.render.ray_process_env`), except
+    that one node holds every gateway replica: replica i binds `gateway.port + i`, and the
+    Serve proxy, which carries no tierline traffic, gets a free port (`start`)."""
+    from tierline.cluster.render import ray_process_env
 
-    `gateway.direct_ingress`: gateway replicas bind HTTP ports from the spec's port up (one
-    each, end exclusive), so replica 0 answers on `gateway.port` itself; the Serve proxy then
-    listens on another port (`start` picks a free one). `gateway.grpc_between_deployments`:
-    handles talk to replicas over gRPC."""
-    env = dict(SERVE_PROXY_ENV)
-    g = spec.gateway
-    if g.direct_ingress:
-        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-        env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(g.port)
-        env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(g.port + g.replicas)
-    if g.grpc_between_deployments:
-        env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1"
-    return env
+    return {
+        **ray_process_env(spec, gateway_replicas_per_node=spec.gateway.replicas),
+        **LOCAL_ONLY_ENV,
+    }
 
 
 def _port_free(port: int) -> bool:
@@ -243,9 +237,10 @@ def start(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = old
-    # With direct ingress the gateway replica holds the spec's port; the proxy, which
-    # Serve still starts, gets a free one and carries no tierline traffic.
-    proxy_port = _free_port() if spec.gateway.direct_ingress else spec.gateway.port
+    # The gateway replicas hold the spec's port and up; the proxy, which Serve still
+    # starts, gets a free port and carries no tierline traffic.
+    gateway_ports = range(spec.gateway.port, spec.gateway.port + spec.gateway.replicas)
+    proxy_port = next(p for p in iter(_free_port, None) if p not in gateway_ports)
     if watcher is not None:
         watcher.phase("deploy", ray_logs_dir() or "")
     serve.start(

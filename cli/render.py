@@ -5,20 +5,26 @@ from pathlib import Path
 import typer
 import yaml
 from tierline.cli.validate import load_or_exit
-from tierline.cluster.render import RenderError, serve_config
+from tierline.cluster.render import ray_process_env, required_environment, serve_config
 
 app = typer.Typer(help="Render deployment files from a spec.", no_args_is_help=True)
 
 
 @app.command("serve")
 def serve(spec: Path = typer.Argument(..., help="Spec file.", show_default=False)) -> None:
-    """Write a Ray Serve config (for `serve deploy`) to stdout."""
-    try:
-        config = serve_config(load_or_exit(spec))
-    except RenderError as e:
-        typer.echo(f"{spec}: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+    """Write a Ray Serve config (for `serve deploy`) to stdout, headed by the environment
+    every Ray node must be started with (`tierline render ray-env` prints it alone)."""
+    loaded = load_or_exit(spec)
+    typer.echo(required_environment(loaded), nl=False)
+    typer.echo(yaml.safe_dump(serve_config(loaded), sort_keys=False), nl=False)
+
+
+@app.command("ray-env")
+def ray_env(spec: Path = typer.Argument(..., help="Spec file.", show_default=False)) -> None:
+    """Print the environment every Ray node (`ray start`) of the cluster needs, one
+    NAME=value per line, e.g. `env $(tierline render ray-env spec.yaml) ray start ...`."""
+    for name, value in ray_process_env(load_or_exit(spec)).items():
+        typer.echo(f"{name}={value}")
 
 
 @app.command("helm-values")

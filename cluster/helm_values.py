@@ -107,18 +107,11 @@ def worker_groups(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE)
 
 
 def check_spec_for_kubernetes(spec: ClusterSpec) -> None:
-    """What a spec must have to run in pods: a proxy bound to the pod network, and no
-    local-only settings."""
-    from tierline.cluster.render import RenderError, check_renderable
-
-    try:
-        check_renderable(spec)
-    except RenderError as err:
-        raise HelmValuesError(str(err)) from err
+    """What a spec must have to run in pods: a gateway bound to the pod network."""
     if spec.gateway.host not in WILDCARD_HOSTS:
         raise HelmValuesError(
-            f"gateway.host is {spec.gateway.host!r}: on Kubernetes the Serve proxy must bind "
-            "0.0.0.0 (or ::) so the gateway Service can reach it; set gateway.host: 0.0.0.0"
+            f"gateway.host is {spec.gateway.host!r}: on Kubernetes the gateway replicas must "
+            "bind 0.0.0.0 (or ::) so the gateway Service can reach them; set gateway.host: 0.0.0.0"
         )
 
 

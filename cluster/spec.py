@@ -429,9 +429,21 @@ class TenantSpec(QuotaSpec):
 
 
 class GatewaySpec(_Strict):
-    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
-    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")
-    replicas: PositiveInt = Field(1, description="Gateway replicas (Serve deployment).")
+    host: str = Field("127.0.0.1", description="Address the gateway replicas bind.")
+    port: int = Field(
+        8000,
+        ge=1,
+        le=65534,
+        description="Port of the OpenAI-compatible endpoint. The gateway replicas serve it "
+        "themselves (Ray Serve direct ingress): on a cluster one replica per node, each on "
+        "this port; in local runs replica i on port + i. Serve's proxy, which carries no "
+        "traffic, takes another port.",
+    )
+    replicas: PositiveInt = Field(
+        1,
+        description="Gateway replicas (Serve deployment). On a cluster at most one per Ray "
+        "node, so at most the number of nodes.",
+    )
     max_body_bytes: PositiveInt = Field(1 << 20, description="Larger request bodies get 413.")
     max_tokens_limit: PositiveInt = Field(4096, description="Upper bound on max_tokens.")
     max_n: int = Field(16, ge=1, le=128, description="Upper bound on n (choices per request).")
@@ -454,17 +466,21 @@ class GatewaySpec(_Strict):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."
     )
-    direct_ingress: bool = Field(
-        False,
-        description="Local runs only (not yet on Kubernetes): the gateway replicas serve HTTP "
-        "themselves (Ray Serve direct ingress), replica i on port + i, without the Serve "
-        "proxy hop; see BENCHMARKS.md for what it buys.",
-    )
-    grpc_between_deployments: bool = Field(
-        False,
-        description="The gateway calls the engine deployments over gRPC instead of Ray actor "
-        "calls (local runs: Serve's proxy too); see BENCHMARKS.md for what it buys.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_path_switches(cls, data: Any) -> Any:
+        removed = [k for k in REMOVED_GATEWAY_FIELDS if isinstance(data, dict) and k in data]
+        if removed:
+            raise ValueError(
+                f"{', '.join(removed)}: removed; the gateway always serves HTTP itself (Ray "
+                "Serve direct ingress) and calls the engines over gRPC. Delete the field"
+            )
+        return data
+
+
+REMOVED_GATEWAY_FIELDS = ("direct_ingress", "grpc_between_deployments")
+"""The switches of the old opt-in request path; the fast path is the only one now."""
 
 
 class RagSpec(_Strict):

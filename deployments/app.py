@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
+from tierline.cluster.render import GATEWAY_DEPLOYMENT, REQUEST_PATH_PROCESS_ENV
 from tierline.cluster.spec import ClusterSpec, deployment_name
 from tierline.cluster.specfile import parse_spec
 from tierline.deployments.adapters import adapter_sources
@@ -34,7 +36,6 @@ from tierline.deployments.replicas import ServeReplicaWatcher
 from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.tokens import load_counter
 
-GATEWAY_DEPLOYMENT = "gateway"
 QUOTA_DEPLOYMENT = "quota"
 logger = logging.getLogger("ray.serve.tierline.gateway")
 
@@ -58,6 +59,7 @@ class Gateway:
         self._gauges: asyncio.Task[None] | None = None  # keeps metric gauges fresh
 
     async def __serve_build_asgi_app__(self) -> Any:
+        check_direct_ingress()
         # Replica start-up: tokenizers are loaded here, not at import or construction.
         with serve_logging_kept():  # vLLM's import would close the replica's log file
             import_request_models()
@@ -69,12 +71,7 @@ class Gateway:
         clients: dict[str, EngineClient] = {
             t.name: external_client(t)
             if t.is_external
-            else ServeEngineClient(
-                self._engines[t.name],
-                t.model_name,
-                adapter_sources(t),
-                grpc=self._spec.gateway.grpc_between_deployments,
-            )
+            else ServeEngineClient(self._engines[t.name], t.model_name, adapter_sources(t))
             for t in self._spec.tiers
         }
         auth = self._spec.gateway.auth
@@ -129,6 +126,29 @@ class Gateway:
             return replica, 0
         window = self._spec.gateway.drain_timeout_s if timeout_s is None else timeout_s
         return replica, await self._core.drain(window)
+
+
+def direct_ingress_on() -> bool:
+    """Whether this Ray process serves ingress replicas directly (Ray's effective setting:
+    RAY_SERVE_THROUGHPUT_OPTIMIZED and HAProxy mode turn it on too)."""
+    from ray.serve._private import constants
+
+    return bool(constants.RAY_SERVE_ENABLE_DIRECT_INGRESS)
+
+
+def check_direct_ingress() -> None:
+    """Refuse to start on a Ray cluster without the request path's process settings: the
+    gateway would sit behind Serve's proxy on another port, slower and not where traffic
+    is sent. Said once, clearly, instead of serving the slow path unnoticed."""
+    if direct_ingress_on():
+        return
+    missing = {k: v for k, v in REQUEST_PATH_PROCESS_ENV.items() if os.environ.get(k) != v}
+    raise RuntimeError(
+        "tierline's gateway needs Ray Serve direct ingress: start every Ray node with "
+        + " ".join(f"{k}={v}" for k, v in missing.items())
+        + " and the HTTP port range that `tierline render serve` prints (the Helm chart "
+        "sets them on every pod; `tierline up` sets them itself)"
+    )
 
 
 def gateway_options(spec: ClusterSpec) -> dict[str, Any]:

@@ -18,6 +18,10 @@ from typing import Any, Literal, Protocol
 Method = Literal["chat", "completions"]
 
 
+OVERLOADED = "overloaded"
+"""`EngineError.type` of a call Serve refused because the tier's queue is full."""
+
+
 @dataclass(frozen=True)
 class EngineError:
     status: int
@@ -107,12 +111,13 @@ class ServeEngineClient:
     """
 
     def __init__(
-        self, handle: Any, model: str, adapters: Collection[str] = (), grpc: bool = False
+        self, handle: Any, model: str, adapters: Collection[str] = (), grpc: bool = True
     ) -> None:
         self._handle = handle
         # `grpc`: the calls go over the replicas' inter-deployment gRPC servers instead of
-        # Ray actor calls (spec gateway.grpc_between_deployments). Set on the handle here,
-        # in the gateway replica: the handles arrive built by the driver with its default.
+        # Ray actor calls (measured in BENCHMARKS.md: about half the CPU per call). Set on
+        # the handle here, in the gateway replica: the handles arrive built by the driver
+        # with its default.
         self._stream = handle.options(stream=True, _by_reference=not grpc)
         self._model = model
         self._adapters = frozenset(adapters)  # engine-side adapter ids (multiplexed)
@@ -144,7 +149,7 @@ class ServeEngineClient:
         except BackPressureError:
             # The tier's queue is full: refuse at once rather than queue without bound.
             finished = True
-            yield EngineError(503, "the tier is at capacity; retry shortly", "overloaded")
+            yield EngineError(503, "the tier is at capacity; retry shortly", OVERLOADED)
         except (VLLMClientError, ValueError, TypeError) as err:
             # The engine refused this request's input (Ray re-raises the replica's error as
             # an instance of its class): a 400, not a replica failure to retry or fail over.

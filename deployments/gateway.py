@@ -1,18 +1,30 @@
 """The gateway: one OpenAI-compatible HTTP surface over every tier.
 
-A request is parsed and bounded here, the router picks a tier (a pure call), and the
-tier's engine client does the I/O. `create_app` builds the FastAPI app from a
-`GatewayCore`; the Ray Serve deployment in `deployments.app` only wires real engine
-handles into it, so everything in this module runs in unit tests without Ray.
+A request flows through the gateway once, each concern in its own module:
+
+1. the cheap checks (`plan.scope`): limits, the model, the tenant's tiers;
+2. admission at the edge (`board.TierBoard`): a request no tier can take now is refused
+   with 503 and Retry-After before it is tokenised or scored;
+3. the plan (`plan.RequestPlan`): the prompt counted once per candidate tier, off the
+   event loop, alongside the learned scorer's quality call;
+4. the route (`plan.decide_route`, a pure call), the tier's slot, the tenant's quota;
+5. the engine call with retries and failover (`failover.Failover`), then the cascade
+   (`cascade.escalate`) for an unsure whole answer;
+6. the answer on the wire (`streams`): SSE for streams, the usage read once.
+
+The board is kept current by the loops in `watch` (health probes, Serve's replicas).
+
+`create_app` builds the FastAPI app from a `GatewayCore`; the Ray Serve deployment in
+`deployments.app` only wires real engine handles into it, so everything in this module
+runs in unit tests without Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,19 +34,28 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
 from tierline.deployments.adapters import adapter_cards
-from tierline.deployments.admission import Slot, TierSlots, as_router_state
+from tierline.deployments.admission import Slot, TierSlots
 from tierline.deployments.auth import KeyStore
-from tierline.deployments.engine_client import (
-    EngineClient,
-    EngineError,
-    EngineItem,
-    EngineUnavailable,
-    Method,
-)
-from tierline.deployments.errors import APIError, error_body, error_response
+from tierline.deployments.board import TierBoard
+from tierline.deployments.cascade import cascade_for, escalate
+from tierline.deployments.engine_client import EngineClient, Method
+from tierline.deployments.errors import APIError, error_response
+from tierline.deployments.failover import Failover
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import GatewayMetrics, PromRecorder, metered
 from tierline.deployments.middleware import GatewayMiddleware, tenant_of
+from tierline.deployments.plan import (
+    REASON_HEADER,
+    RETRY_AFTER_S,
+    TIER_HEADER,
+    RequestPlan,
+    Scope,
+    count_prompt_tokens,
+    decide_route,
+    needs_tokenizer,
+    rules_policy,
+    scope,
+)
 from tierline.deployments.quota import QuotaClient, is_limited, retry_after_header
 from tierline.deployments.rag_routes import (
     RagClient,
@@ -45,45 +66,24 @@ from tierline.deployments.rag_routes import (
 )
 from tierline.deployments.replicas import ReplicaWatcher
 from tierline.deployments.routing import PREFERENCE_HEADER, LearnedRouter
-from tierline.deployments.schemas import (
-    ChatCompletionBody,
-    CompletionBody,
-    _Generation,
-    dump_for_engine,
-)
+from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
+from tierline.deployments.streams import finish_whole_answer, sse_events, total_tokens
 from tierline.deployments.tokens import TokenCounter
-from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
-from tierline.router.cascade import (
-    THRESHOLD_HEADER,
-    CascadePolicy,
-    CascadeStep,
-    cascaded_answer,
-    logprob_fields,
-    mean_token_logprob,
-    next_tier,
-    reason_suffix,
-    request_threshold,
-    should_escalate,
-    usage_of,
-)
+from tierline.deployments.watch import readiness, watch_health, watch_replicas
+from tierline.router import Decision
+from tierline.router.cascade import THRESHOLD_HEADER
+
+__all__ = [
+    "REASON_HEADER",
+    "RETRY_AFTER_S",
+    "TIER_HEADER",
+    "GatewayCore",
+    "create_app",
+    "rules_policy",
+]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 route_logger = logging.getLogger("ray.serve.tierline.router")
-
-TIER_HEADER = "x-tierline-tier"
-REASON_HEADER = "x-tierline-route-reason"
-RETRY_AFTER_S = 1
-
-
-def rules_policy(spec: ClusterSpec) -> RulesPolicy:
-    p = spec.router.params
-    return RulesPolicy(
-        long_prompt_tokens=p.long_prompt_tokens,
-        hard_keywords=tuple(p.hard_keywords),
-        default_tier=spec.router.default_tier,
-        hard_tier=p.hard_tier,
-        cold_start=spec.router.cold_start,
-    )
 
 
 class GatewayCore:
@@ -117,68 +117,99 @@ class GatewayCore:
         self.created = int(time.time())
         self.quota = quota
         self.quotas = {t.name: t for t in spec.gateway.tenants}
-        self.health = {t.name: True for t in spec.tiers}
-        # Admission control: in-flight requests per tier against the spec's limits.
-        self.slots = TierSlots.for_tiers(spec.tiers, spec.gateway.replicas)
-        # Requests waiting for a tier's first output, woken when the tier is marked down.
-        self._down_waiters: dict[str, set[asyncio.Future[Any]]] = {
-            t.name: set() for t in spec.tiers
-        }
-        # Autoscaled tiers: replicas running now (None: not watched), and the tiers that
-        # scale to zero and have answered once: Serve's status stands in for their health
-        # probes from then on, so that the gateway never wakes them (see watch_replicas).
+        # Health, replicas, warm-up, admission slots and down-waiters of every tier.
+        self.board = TierBoard(spec.tiers, spec.gateway.replicas)
+        self.failover = Failover(spec, self.engines, self.board)
         self.replica_watcher = replicas
-        self.replicas: dict[str, int | None] = {t.name: None for t in spec.tiers}
-        self.warmed: set[str] = set()
         self.active = 0
         self.draining = False
+
+    # -- the board, as callers read it -----------------------------------------------------
+    @property
+    def health(self) -> dict[str, bool]:
+        return self.board.health
+
+    @property
+    def replicas(self) -> dict[str, int | None]:
+        return self.board.replicas
+
+    @property
+    def warmed(self) -> set[str]:
+        return self.board.warmed
+
+    @property
+    def slots(self) -> TierSlots:
+        return self.board.slots
+
+    @property
+    def _down_waiters(self) -> dict[str, set[asyncio.Future[Any]]]:
+        return self.board.down_waiters
+
+    def mark_down(self, tier: str) -> None:
+        """Auto routing skips `tier` until a health check passes again, and requests
+        waiting for its first output move to its fallback tier now."""
+        self.board.mark_down(tier)
 
     def quota_for(self, tenant: str) -> QuotaSpec:
         return self.quotas.get(tenant, self.spec.gateway.default_quota)
 
-    def allowed_tiers(self, tenant: str) -> list[TierSpec]:
-        allowed = self.quota_for(tenant).tiers
-        return [t for t in self.spec.tiers if allowed is None or t.name in allowed]
+    # -- the request's way in ------------------------------------------------------------------
+    def scope(self, body: _Generation, tenant: str, preference: str | None = None) -> Scope:
+        """The cheap checks (400/403/404): which tiers the request may use."""
+        learned = self.learned is not None
+        return scope(self.spec, self.quota_for(tenant), body, tenant, preference, learned)
 
-    # -- routing ---------------------------------------------------------------------------
-    def _check_limits(self, body: _Generation, budget: int | None) -> None:
-        g = self.spec.gateway
-        if budget is not None and budget > g.max_tokens_limit:
+    def admit_at_edge(self, where: Scope) -> Slot | None:
+        """Refuse now (503, Retry-After) when no tier the request may use has room: before
+        it is tokenised or scored. A pinned request takes its tier's slot here; an auto
+        request counts as pending until routing has chosen its tier."""
+        if where.pinned is not None:
+            name = where.pinned.name
+            slot = self.board.acquire(name)
+            if slot is None:
+                raise self._at_capacity(name, {TIER_HEADER: name, REASON_HEADER: "pinned"})
+            return slot
+        if not self.board.room_for_auto(where.names):
             raise APIError(
-                400,
-                f"max_tokens is {budget}; this gateway allows at most {g.max_tokens_limit}",
-                code="max_tokens_too_large",
-                param="max_tokens",
+                503,
+                "every tier this request may use is at capacity at this gateway replica; "
+                "retry shortly",
+                code="tier_at_capacity",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        if body.n > g.max_n:
-            raise APIError(
-                400, f"n is {body.n}; at most {g.max_n} is allowed", code="n_too_large", param="n"
-            )
-        if isinstance(body, ChatCompletionBody) and len(body.messages) > g.max_messages:
-            raise APIError(
-                400,
-                f"{len(body.messages)} messages; at most {g.max_messages} are allowed",
-                code="too_many_messages",
-                param="messages",
-            )
+        return None
 
-    def _count(self, tier: TierSpec, body: _Generation) -> int:
-        counter = self.counters[tier.name]
-        if isinstance(body, ChatCompletionBody):
-            return counter.chat([m.model_dump(exclude_none=True) for m in body.messages])
-        assert isinstance(body, CompletionBody)
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            return counter.text(prompt)
-        if prompt and all(isinstance(p, int) for p in prompt):
-            return len(prompt)
-        return max((counter.text(p) for p in prompt if isinstance(p, str)), default=0)
+    async def plan(self, body: _Generation, where: Scope) -> RequestPlan:
+        """The request's plan: its prompt counted once per candidate tier, in one thread
+        call (inline when there is nothing to tokenise)."""
+        names = where.names
+        if needs_tokenizer(body, self.counters, names):
+            counts = await asyncio.to_thread(count_prompt_tokens, body, self.counters, names)
+        else:
+            counts = count_prompt_tokens(body, self.counters, names)
+        return where.plan(counts, body.text())  # type: ignore[attr-defined]
 
     async def quality(self, body: _Generation) -> Mapping[str, float] | None:
         """The learned scorer's per-tier predictions for an auto request, off the loop."""
         if self.learned is None or body.model != AUTO_MODEL:
             return None
         return await self.learned.quality_async(body.text())  # type: ignore[attr-defined]
+
+    def decide(
+        self,
+        plan: RequestPlan,
+        preference: str | None = None,
+        quality: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """The route for a planned request, from the board's tier states now."""
+        states = self.board.states(plan.tiers)
+        decision = decide_route(plan, states, self.policy, self.learned, preference, quality)
+        event(
+            route_logger,
+            "route",
+            {"tier": decision.tier, "reason": decision.reason, "score": round(decision.score, 4)},
+        )
+        return decision
 
     def route(
         self,
@@ -187,59 +218,11 @@ class GatewayCore:
         preference: str | None = None,
         quality: Mapping[str, float] | None = None,
     ) -> tuple[TierSpec, Decision]:
-        budget = body.completion_budget()  # type: ignore[attr-defined]
-        self._check_limits(body, budget)
-        pinned: TierSpec | None = None
-        if body.model != AUTO_MODEL:
-            pinned = self.spec.resolve_model(body.model)
-            if pinned is None:
-                known = ", ".join([AUTO_MODEL, *(t.model_name for t in self.spec.tiers)])
-                raise APIError(
-                    404,
-                    f"model {body.model!r} does not exist; available: {known}",
-                    code="model_not_found",
-                    param="model",
-                )
-        allowed = self.allowed_tiers(tenant)
-        if pinned is not None and pinned not in allowed:
-            raise APIError(
-                403,
-                f"tenant {tenant!r} may not use tier {pinned.name!r}",
-                code="tier_not_allowed",
-                param="model",
-            )
-        tiers = [pinned] if pinned is not None else allowed
-        if not tiers:
-            raise APIError(403, f"tenant {tenant!r} may not use any tier", code="no_tiers")
-        features = RequestFeatures(
-            text=body.text(),  # type: ignore[attr-defined]
-            prompt_tokens={t.name: self._count(t, body) for t in tiers},
-            completion_tokens=budget or 1,
-            pinned_tier=pinned.name if pinned is not None else None,
-        )
-        states = [
-            TierState(
-                t.name, t.max_context_tokens, self.health[t.name], replicas=self.replicas[t.name]
-            )
-            for t in tiers
-        ]
-        # A tier at its admission limit looks overloaded: the learned policy spills past it.
-        states = [as_router_state(s, self.slots.load(s.name)) for s in states]
-        try:
-            if self.learned is not None and pinned is None:
-                decision = self.learned.decide(features, states, preference, quality)
-            else:
-                decision = decide(features, states, self.policy)
-        except RoutingError as err:
-            headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
-            raise APIError(
-                err.status, err.message, code=err.code, param=err.param, headers=headers
-            ) from None
-        event(
-            route_logger,
-            "route",
-            {"tier": decision.tier, "reason": decision.reason, "score": round(decision.score, 4)},
-        )
+        """Scope, plan and decide in one blocking call, without admission (for tools and
+        tests; requests go through `generate`)."""
+        where = self.scope(body, tenant, preference)
+        counts = count_prompt_tokens(body, self.counters, where.names)
+        decision = self.decide(where.plan(counts, body.text()), preference, quality)  # type: ignore[attr-defined]
         return self.spec.tier(decision.tier), decision
 
     # -- answering -------------------------------------------------------------------------
@@ -260,36 +243,36 @@ class GatewayCore:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         try:
-            tier, decision = self.route(body, tenant, preference, await self.quality(body))
+            cascade = cascade_for(self.spec, method, body, cascade_threshold)  # None: none
+            tier, plan, headers, slot = await self._route(body, tenant, preference)
         except APIError as err:
             err.headers.setdefault(TIER_HEADER, "none")
             err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
             raise
-        headers = {TIER_HEADER: tier.name, REASON_HEADER: decision.reason}
-        slot = self._slot(tier, headers)  # a full tier: 503 now, before any engine call
         try:
-            ticket = await self._admit(tenant, tier, body, headers)
+            ticket = await self._admit(tenant, plan.reservation(tier.name), headers)
         except BaseException:
             slot.release()
             raise
         self.active += 1
         self.metrics.active(self.active)
         finish = self._finisher(ticket, slot)
-        cascade = self._cascade_plan(method, body, cascade_threshold)  # None: no cascade
-        ask = body if cascade is None else body.model_copy(update=cascade[1])
+        ask = body if cascade is None else body.model_copy(update=cascade.ask)
         try:
-            tier, first, stream = await self._first_item(method, ask, tier, headers, slot)
+            tier, first, stream = await self.failover.first_item(
+                method, ask, tier, headers, slot, plan.adapter_id
+            )
             if isinstance(first, dict) and cascade is not None:
                 await finish_whole_answer(stream)
-                first = await self._cascade(
-                    method, ask, tier, first, headers, slot, tenant, cascade
+                first = await escalate(
+                    self.failover, method, ask, tier, first, headers, slot, plan, cascade
                 )
         except BaseException:
             await finish(None)
             raise
         if isinstance(first, dict):
             await finish_whole_answer(stream)
-            await finish(_total_tokens(first))
+            await finish(total_tokens(first))
             self.answered(headers, tenant, 200, t0)
             return JSONResponse(first, headers=headers)
         return StreamingResponse(
@@ -298,70 +281,46 @@ class GatewayCore:
             headers=headers,
         )
 
-    def _cascade_plan(
-        self, method: Method, body: _Generation, header: str | None
-    ) -> tuple[CascadePolicy, dict[str, Any], bool] | None:
-        """Non-streaming auto requests with router.cascade on: the policy, the fields that
-        ask the engine for log-probabilities, and whether the client wants them back."""
-        spec = self.spec.router.cascade
-        if not spec.enabled or body.stream or body.model != AUTO_MODEL:
-            return None
+    async def _route(
+        self, body: _Generation, tenant: str, preference: str | None
+    ) -> tuple[TierSpec, RequestPlan, dict[str, str], Slot]:
+        """Scope, edge, plan, route and slot: the request's tier, plan, answer headers,
+        and its slot on the tier. Raises `APIError` (nothing held) when refused."""
+        where = self.scope(body, tenant, preference)
+        slot = self.admit_at_edge(where)
+        auto = slot is None
+        if auto:
+            self.board.pending += 1
         try:
-            threshold = request_threshold(header, spec.logprob_threshold)
-        except ValueError as err:
-            raise APIError(400, str(err), param=THRESHOLD_HEADER) from None
-        fields, keep = logprob_fields(method, body.model_extra or {})
-        return CascadePolicy(threshold, spec.max_escalations), fields, keep
+            if self.learned is not None and auto:
+                plan, quality = await asyncio.gather(self.plan(body, where), self.quality(body))
+            else:
+                plan, quality = await self.plan(body, where), None
+            decision = self.decide(plan, preference, quality)
+            tier = self.spec.tier(decision.tier)
+            headers = {TIER_HEADER: tier.name, REASON_HEADER: decision.reason}
+            if slot is None:  # a full tier: 503 now, before any engine call
+                slot = self.board.acquire(tier.name)
+                if slot is None:
+                    raise self._at_capacity(tier.name, headers)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        finally:
+            if auto:
+                self.board.pending -= 1
+        return tier, plan, headers, slot
 
-    async def _cascade(
-        self,
-        method: Method,
-        body: _Generation,
-        tier: TierSpec,
-        answer: dict[str, Any],
-        headers: dict[str, str],
-        slot: Slot,
-        tenant: str,
-        plan: tuple[CascadePolicy, dict[str, Any], bool],
-    ) -> dict[str, Any]:
-        """Escalate an unsure answer up the tiers (the decisions: router.cascade). An
-        escalation that fails or finds no room keeps the answer already made."""
-        policy, _, keep_logprobs = plan
-        steps = [CascadeStep(tier.name, mean_token_logprob(answer), usage_of(answer))]
-        while should_escalate(steps[-1].mean_logprob, len(steps) - 1, policy):
-            allowed = self.allowed_tiers(tenant)
-            states = [
-                as_router_state(
-                    TierState(
-                        t.name,
-                        t.max_context_tokens,
-                        self.health[t.name],
-                        replicas=self.replicas[t.name],
-                    ),
-                    self.slots.load(t.name),
-                )
-                for t in allowed
-            ]
-            budget = body.completion_budget() or 1  # type: ignore[attr-defined]
-            needed = {t.name: self._count(t, body) + budget for t in allowed}
-            up = next_tier(steps[-1].tier, states, needed)
-            if up is None or not slot.move_to(up):
-                break
-            try:
-                target, item, stream = await self._first_item(
-                    method, body, self.spec.tier(up), headers, slot
-                )
-            except APIError as err:
-                logger.warning("cascade to tier %s failed: %s", up, err.message)
-                break
-            await finish_whole_answer(stream)
-            if not isinstance(item, dict):
-                break
-            answer = item
-            steps.append(CascadeStep(target.name, mean_token_logprob(item), usage_of(item)))
-        headers[TIER_HEADER] = steps[-1].tier
-        headers[REASON_HEADER] += reason_suffix(steps)
-        return cascaded_answer(answer, steps, policy, keep_logprobs)
+    def _at_capacity(self, tier: str, headers: Mapping[str, str]) -> APIError:
+        load = self.board.load(tier)
+        return APIError(
+            503,
+            f"tier {tier!r} is at capacity ({load.in_flight} requests in flight at this "
+            "gateway replica); retry shortly",
+            code="tier_at_capacity",
+            headers={**headers, "Retry-After": str(RETRY_AFTER_S)},
+        )
 
     def answered(
         self, headers: Mapping[str, str], tenant: str, status: int, t0: float | None
@@ -389,19 +348,6 @@ class GatewayCore:
 
         return end
 
-    def _slot(self, tier: TierSpec, headers: dict[str, str]) -> Slot:
-        slot = self.slots.acquire(tier.name)
-        if slot is None:
-            load = self.slots.load(tier.name)
-            raise APIError(
-                503,
-                f"tier {tier.name!r} is at capacity ({load.in_flight} requests in flight at "
-                "this gateway replica); retry shortly",
-                code="tier_at_capacity",
-                headers={**headers, "Retry-After": str(RETRY_AFTER_S)},
-            )
-        return slot
-
     def _finisher(
         self, ticket: int | None, slot: Slot | None = None
     ) -> Callable[[int | None], Awaitable[None]]:
@@ -421,12 +367,11 @@ class GatewayCore:
 
         return finish
 
-    async def _admit(
-        self, tenant: str, tier: TierSpec, body: _Generation, headers: dict[str, str]
-    ) -> int | None:
+    async def _admit(self, tenant: str, tokens: int, headers: dict[str, str]) -> int | None:
+        """The tenant's quota: reserve `tokens` (the plan's prompt on the tier plus the
+        completion budget); 429 with Retry-After when over."""
         if self.quota is None or not is_limited(self.quota_for(tenant)):
             return None
-        tokens = self._count(tier, body) + (body.completion_budget() or 0)  # type: ignore[attr-defined]
         admission = await self.quota.admit(tenant, tokens)
         if not admission.ok:
             raise APIError(
@@ -436,148 +381,6 @@ class GatewayCore:
                 headers={**headers, "Retry-After": retry_after_header(admission.retry_after_s)},
             )
         return admission.ticket
-
-    async def _first_item(
-        self,
-        method: Method,
-        body: _Generation,
-        tier: TierSpec,
-        headers: dict[str, str],
-        slot: Slot | None = None,
-    ) -> tuple[TierSpec, EngineItem, AsyncGenerator[EngineItem, None]]:
-        """Start the request and wait for its first item, retrying failures before any
-        output on the same tier, then on its fallback tier.
-
-        Early failover, for tiers with a fallback: a retry waits at most
-        `failover_timeout_s` for its first output (a dead replica's requests otherwise
-        wait in Serve's queue for its replacement), and once the tier is marked down every
-        request still waiting for its first output there moves to the fallback at once."""
-        attempts = [tier] * (1 + self.spec.gateway.retries)
-        fallback = self.spec.tier(tier.fallback_tier) if tier.fallback_tier is not None else None
-        # A LoRA adapter request runs on its tier only: no other tier has the adapter.
-        adapter = self.spec.resolve_adapter(body.model)
-        adapter_id = tier.adapter_model_id(adapter[1]) if adapter is not None else None
-        if adapter_id is not None:
-            fallback = None
-        if fallback is not None:
-            attempts.append(fallback)
-        last_error: Exception | None = None
-        unavailable: EngineUnavailable | None = None  # the tier said no: no retry there
-        for i, target in enumerate(attempts):
-            if unavailable is not None and target.name == tier.name:
-                continue
-            failover = fallback is not None and target.name == tier.name
-            if target.name != tier.name:
-                if unavailable is None or unavailable.down:  # not for a 429 or a timeout
-                    self.mark_down(tier.name)  # every attempt on it failed: the rest fail over too
-                if not self.health.get(target.name, True):
-                    continue
-                if slot is not None and not slot.move_to(target.name):
-                    continue  # the fallback tier is at capacity as well
-                headers[TIER_HEADER] = target.name
-                headers[REASON_HEADER] += "+fallback"
-            elif failover and i > 0 and not self.health[tier.name]:
-                continue  # marked down meanwhile: straight to the fallback
-            timeout = self.spec.gateway.request_timeout_s
-            cold = self.replicas.get(target.name) == 0
-            if cold:  # Serve starts a replica for it; the wait for that is bounded
-                timeout = min(timeout, self.spec.router.cold_start_timeout_s)
-            model = adapter_id if adapter_id is not None else target.model_name
-            engine_body = dump_for_engine(body, model, force_usage=True)
-            stream = self.engines[target.name].generate(method, engine_body)
-            give_up_s = self.spec.gateway.failover_timeout_s if failover and i > 0 else None
-            try:
-                first = await self._until_first(stream, target.name, timeout, failover, give_up_s)
-            except StopAsyncIteration:
-                last_error = RuntimeError("empty answer")
-                continue
-            except _FailOver as err:
-                await stream.aclose()
-                logger.warning("tier %s attempt %d: %s", target.name, i, err)
-                last_error = err
-                continue
-            except TimeoutError:
-                await stream.aclose()
-                what = "start from zero replicas" if cold else "answer"
-                raise APIError(
-                    504, f"tier {target.name!r} did not {what} in time", headers=headers
-                ) from None
-            except EngineUnavailable as err:  # e.g. an external tier refused, 429, timed out
-                await stream.aclose()
-                logger.warning("tier %s attempt %d: %s", target.name, i, err.message)
-                unavailable = err
-                if err.down:
-                    self.mark_down(target.name)
-                continue
-            except Exception as err:  # the replica died or was unreachable: try again
-                logger.warning("tier %s attempt %d failed before output: %r", target.name, i, err)
-                last_error = err
-                await asyncio.sleep(min(0.05 * 2**i, 0.5))
-                continue
-            if isinstance(first, EngineError):
-                await stream.aclose()
-                status = first.status if 400 <= first.status < 600 else 502
-                extra = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
-                raise APIError(status, first.message, code=first.type, headers={**headers, **extra})
-            if i > 0:
-                self.health[target.name] = True
-            return target, first, stream
-        if unavailable is not None:  # its own status: 429/502/503/504, Retry-After as given
-            extra = {"Retry-After": unavailable.retry_after_s} if unavailable.retry_after_s else {}
-            raise APIError(
-                unavailable.status,
-                unavailable.message,
-                code=unavailable.code,
-                headers={**headers, **extra},
-            )
-        logger.warning("tier %s failed after %d attempts: %r", tier.name, len(attempts), last_error)
-        self.mark_down(tier.name)
-        raise APIError(
-            503,
-            f"tier {tier.name!r} is unavailable; retry shortly",
-            code="tier_unavailable",
-            headers={**headers, "Retry-After": str(RETRY_AFTER_S)},
-        )
-
-    async def _until_first(
-        self,
-        stream: AsyncGenerator[EngineItem, None],
-        tier: str,
-        timeout_s: float,
-        failover: bool,
-        give_up_s: float | None,
-    ) -> EngineItem:
-        """The stream's first item. TimeoutError after `timeout_s`; `_FailOver` after
-        `give_up_s`, or (with `failover`) as soon as the tier is marked down."""
-        first: asyncio.Future[Any] = asyncio.ensure_future(anext(stream))
-        down: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if failover:
-            self._down_waiters[tier].add(down)
-        wait_s = timeout_s if give_up_s is None else min(timeout_s, give_up_s)
-        try:
-            done, _ = await asyncio.wait(
-                {first, down}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if first in done:
-                return first.result()
-            if down in done:
-                raise _FailOver(f"tier {tier!r} was marked down while waiting")
-            if give_up_s is not None and give_up_s < timeout_s:
-                raise _FailOver(f"no output within {give_up_s:g} s of a retry")
-            raise TimeoutError
-        finally:
-            self._down_waiters[tier].discard(down)
-            if not first.done():
-                first.cancel()  # closes the engine request (ServeEngineClient cancels it)
-                await asyncio.gather(first, return_exceptions=True)
-
-    def mark_down(self, tier: str) -> None:
-        """Auto routing skips `tier` until a health check passes again, and requests
-        waiting for its first output move to its fallback tier now."""
-        self.health[tier] = False
-        for waiter in list(self._down_waiters[tier]):
-            if not waiter.done():
-                waiter.set_result(None)
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests and wait up to `timeout_s` for in-flight ones to finish.
@@ -591,70 +394,19 @@ class GatewayCore:
     async def watch_health(
         self, period_s: float = 5.0, timeout_s: float = 10.0, failures_to_down: int = 3
     ) -> None:
-        """Keep `health` current: a tier whose engine fails `failures_to_down` checks in a
-        row is skipped by auto routing until a check passes again. One slow check under
-        load is not an outage."""
-        failures = dict.fromkeys(self.health, 0)
-        seen_up: set[str] = set()
-        while True:
-            names = [t.name for t in self.spec.tiers if t.name not in self.warmed]
-            checks = await asyncio.gather(
-                *(self.engines[n].healthy(timeout_s) for n in names), return_exceptions=True
-            )
-            for name, ok in zip(names, checks, strict=True):
-                if ok is True:
-                    seen_up.add(name)
-                    failures[name] = 0
-                    self.health[name] = True
-                    if self.spec.tier(name).scales_to_zero and self.replica_watcher is not None:
-                        self.warmed.add(name)
-                elif name in seen_up:  # a tier still warming up has not failed yet
-                    failures[name] += 1
-                    if failures[name] >= failures_to_down:
-                        self.health[name] = False
-            await asyncio.sleep(period_s)
+        """Keep the board's health current (`watch.watch_health`)."""
+        watched = self.replica_watcher is not None
+        await watch_health(
+            self.spec, self.board, self.engines, watched, period_s, timeout_s, failures_to_down
+        )
 
     async def watch_replicas(self, period_s: float = 2.0) -> None:
-        """Keep `replicas` of autoscaled tiers current from Serve's status. Tiers that
-        scale to zero and have answered once take their health from it too: a probe would
-        count as load and keep them from ever scaling down (or wake them up).
-
-        A tier that does not scale to zero and had running replicas is marked down as soon
-        as Serve reports none running (they died): its waiting requests move to the
-        fallback tier now, not after the health checks have failed (tens of seconds)."""
-        if self.replica_watcher is None:
-            return
-        had_running: dict[str, bool] = {}
-        while True:
-            try:
-                counts = await self.replica_watcher.counts()
-            except Exception as err:  # the controller is busy or restarting: keep the last
-                logger.warning("replica counts unavailable: %r", err)
-                counts = {}
-            for name, count in counts.items():
-                tier = self.spec.tier(name)
-                if tier.autoscaling is not None:
-                    self.replicas[name] = count.running
-                if name in self.warmed:
-                    self.health[name] = count.healthy
-                if tier.scales_to_zero:
-                    continue
-                if count.running == 0 and had_running.get(name) and self.health[name]:
-                    logger.warning("tier %s: no replica running (Serve): marked down", name)
-                    self.mark_down(name)
-                had_running[name] = count.running > 0
-            await asyncio.sleep(period_s)
+        """Keep the board's replica counts current from Serve (`watch.watch_replicas`)."""
+        if self.replica_watcher is not None:
+            await watch_replicas(self.spec, self.board, self.replica_watcher, period_s)
 
     async def ready(self, timeout_s: float = 2.0) -> dict[str, bool]:
-        names = [t.name for t in self.spec.tiers]
-
-        async def check(name: str) -> bool:
-            if name in self.warmed:  # no probe: it may be scaled to zero, and stays so
-                return self.health[name]
-            return await self.engines[name].healthy(timeout_s)
-
-        checks = await asyncio.gather(*(check(n) for n in names))
-        return dict(zip(names, checks, strict=True))
+        return await readiness(self.spec, self.board, self.engines, timeout_s)
 
     def model_cards(self) -> list[dict[str, Any]]:
         cards = [
@@ -684,89 +436,6 @@ class GatewayCore:
                 }
             )
         return cards + adapter_cards(self.spec, self.created)
-
-
-async def finish_whole_answer(
-    stream: AsyncGenerator[EngineItem, None], timeout_s: float = 2.0
-) -> None:
-    """After a whole (non-streaming) answer, let the engine call end by itself before
-    closing the stream: cancelling it right after its only item races the engine's own
-    end, and the engine replica then logs the call as cancelled or not at all (its log
-    loses the request id). Bounded: an engine that does not end in `timeout_s` is closed."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for _ in stream:
-                pass
-    except Exception as err:  # TimeoutError, or the engine failed after answering
-        logger.debug("engine stream after a whole answer: %r", err)
-    finally:
-        await stream.aclose()
-
-
-class _FailOver(Exception):
-    """A request waiting for a tier's first output gives up on it for the fallback."""
-
-
-def _sse_error(message: str) -> str:
-    return f"data: {json.dumps(error_body(500, message, code='stream_error'))}\n\n"
-
-
-def _total_tokens(body: dict[str, Any]) -> int | None:
-    usage = body.get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-        return int(usage["total_tokens"])
-    return None
-
-
-def _usage_of_event(event: str) -> int | None:
-    for line in event.splitlines():
-        if line.startswith("data: {") and '"usage"' in line:
-            try:
-                return _total_tokens(json.loads(line[6:]))
-            except ValueError:
-                return None
-    return None
-
-
-async def sse_events(
-    first: EngineItem,
-    rest: AsyncGenerator[EngineItem, None],
-    on_end: Callable[[int | None], Awaitable[None]] | None = None,
-) -> AsyncIterator[str]:
-    """The engine's stream as SSE, always ending in `data: [DONE]`, errors included.
-
-    `on_end` gets the total tokens from the stream's usage chunk, however the stream ends
-    (completed, broken, or the client went away)."""
-    done = False
-    used: int | None = None
-
-    def emit(item: EngineItem) -> str:
-        nonlocal done, used
-        if isinstance(item, EngineError):
-            return _sse_error(item.message)
-        if isinstance(item, dict):
-            return f"data: {json.dumps(item)}\n\n"
-        if item.rstrip().endswith("data: [DONE]"):
-            done = True
-        used = _usage_of_event(item) or used
-        return item
-
-    try:
-        yield emit(first)
-        async for item in rest:
-            yield emit(item)
-        if not done:
-            yield "data: [DONE]\n\n"
-    except (asyncio.CancelledError, GeneratorExit):
-        raise  # the client went away: closing `rest` cancels the engine request
-    except Exception as err:
-        logger.warning("stream broke mid-way: %r", err)
-        yield _sse_error("the engine stream broke before the answer was complete")
-        yield "data: [DONE]\n\n"
-    finally:
-        await rest.aclose()
-        if on_end is not None:
-            await on_end(used)
 
 
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:

@@ -137,7 +137,8 @@ def test_network_policy_keeps_ray_ports_inside(rendered: tuple[Path | None, list
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
     release = deny["spec"]["podSelector"]["matchLabels"]
-    gateway_port = serve_config_of(objects)["http_options"]["port"]
+    spec = parse_spec(serve_config_of(objects)["applications"][0]["args"]["spec"])
+    gateway_port = spec.gateway.port  # the gateway replicas serve it (direct ingress)
     for policy in policies:
         for rule in policy["spec"].get("ingress", []):
             ports = {p["port"] for p in rule.get("ports", [])}
@@ -187,7 +188,8 @@ def test_bad_spec_fails_at_install(tmp_path: Path) -> None:
         (["apiKeys.existingSecret="], "apiKeys.existingSecret"),
         (["upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
         (["workerGroups[0].acceleratorType=A100"], "no workerGroups entry"),
-        (["spec.gateway.direct_ingress=true"], "direct_ingress is true: local runs"),
+        # the old opt-in path's switches are gone from the spec (and its schema)
+        (["spec.gateway.direct_ingress=true"], "direct_ingress"),
     ],
 )
 def test_cross_value_checks(sets: list[str], message: str) -> None:
@@ -291,9 +293,32 @@ def test_dashboard_configmap_loads_every_json(tmp_path: Path) -> None:
     assert not [o for o in off if o["kind"] == "ConfigMap"]
 
 
-def test_grpc_between_deployments_travels_in_the_spec() -> None:
-    """Unlike direct_ingress (refused above), the gateway applies it to its own handles."""
-    base = CI_VALUES[0].parent / "minimal-values.yaml"
-    objects = helm_template([base], sets=["spec.gateway.grpc_between_deployments=true"])
-    spec = serve_config_of(objects)["applications"][0]["args"]["spec"]
-    assert spec["gateway"]["grpc_between_deployments"] is True
+def _containers(obj: Obj) -> list[Obj]:
+    cluster = obj["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c for pod in pods for c in pod["template"]["spec"]["containers"]]
+
+
+def test_every_ray_pod_runs_the_fast_request_path(
+    rendered: tuple[Path | None, list[Obj]],
+) -> None:
+    """Each pod's Ray processes get the request path's settings, the same ones `tierline
+    render serve` says a cluster needs, and expose the port its gateway replica serves."""
+    from tierline.cluster.render import ray_process_env
+
+    path, objects = rendered
+    spec = parse_spec(values_spec(path))
+    service = one(objects, "RayService")
+    containers = _containers(service)
+    assert len(containers) >= 2 or not service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for container in containers:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in ray_process_env(spec)} == ray_process_env(spec)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["serve"] == spec.gateway.port
+    target = service["spec"]["serveService"]["spec"]["ports"][0]["targetPort"]
+    assert target == spec.gateway.port
+    config = serve_config_of(objects)
+    assert config["http_options"]["port"] != spec.gateway.port  # the proxy is elsewhere
+    (gateway,) = config["applications"][0]["deployments"]
+    assert gateway == {"name": "gateway", "max_replicas_per_node": 1}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncGenerator
+import threading
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+import numpy as np
 from tierline.deployments.engine_client import EngineError, EngineItem, Method
+from tierline.deployments.tokens import EstimatingCounter
+from tierline.router.embedding import HashingEmbedder
 
 
 class FakeEngine:
@@ -69,3 +74,58 @@ class FakeEngine:
 
     async def healthy(self, timeout_s: float) -> bool:
         return self.healthy_answer
+
+
+class GatedEngine(FakeEngine):
+    """A FakeEngine whose requests wait before their first item until `gate` is set, as
+    requests do on a busy tier: each holds its gateway slot meanwhile."""
+
+    def __init__(self, model: str, gate: asyncio.Event) -> None:
+        super().__init__(model)
+        self.gate = gate
+
+    async def generate(
+        self, method: Method, body: dict[str, Any]
+    ) -> AsyncGenerator[EngineItem, None]:
+        await self.gate.wait()
+        async for item in super().generate(method, body):
+            yield item
+
+
+class CountingCounter:
+    """A `TokenCounter` (the byte estimate) that counts its calls, from any thread."""
+
+    def __init__(self) -> None:
+        self._inner = EstimatingCounter()
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def chat(self, messages: Sequence[dict[str, Any]]) -> int:
+        self._count()
+        return self._inner.chat(messages)
+
+    def text(self, prompt: str) -> int:
+        self._count()
+        return self._inner.text(prompt)
+
+
+class CountingEmbedder:
+    """An `Embedder` (feature hashing) that counts the texts it embedded: the learned
+    router's quality call embeds the prompt."""
+
+    name = "hashing"
+
+    def __init__(self) -> None:
+        self._inner = HashingEmbedder()
+        self.dim = self._inner.dim
+        self._lock = threading.Lock()
+        self.texts = 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self.texts += len(texts)
+        return self._inner.embed(texts)

@@ -253,3 +253,17 @@ def test_request_threshold_parsing() -> None:
     for bad in ("1", "x", "nan", "inf"):
         with pytest.raises(ValueError, match="at most 0"):
             request_threshold(bad, -1.5)
+
+
+def test_a_bad_threshold_is_refused_before_anything_is_held() -> None:
+    spec = load_spec_text(SPEC.format(enabled="true", threshold=-1.0))
+    engines = {t.name: LogprobEngine(t.name, -3.0) for t in spec.tiers}
+    core = GatewayCore(spec, engines, {t.name: EstimatingCounter() for t in spec.tiers})
+    client = TestClient(create_app(core), raise_server_exceptions=False)
+    for _ in range(3):
+        r = client.post(
+            "/v1/chat/completions", json=chat(), headers={"x-tierline-cascade-threshold": "1"}
+        )
+        assert r.status_code == 400 and r.headers["x-tierline-tier"] == "none"
+    assert core.active == 0 and core.slots.in_flight == {"small": 0, "large": 0}
+    assert not engines["small"].calls

@@ -96,7 +96,7 @@ def test_sections_follow_yaml_path_order() -> None:
 def test_defaults_types_and_constraints_come_from_the_models() -> None:
     doc = render()
     port = _row(doc, "gateway.port")
-    assert "integer" in port and "`8000`" in port and "≥ 1" in port and "≤ 65535" in port
+    assert "integer" in port and "`8000`" in port and "≥ 1" in port and "≤ 65534" in port
     assert "required" in _row(doc, "tiers[].max_context_tokens")
     assert "`null`" in _row(doc, "tiers[].replicas")
     assert '`"pow2"`' in _row(doc, "tiers[].replica_routing")

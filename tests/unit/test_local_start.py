@@ -72,21 +72,21 @@ def _spec(**gateway: object) -> ClusterSpec:
     return spec.model_copy(update={"gateway": spec.gateway.model_copy(update=gateway)})
 
 
-def test_the_default_request_path_keeps_the_serve_proxy() -> None:
-    env = serve_process_env(_spec())
-    assert env == {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+def test_local_runs_get_the_clusters_request_path_with_every_gateway_on_one_node() -> None:
+    from tierline.cluster.render import ray_process_env
 
-
-def test_direct_ingress_gives_gateway_replicas_the_spec_port_and_up() -> None:
-    env = serve_process_env(_spec(direct_ingress=True, port=9100, replicas=2))
+    spec = _spec(port=9100, replicas=2)
+    env = serve_process_env(spec)
     assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    # Serve allocates from range(min, max): replica ports 9100 and 9101
+    assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+    assert env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
+    # Serve allocates from range(min, max): both replicas on this node, ports 9100 and 9101
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9100"
     assert env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "9102"
-    assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" not in env
-
-
-def test_grpc_between_deployments() -> None:
-    env = serve_process_env(_spec(grpc_between_deployments=True))
-    assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
-    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in env
+    # no load balancer to deregister a stopping replica locally: Ray's hold is skipped
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0"
+    cluster = ray_process_env(spec)  # a cluster: one gateway replica per node
+    assert cluster["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "9101"
+    assert {k: v for k, v in env.items() if k in cluster and "MAX_HTTP" not in k} == {
+        k: v for k, v in cluster.items() if "MAX_HTTP" not in k
+    }

@@ -5,12 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tierline.cli.main import app
-from tierline.cluster.render import (
-    IMPORT_PATH,
-    LOCAL_ONLY_GATEWAY_FIELDS,
-    RenderError,
-    serve_config,
-)
+from tierline.cluster.render import IMPORT_PATH, ray_process_env, serve_config
 from tierline.cluster.spec import deployment_name
 from tierline.cluster.specfile import load_spec, parse_spec
 from tierline.deployments.engine import llm_config_kwargs
@@ -24,37 +19,40 @@ def test_serve_config_passes_rays_own_schema(path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     spec = load_spec(path)
-    if any(getattr(spec.gateway, f) for f in LOCAL_ONLY_GATEWAY_FIELDS):
-        # configs/bench.yaml: refused as it is, rendered once its local-only settings are off
-        with pytest.raises(RenderError, match="local runs"):
-            serve_config(spec)
-        off = spec.gateway.model_copy(update=dict.fromkeys(LOCAL_ONLY_GATEWAY_FIELDS, False))
-        spec = spec.model_copy(update={"gateway": off})
     config = serve_config(spec)
     parsed = ServeDeploySchema.model_validate(config)
     (application,) = parsed.applications
     assert application.import_path == IMPORT_PATH
     assert application.route_prefix == "/"
-    assert parsed.http_options.port == spec.gateway.port
+    # the gateway replicas hold gateway.port (one per node); the idle proxy another port
+    assert parsed.http_options.port != spec.gateway.port
+    (gateway,) = application.deployments
+    assert gateway.name == "gateway" and gateway.max_replicas_per_node == 1
     # the spec travels whole: the app builder gets back exactly this spec
     assert parse_spec(application.args["spec"]) == spec
 
 
-def test_cli_render_serve_writes_yaml(root: Path) -> None:
-    res = CliRunner().invoke(app, ["render", "serve", str(root / "configs/local.yaml")])
-    assert res.exit_code == 0, res.output
-    assert yaml.safe_load(res.output) == serve_config(load_spec(root / "configs/local.yaml"))
-
-
-@pytest.mark.parametrize("field", LOCAL_ONLY_GATEWAY_FIELDS)
-def test_local_only_settings_are_refused_not_dropped(root: Path, field: str) -> None:
-    spec = load_spec(root / "configs/local.yaml")
-    spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(update={field: True})})
-    with pytest.raises(RenderError, match=f"gateway.{field}: local runs"):
-        serve_config(spec)
+def test_cli_render_serve_writes_yaml_headed_by_the_nodes_environment(root: Path) -> None:
     path = root / "configs/local.yaml"
     res = CliRunner().invoke(app, ["render", "serve", str(path)])
-    assert res.exit_code == 0
+    assert res.exit_code == 0, res.output
+    spec = load_spec(path)
+    assert yaml.safe_load(res.output) == serve_config(spec)
+    header = [line for line in res.output.splitlines() if line.startswith("#")]
+    for name, value in ray_process_env(spec).items():
+        assert f"#   {name}={value}" in header
+    env = CliRunner().invoke(app, ["render", "ray-env", str(path)])
+    assert env.exit_code == 0, env.output
+    assert dict(line.split("=", 1) for line in env.output.splitlines()) == ray_process_env(spec)
+
+
+def test_the_old_path_switches_are_refused_with_a_reason() -> None:
+    from tierline.cluster.specfile import SpecError
+
+    base = {"tiers": [{"name": "s", "model_source": "org/s", "max_context_tokens": 256}]}
+    for field in ("direct_ingress", "grpc_between_deployments"):
+        with pytest.raises(SpecError, match=f"{field}: removed"):
+            parse_spec({**base, "gateway": {field: True}})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -84,3 +82,20 @@ def test_every_tier_makes_a_valid_llm_config(path: Path) -> None:
         else:
             assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
         assert deployment_name(tier) == f"tier-{tier.name}"
+
+
+def test_the_gateway_refuses_a_ray_cluster_without_direct_ingress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `serve deploy` onto Ray nodes started without `ray-env` fails with what to set,
+    instead of serving the slow path behind Serve's proxy on another port."""
+    from ray.serve._private import constants
+    from tierline.deployments.app import check_direct_ingress
+
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_DIRECT_INGRESS", False)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
+    with pytest.raises(RuntimeError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1") as err:
+        check_direct_ingress()
+    assert "tierline render serve" in str(err.value)
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_DIRECT_INGRESS", True)
+    check_direct_ingress()  # on: nothing to say

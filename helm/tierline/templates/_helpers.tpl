@@ -58,13 +58,13 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 {{- if not (has $host (list "0.0.0.0" "::")) -}}
 {{- fail (printf "spec.gateway.host is %q: on Kubernetes the Serve proxy must bind 0.0.0.0 (or ::) so the gateway Service can reach it" $host) -}}
 {{- end -}}
-{{- if dig "gateway" "direct_ingress" false $spec -}}
-{{- fail "spec.gateway.direct_ingress is true: local runs (tierline up) only for now; the chart does not carry this Ray process setting" -}}
-{{- end -}}
-{{- $http := dict "host" $host "port" (include "tierline.servePort" . | int) -}}
+{{- /* The gateway replicas serve the spec's port themselves (direct ingress, one per pod:
+tierline.rayProcessEnv); Serve's proxy, which carries no traffic, takes the next port. */ -}}
+{{- $http := dict "host" $host "port" (add1 (include "tierline.servePort" . | int)) -}}
 {{- /* JSON log lines with request ids, as tierline.cluster.render.serve_config (its SERVE_LOGGING) */ -}}
 {{- $logging := dict "encoding" "JSON" "log_level" "INFO" -}}
-{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "tierline.deployments.app:build_app" "args" (dict "spec" $spec) "logging_config" $logging -}}
+{{- $gateway := dict "name" "gateway" "max_replicas_per_node" 1 -}}
+{{- $app := dict "name" (default "tierline" $spec.name) "route_prefix" "/" "import_path" "tierline.deployments.app:build_app" "args" (dict "spec" $spec) "logging_config" $logging "deployments" (list $gateway) -}}
 {{- toYaml (dict "proxy_location" "HeadOnly" "http_options" $http "applications" (list $app)) -}}
 {{- end -}}
 
@@ -141,6 +141,7 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 {{- define "tierline.env" -}}
 - name: RAY_TMPDIR
   value: /tmp/ray
+{{ include "tierline.rayProcessEnv" . }}
 - name: HF_HOME
   value: /var/cache/tierline/huggingface
 {{- if .Values.apiKeys.existingSecret }}
@@ -164,6 +165,26 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
       name: {{ .Values.rag.tokenSecret.name }}
       key: {{ .Values.rag.tokenSecret.key }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The request path's settings that Ray reads from its processes' environment, on every pod
+(tierline.cluster.render.ray_process_env; tests/k8s proves the two agree): the gateway
+replica of each pod serves the spec's port itself (Ray Serve direct ingress), and Serve's
+handles talk gRPC.
+*/}}
+{{- define "tierline.rayProcessEnv" -}}
+{{- $port := include "tierline.servePort" . | int -}}
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "1"
+- name: RAY_SERVE_USE_GRPC_BY_DEFAULT
+  value: "1"
+- name: RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP
+  value: "0"
+- name: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
+  value: {{ $port | quote }}
+- name: RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+  value: {{ add1 $port | quote }}
 {{- end -}}
 
 {{/* Volumes of every Ray pod; `shm` is the /dev/shm size in GiB. */}}

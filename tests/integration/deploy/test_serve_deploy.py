@@ -13,11 +13,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from openai import OpenAI
 from tierline.cli.local import endpoint, logical_cpus, wait_ready
-from tierline.cluster.render import serve_config
+from tierline.cluster.render import ray_process_env, serve_config
+from tierline.cluster.spec import ClusterSpec
 
 from tests.integration.conftest import (
     API_KEY,
@@ -31,6 +33,14 @@ BIN = Path(sys.executable).parent
 
 
 TOKEN_ENV: dict[str, str] = {}
+# Ray holds a stopping direct-ingress replica open 30 s for a load balancer to deregister
+# it; nothing sits in front of this test's head, so the hold would only slow its stop.
+NO_BALANCER_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+@pytest.fixture(scope="module")
+def spec() -> ClusterSpec:
+    return local_spec(free_port())
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -55,7 +65,7 @@ def wait_for_dashboard(url: str, head: subprocess.Popen[bytes], timeout_s: float
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_head(tmp_path_factory: pytest.TempPathFactory, spec: ClusterSpec) -> Iterator[str]:
     # Ray's token authentication stays on: the head, `serve deploy` and `serve status` all
     # read the same token file.
     token = tmp_path_factory.mktemp("ray") / "auth_token"
@@ -63,7 +73,6 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     token.chmod(0o600)
     TOKEN_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     dash = free_port()
-    spec = local_spec(free_port())
     # `--block` keeps this head's processes under one parent that we stop, instead of
     # `ray stop`, which would stop every Ray cluster on the machine.
     head = subprocess.Popen(
@@ -79,7 +88,14 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--include-dashboard=true",
             "--disable-usage-stats",
         ],
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **TOKEN_ENV},
+        # What `tierline render serve` says every node of the cluster must have.
+        env={
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **TOKEN_ENV,
+            **ray_process_env(spec),
+            **NO_BALANCER_ENV,
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -99,8 +115,16 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert not leaked, "the Ray head left processes behind:\n" + "\n".join(leaked)
 
 
-def test_rendered_config_deploys_and_serves(ray_head: str, tmp_path: Path) -> None:
-    spec = local_spec(free_port())
+def _listener(port: int) -> str:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return " ".join(psutil.Process(conn.pid).cmdline())
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_rendered_config_deploys_and_serves(
+    ray_head: str, spec: ClusterSpec, tmp_path: Path
+) -> None:
     config_file = tmp_path / "serve.yaml"
     config_file.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
     deployed = run(str(BIN / "serve"), "deploy", str(config_file), "--address", ray_head)
@@ -114,6 +138,9 @@ def test_rendered_config_deploys_and_serves(ray_head: str, tmp_path: Path) -> No
     )
     assert raw.headers["x-tierline-tier"] == "small"
     assert raw.parse().usage.completion_tokens <= 4
+    # the fast path: the gateway replica itself holds the spec's port, not Serve's proxy
+    owner = _listener(spec.gateway.port)
+    assert "ServeReplica" in owner and "gateway" in owner, owner
     status = run(str(BIN / "serve"), "status", "--address", ray_head)
     assert status.returncode == 0
     apps = yaml.safe_load(status.stdout)["applications"]

@@ -39,6 +39,11 @@ class UpCluster:
     tree: dict[int, str] = field(default_factory=dict)
     """Processes of this cluster, recorded before anything stops it."""
 
+    @property
+    def gateway_ports(self) -> list[int]:
+        """Where the gateway replicas answer: replica i on gateway.port + i."""
+        return [self.spec.gateway.port + i for i in range(self.spec.gateway.replicas)]
+
     def stopped(self) -> bool:
         return self.process.poll() is not None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
 from dataclasses import dataclass, field
@@ -119,10 +120,19 @@ async def send(client: httpx.AsyncClient, body: dict, headers: dict[str, str]) -
 
 
 def client_for(cluster: UpCluster, timeout_s: float = 120) -> httpx.AsyncClient:
+    """A client whose requests take turns over the gateway replicas: each serves its own
+    port (direct ingress; in a local run replica i is on gateway.port + i), as a load
+    balancer in front of them would spread them."""
+    ports = itertools.cycle(cluster.gateway_ports)
+
+    async def spread(request: httpx.Request) -> None:
+        request.url = request.url.copy_with(port=next(ports))
+
     return httpx.AsyncClient(
         base_url=cluster.url,
         timeout=timeout_s,
         limits=httpx.Limits(max_connections=400, max_keepalive_connections=400),
+        event_hooks={"request": [spread]},
     )
 
 

@@ -1,0 +1,262 @@
+"""One plan per request: the tiers it may use, its prompt length in each, its budget.
+
+A request is looked at in two steps. `scope` does the cheap checks (limits, the model
+it names, the tenant's tiers, the preference header) and says which tiers the request
+may use; nothing is tokenised. Once the request is past admission at the edge,
+`count_prompt_tokens` counts its prompt in each candidate tier's tokenizer (blocking: the
+gateway runs it off the event loop, in one thread call), and `Scope.plan` freezes the
+result into a `RequestPlan`. Routing (`decide_route`), the quota reservation and the
+cascade all read their counts from the plan: a request is tokenised once.
+
+Pure functions of plain data, besides the learned router's calibration state, which
+`LearnedRouter.decide` advances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
+from tierline.deployments.errors import APIError
+from tierline.deployments.routing import LearnedRouter
+from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
+from tierline.deployments.tokens import EstimatingCounter, TokenCounter
+from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
+from tierline.router.learned import PREFERENCES
+
+__all__ = [
+    "REASON_HEADER",
+    "RETRY_AFTER_S",
+    "TIER_HEADER",
+    "RequestPlan",
+    "Scope",
+    "count_prompt_tokens",
+    "decide_route",
+    "needs_tokenizer",
+    "rules_policy",
+    "scope",
+]
+
+TIER_HEADER = "x-tierline-tier"
+REASON_HEADER = "x-tierline-route-reason"
+RETRY_AFTER_S = 1
+
+
+def rules_policy(spec: ClusterSpec) -> RulesPolicy:
+    p = spec.router.params
+    return RulesPolicy(
+        long_prompt_tokens=p.long_prompt_tokens,
+        hard_keywords=tuple(p.hard_keywords),
+        default_tier=spec.router.default_tier,
+        hard_tier=p.hard_tier,
+        cold_start=spec.router.cold_start,
+    )
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What routing, admission and the cascade need to know of one request."""
+
+    tiers: tuple[str, ...]
+    """Candidate tiers, cheapest first: the pinned tier alone, or the tenant's tiers."""
+    prompt_tokens: Mapping[str, int]
+    """Prompt length in each candidate tier's tokenizer, chat template included."""
+    completion_budget: int | None
+    """max_tokens (or max_completion_tokens); None when the request sets none."""
+    pinned: str | None
+    """The tier the request's `model` names; None for auto."""
+    adapter_id: str | None
+    """The engine-side id of the LoRA adapter the request names, if any."""
+    text: str
+    """The request's text, for content heuristics and the learned scorer."""
+
+    def features(self) -> RequestFeatures:
+        return RequestFeatures(
+            text=self.text,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_budget or 1,
+            pinned_tier=self.pinned,
+        )
+
+    def reservation(self, tier: str) -> int:
+        """Tokens the tenant's quota reserves for the request on `tier`."""
+        return self.prompt_tokens[tier] + (self.completion_budget or 0)
+
+    def needed(self, tier: str) -> int:
+        """Context the request needs on `tier` (as the router counts it)."""
+        return self.prompt_tokens[tier] + (self.completion_budget or 1)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The tiers a request may use, from the cheap checks alone (nothing tokenised)."""
+
+    tiers: tuple[TierSpec, ...]
+    pinned: TierSpec | None
+    adapter_id: str | None
+    completion_budget: int | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tiers)
+
+    def plan(self, prompt_tokens: Mapping[str, int], text: str) -> RequestPlan:
+        return RequestPlan(
+            tiers=self.names,
+            prompt_tokens=dict(prompt_tokens),
+            completion_budget=self.completion_budget,
+            pinned=self.pinned.name if self.pinned is not None else None,
+            adapter_id=self.adapter_id,
+            text=text,
+        )
+
+
+def _check_limits(spec: ClusterSpec, body: _Generation, budget: int | None) -> None:
+    g = spec.gateway
+    if budget is not None and budget > g.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens is {budget}; this gateway allows at most {g.max_tokens_limit}",
+            code="max_tokens_too_large",
+            param="max_tokens",
+        )
+    if body.n > g.max_n:
+        raise APIError(
+            400, f"n is {body.n}; at most {g.max_n} is allowed", code="n_too_large", param="n"
+        )
+    if isinstance(body, ChatCompletionBody) and len(body.messages) > g.max_messages:
+        raise APIError(
+            400,
+            f"{len(body.messages)} messages; at most {g.max_messages} are allowed",
+            code="too_many_messages",
+            param="messages",
+        )
+
+
+def scope(
+    spec: ClusterSpec,
+    quota: QuotaSpec,
+    body: _Generation,
+    tenant: str,
+    preference: str | None = None,
+    learned: bool = False,
+) -> Scope:
+    """The cheap checks, in order: limits (400), the model (404), the tenant's tiers
+    (403), and with the learned policy the preference header (400)."""
+    budget: int | None = body.completion_budget()  # type: ignore[attr-defined]
+    _check_limits(spec, body, budget)
+    pinned: TierSpec | None = None
+    if body.model != AUTO_MODEL:
+        pinned = spec.resolve_model(body.model)
+        if pinned is None:
+            known = ", ".join([AUTO_MODEL, *(t.model_name for t in spec.tiers)])
+            raise APIError(
+                404,
+                f"model {body.model!r} does not exist; available: {known}",
+                code="model_not_found",
+                param="model",
+            )
+    allowed = [t for t in spec.tiers if quota.tiers is None or t.name in quota.tiers]
+    if pinned is not None and pinned not in allowed:
+        raise APIError(
+            403,
+            f"tenant {tenant!r} may not use tier {pinned.name!r}",
+            code="tier_not_allowed",
+            param="model",
+        )
+    tiers = [pinned] if pinned is not None else allowed
+    if not tiers:
+        raise APIError(403, f"tenant {tenant!r} may not use any tier", code="no_tiers")
+    if learned and pinned is None and preference is not None and preference not in PREFERENCES:
+        raise APIError(
+            400,
+            f"preference {preference!r} is not one of {', '.join(PREFERENCES)}",
+            code="invalid_preference",
+            param="x-tierline-preference",
+        )
+    # A LoRA adapter request runs on its tier only: no other tier has the adapter.
+    adapter = spec.resolve_adapter(body.model)
+    adapter_id = (
+        pinned.adapter_model_id(adapter[1]) if adapter is not None and pinned is not None else None
+    )
+    return Scope(tuple(tiers), pinned, adapter_id, budget)
+
+
+# -- counting ------------------------------------------------------------------------------------
+def _prompt_counter(body: _Generation) -> Callable[[TokenCounter], int]:
+    """How to count the request's prompt with one tokenizer (the body read once)."""
+    if isinstance(body, ChatCompletionBody):
+        messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in body.messages]
+        return lambda counter: counter.chat(messages)
+    assert isinstance(body, CompletionBody)
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        text = prompt
+        return lambda counter: counter.text(text)
+    if prompt and all(isinstance(p, int) for p in prompt):
+        n = len(prompt)
+        return lambda _: n
+    texts = [p for p in prompt if isinstance(p, str)]
+    return lambda counter: max((counter.text(p) for p in texts), default=0)
+
+
+def _token_ids(body: _Generation) -> bool:
+    return (
+        isinstance(body, CompletionBody)
+        and isinstance(body.prompt, list)
+        and bool(body.prompt)
+        and all(isinstance(p, int) for p in body.prompt)
+    )
+
+
+def needs_tokenizer(
+    body: _Generation, counters: Mapping[str, TokenCounter], tiers: Sequence[str]
+) -> bool:
+    """Whether counting takes a tokenizer's time (worth a thread): not for token-id
+    prompts, nor when every counter is the byte-length estimate."""
+    if _token_ids(body):
+        return False
+    return not all(isinstance(counters[t], EstimatingCounter) for t in tiers)
+
+
+def count_prompt_tokens(
+    body: _Generation, counters: Mapping[str, TokenCounter], tiers: Sequence[str]
+) -> dict[str, int]:
+    """The prompt's length in each tier's tokenizer; tiers sharing a counter count once.
+    Blocking (a tokenizer's work): the gateway calls it off the event loop."""
+    count = _prompt_counter(body)
+    by_counter: dict[int, int] = {}
+    out = {}
+    for name in tiers:
+        counter = counters[name]
+        key = id(counter)
+        if key not in by_counter:
+            by_counter[key] = count(counter)
+        out[name] = by_counter[key]
+    return out
+
+
+# -- routing -------------------------------------------------------------------------------------
+def decide_route(
+    plan: RequestPlan,
+    states: Sequence[TierState],
+    policy: RulesPolicy,
+    learned: LearnedRouter | None = None,
+    preference: str | None = None,
+    quality: Mapping[str, float] | None = None,
+) -> Decision:
+    """The tier for a planned request, from the tiers' states (`states`: the plan's
+    tiers, cheapest first). The router's refusals become API errors (503s with
+    Retry-After)."""
+    features = plan.features()
+    try:
+        if learned is not None and plan.pinned is None:
+            return learned.decide(features, states, preference, quality)
+        return decide(features, states, policy)
+    except RoutingError as err:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+        raise APIError(
+            err.status, err.message, code=err.code, param=err.param, headers=headers
+        ) from None

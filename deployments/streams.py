@@ -1,0 +1,100 @@
+"""An engine's answer on its way out: SSE for streams, a clean end for whole answers.
+
+The engine client's items (`EngineError`, a whole answer `dict`, SSE text) become the
+wire format here, once. `sse_events` also reads the usage chunk, so the gateway can
+settle the tenant's quota with the tokens really used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from tierline.deployments.engine_client import EngineError, EngineItem
+from tierline.deployments.errors import error_body
+
+__all__ = ["finish_whole_answer", "sse_events", "total_tokens"]
+
+logger = logging.getLogger("ray.serve.tierline.gateway")
+
+
+async def finish_whole_answer(
+    stream: AsyncGenerator[EngineItem, None], timeout_s: float = 2.0
+) -> None:
+    """After a whole (non-streaming) answer, let the engine call end by itself before
+    closing the stream: cancelling it right after its only item races the engine's own
+    end, and the engine replica then logs the call as cancelled or not at all (its log
+    loses the request id). Bounded: an engine that does not end in `timeout_s` is closed."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in stream:
+                pass
+    except Exception as err:  # TimeoutError, or the engine failed after answering
+        logger.debug("engine stream after a whole answer: %r", err)
+    finally:
+        await stream.aclose()
+
+
+def _sse_error(message: str) -> str:
+    return f"data: {json.dumps(error_body(500, message, code='stream_error'))}\n\n"
+
+
+def total_tokens(body: dict[str, Any]) -> int | None:
+    usage = body.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        return int(usage["total_tokens"])
+    return None
+
+
+def _usage_of_event(event: str) -> int | None:
+    for line in event.splitlines():
+        if line.startswith("data: {") and '"usage"' in line:
+            try:
+                return total_tokens(json.loads(line[6:]))
+            except ValueError:
+                return None
+    return None
+
+
+async def sse_events(
+    first: EngineItem,
+    rest: AsyncGenerator[EngineItem, None],
+    on_end: Callable[[int | None], Awaitable[None]] | None = None,
+) -> AsyncIterator[str]:
+    """The engine's stream as SSE, always ending in `data: [DONE]`, errors included.
+
+    `on_end` gets the total tokens from the stream's usage chunk, however the stream ends
+    (completed, broken, or the client went away)."""
+    done = False
+    used: int | None = None
+
+    def emit(item: EngineItem) -> str:
+        nonlocal done, used
+        if isinstance(item, EngineError):
+            return _sse_error(item.message)
+        if isinstance(item, dict):
+            return f"data: {json.dumps(item)}\n\n"
+        if item.rstrip().endswith("data: [DONE]"):
+            done = True
+        used = _usage_of_event(item) or used
+        return item
+
+    try:
+        yield emit(first)
+        async for item in rest:
+            yield emit(item)
+        if not done:
+            yield "data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        raise  # the client went away: closing `rest` cancels the engine request
+    except Exception as err:
+        logger.warning("stream broke mid-way: %r", err)
+        yield _sse_error("the engine stream broke before the answer was complete")
+        yield "data: [DONE]\n\n"
+    finally:
+        await rest.aclose()
+        if on_end is not None:
+            await on_end(used)
