@@ -461,7 +461,9 @@ class GatewaySpec(_Strict):
         2.0,
         gt=0,
         description="After a failure before any output, how long a retry on the same tier "
-        "waits for its first output before the tier's fallback_tier takes the request.",
+        "waits for its first output before the tier's fallback_tier takes the request; "
+        "also how long a call waits for room when the tier's Serve queue is momentarily "
+        "full before the tier counts as overloaded.",
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."

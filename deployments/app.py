@@ -71,7 +71,12 @@ class Gateway:
         clients: dict[str, EngineClient] = {
             t.name: external_client(t)
             if t.is_external
-            else ServeEngineClient(self._engines[t.name], t.model_name, adapter_sources(t))
+            else ServeEngineClient(
+                self._engines[t.name],
+                t.model_name,
+                adapter_sources(t),
+                queue_wait_s=self._spec.gateway.failover_timeout_s,
+            )
             for t in self._spec.tiers
         }
         auth = self._spec.gateway.auth

@@ -10,7 +10,9 @@ not depend on Ray Serve LLM's batching or response classes:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -111,9 +113,19 @@ class ServeEngineClient:
     """
 
     def __init__(
-        self, handle: Any, model: str, adapters: Collection[str] = (), grpc: bool = True
+        self,
+        handle: Any,
+        model: str,
+        adapters: Collection[str] = (),
+        grpc: bool = True,
+        queue_wait_s: float = 1.0,
     ) -> None:
         self._handle = handle
+        # A burst can find Serve's queue of the tier full for a moment, while requests in
+        # it are still being handed to replicas: a call Serve refuses for back-pressure is
+        # tried again (short, growing pauses) for up to `queue_wait_s` before the tier is
+        # reported overloaded. The gateway only calls for requests it has admitted.
+        self._queue_wait_s = queue_wait_s
         # `grpc`: the calls go over the replicas' inter-deployment gRPC servers instead of
         # Ray actor calls (measured in BENCHMARKS.md: about half the CPU per call). Set on
         # the handle here, in the gateway replica: the handles arrive built by the driver
@@ -139,25 +151,35 @@ class ServeEngineClient:
         target = self._stream
         if body.get("model") in self._adapters:  # Serve loads it (LRU) on a replica
             target = target.options(multiplexed_model_id=body["model"])
-        stream = getattr(target, method).remote(request)
-        finished = False
-        try:
-            async for item in stream:
-                for out in normalise(item):
-                    yield out
-            finished = True
-        except BackPressureError:
-            # The tier's queue is full: refuse at once rather than queue without bound.
-            finished = True
-            yield EngineError(503, "the tier is at capacity; retry shortly", OVERLOADED)
-        except (VLLMClientError, ValueError, TypeError) as err:
-            # The engine refused this request's input (Ray re-raises the replica's error as
-            # an instance of its class): a 400, not a replica failure to retry or fail over.
-            finished = True
-            yield EngineError(400, f"invalid request: {err}")
-        finally:
-            if not finished:
-                stream.cancel()  # the client left or we stopped reading: stop generating
+        give_up = time.monotonic() + self._queue_wait_s
+        for attempt in itertools.count():
+            stream = getattr(target, method).remote(request)
+            finished = False
+            try:
+                async for item in stream:
+                    for out in normalise(item):
+                        yield out
+                finished = True
+                return
+            except BackPressureError:
+                finished = True  # refused before any output: nothing runs to cancel
+                pause = min(0.02 * 2**attempt, 0.2)
+                if time.monotonic() + pause < give_up:
+                    await asyncio.sleep(pause)
+                    continue
+                # Still full: refuse rather than queue without bound.
+                yield EngineError(503, "the tier is at capacity; retry shortly", OVERLOADED)
+                return
+            except (VLLMClientError, ValueError, TypeError) as err:
+                # The engine refused this request's input (Ray re-raises the replica's error
+                # as an instance of its class): a 400, not a replica failure to retry or
+                # fail over.
+                finished = True
+                yield EngineError(400, f"invalid request: {err}")
+                return
+            finally:
+                if not finished:
+                    stream.cancel()  # the client left or we stopped reading: stop generating
 
     async def _warm_up(self) -> None:
         base = {"model": self._model, "max_tokens": 1, "temperature": 0}

@@ -327,3 +327,68 @@ def test_grpc_between_deployments_sets_the_handles_transport(
     handle = OptionsHandle()
     ServeEngineClient(handle, "small", grpc=grpc)
     assert handle.options_seen == [{"stream": True, "_by_reference": by_reference}]
+
+
+class _Refusing:
+    """A streaming handle method whose first `refusals` calls Serve refuses for
+    back-pressure; later calls stream one chunk."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.calls = 0
+
+    def remote(self, request: Any) -> Any:
+        self.calls += 1
+        refused = self.calls <= self.refusals
+
+        return _Stream(refused)
+
+
+class _Stream:
+    def __init__(self, refused: bool) -> None:
+        self.refused = refused
+
+    def __aiter__(self) -> Any:
+        return self._items()
+
+    async def _items(self) -> Any:
+        from ray.serve.exceptions import BackPressureError
+
+        if self.refused:
+            raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
+        yield 'data: {"choices": []}\n\n'
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Handle:
+    def __init__(self, refusals: int) -> None:
+        self.completions = _Refusing(refusals)
+
+    def options(self, **kw: Any) -> _Handle:
+        return self
+
+
+@pytest.mark.parametrize(("refusals", "wait_s", "overloaded"), [(2, 5.0, False), (99, 0.1, True)])
+def test_a_momentarily_full_serve_queue_is_waited_for_then_reported(
+    refusals: int, wait_s: float, overloaded: bool
+) -> None:
+    import asyncio
+
+    from tierline.deployments.engine_client import OVERLOADED, EngineError, ServeEngineClient
+
+    handle = _Handle(refusals)
+    client = ServeEngineClient(handle, "small", queue_wait_s=wait_s)
+    body = {"model": "small", "prompt": "hi", "max_tokens": 1}
+
+    async def items() -> list[Any]:
+        return [item async for item in client.generate("completions", body)]
+
+    got = asyncio.run(items())
+    if overloaded:
+        assert len(got) == 1 and isinstance(got[0], EngineError) and got[0].type == OVERLOADED
+        assert 2 <= handle.completions.calls < 99  # retried within the bound, then gave up
+    else:
+        assert not any(isinstance(i, EngineError) for i in got)
+        assert handle.completions.calls == refusals + 1

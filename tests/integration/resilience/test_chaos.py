@@ -221,6 +221,11 @@ def test_a_request_to_a_full_tier_is_refused_at_once(up_cluster: UpCluster) -> N
                 held = [t.result().status for t in hold if t.done()]
                 raise AssertionError(f"the large tier never filled up; holders ended: {held}")
             out = [await send(c, chat("large"), AUTH) for _ in range(probes)]
+            ended = [t.result() for t in hold if t.done()]
+            print(
+                "holders ended before the probes did: "
+                f"{[(o.status, o.code, o.events, round(o.seconds, 2)) for o in ended]}"
+            )
             for task in hold:  # the clients walk away; the engine stops their streams
                 task.cancel()
             await asyncio.gather(*hold, return_exceptions=True)
