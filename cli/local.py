@@ -85,10 +85,28 @@ def serve_process_env(spec: ClusterSpec) -> dict[str, str]:
     }
 
 
-def _port_free(port: int) -> bool:
+def wait_ports_free(host: str, ports: range, timeout_s: float = 60.0) -> None:
+    """Wait until every port of `ports` can be bound on `host`: a cluster stopped just
+    before (a restart) may still be releasing the gateway's ports, and Ray's port
+    allocation for direct ingress fails the deployment at once on a busy port."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        busy = [p for p in ports if not _port_free(p, host)]
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"port(s) {busy} on {host} are in use: the gateway replicas serve them "
+                "(gateway.port and up); stop what holds them or choose another gateway.port"
+            )
+        time.sleep(0.5)
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -225,6 +243,8 @@ def start(
     # In the environment only while Ray starts: its node processes (and through them the
     # Serve proxy) inherit it, this driver does not keep it, so handles made here keep
     # their own router loop and may block on `.result()`.
+    gateway_ports = range(spec.gateway.port, spec.gateway.port + spec.gateway.replicas)
+    wait_ports_free(spec.gateway.host, gateway_ports)
     process_env = serve_process_env(spec)
     saved = {name: os.environ.get(name) for name in process_env}
     for name, value in process_env.items():
@@ -239,7 +259,6 @@ def start(
                 os.environ[name] = old
     # The gateway replicas hold the spec's port and up; the proxy, which Serve still
     # starts, gets a free port and carries no tierline traffic.
-    gateway_ports = range(spec.gateway.port, spec.gateway.port + spec.gateway.replicas)
     proxy_port = next(p for p in iter(_free_port, None) if p not in gateway_ports)
     if watcher is not None:
         watcher.phase("deploy", ray_logs_dir() or "")

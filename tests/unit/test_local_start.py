@@ -90,3 +90,17 @@ def test_local_runs_get_the_clusters_request_path_with_every_gateway_on_one_node
     assert {k: v for k, v in env.items() if k in cluster and "MAX_HTTP" not in k} == {
         k: v for k, v in cluster.items() if "MAX_HTTP" not in k
     }
+
+
+def test_a_gateway_port_still_held_is_waited_for_then_named() -> None:
+    import socket
+
+    from tierline.cli.local import wait_ports_free
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"\\[{port}\\]"):
+            wait_ports_free("127.0.0.1", range(port, port + 1), timeout_s=0.2)
+    wait_ports_free("127.0.0.1", range(port, port + 1), timeout_s=5)  # released: returns
