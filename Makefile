@@ -90,8 +90,11 @@ check: $(STAMP)
 generate: $(STAMP) helm
 	$(BIN)/python -m tools.generate
 
-# RAG benchmark (once: needs `apt-get install python3-doc`; embeddings cached in .cache/).
+# RAG benchmarks: retrieval quality over the shipped labelled sets (bench/data/rag_quality,
+# table printed, bench/results/rag_quality.json), then recall/latency at >= 100k chunks
+# (needs `apt-get install python3-doc`; embeddings cached in .cache/).
 bench-rag: models
+	$(BIN)/python -m bench.rag_quality --out bench/results/rag_quality.json
 	$(BIN)/python -m bench.rag_bench --out bench/results/rag.json
 
 # RAG time to first token: a local cluster with RAG on, the same chat with and without

@@ -36,6 +36,7 @@ from tierline.rag.parsing import html_to_text
 from tierline.rag.records import Chunk, Document
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MilvusChunkStore
+from tierline.rag.tenancy import physical_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,12 +144,12 @@ def hybrid_latency(core: RagCore, name: str, queries: list[str], qvecs: np.ndarr
     lat = []
     for q, v in zip(queries, qvecs, strict=True):
         t = time.perf_counter()
-        core.retrieve(name, q, v, 10)
+        core.retrieve("t", name, q, v, 10)
         lat.append(time.perf_counter() - t)
     flt = []
     for q, v in zip(queries, qvecs, strict=True):
         t = time.perf_counter()
-        core.retrieve(name, q, v, 10, {"src": "python-doc"})
+        core.retrieve("t", name, q, v, 10, {"src": "python-doc"})
         flt.append(time.perf_counter() - t)
     return {
         "hybrid_p50_ms": pct(lat, 50),
@@ -169,7 +170,7 @@ async def store_and_index(
     store = MilvusChunkStore(str(path))
     core = RagCore(settings, store, LocalEmbedder(model), tokenize)
     await core.start()
-    await core.create_collection("bench")
+    await core.create_collection("t", "bench")
     by_doc: dict[str, list[int]] = {}
     for i, c in enumerate(chunks):
         by_doc.setdefault(c.document_id, []).append(i)
@@ -203,7 +204,11 @@ def milvus_server_side(core: RagCore, qvecs: np.ndarray, n: int) -> dict:
     for q in qvecs[:n]:
         t = time.perf_counter()
         client.search(
-            "bench", [q.tolist()], anns_field="dense", limit=10, output_fields=["document_id"]
+            physical_name("t", "bench"),
+            [q.tolist()],
+            anns_field="dense",
+            limit=10,
+            output_fields=["document_id"],
         )
         lat.append(time.perf_counter() - t)
     return {"queries": n, "p50_ms": pct(lat, 50), "index": "FLAT (Milvus Lite 3, pure Python)"}
@@ -226,11 +231,11 @@ async def ingestion(
     shutil.rmtree(path, ignore_errors=True)
     core = RagCore(settings, MilvusChunkStore(str(path)), LocalEmbedder(model), tokenize)
     await core.start()
-    await core.create_collection("ingest")
+    await core.create_collection("t", "ingest")
     t0 = time.perf_counter()
     n = 0
     for s in range(0, len(docs), 8):
-        n += (await core.ingest("ingest", docs[s : s + 8]))["chunks"]
+        n += (await core.ingest("t", "ingest", docs[s : s + 8]))["chunks"]
     took = time.perf_counter() - t0
     core.store.close()
     return {

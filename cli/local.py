@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -329,14 +330,81 @@ def drain(spec: ClusterSpec) -> int:
     return sum(left.values())
 
 
-def stop() -> None:
+def node_going_down() -> bool:
+    """Whether a Ray daemon this process started has exited: the node is stopping (say, a
+    SIGTERM to the whole process group reached Ray's daemons too) and Serve can no longer
+    be asked anything. Calls to it would hang; the drain and Serve's shutdown are skipped."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node is None or bool(node.dead_processes())
+
+
+def run_bounded(
+    fn: Callable[[], object], timeout_s: float, abort: Callable[[], bool] = node_going_down
+) -> bool:
+    """Run `fn` in a thread for at most `timeout_s`, giving up early once `abort()` is true.
+    Returns whether it finished (an exception it raised counts as finished, and is logged)."""
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            fn()
+        except Exception as err:  # shutting down anyway
+            log.warning("%s failed: %s", getattr(fn, "__name__", fn), err)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="tierline-stop", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(0.2):
+        if time.monotonic() > deadline or abort():
+            return False
+    return True
+
+
+# How long `stop` waits for this cluster's engine processes to end after Ray has stopped:
+# each replica's watchdog ends them within its grace period once the replica is gone.
+ENGINES_GONE_TIMEOUT_S = 20.0
+# Serve's shutdown waits for its replicas' graceful stops; past this it is given up on.
+SERVE_SHUTDOWN_TIMEOUT_S = 120.0
+
+
+def stop(graceful: bool = True) -> None:
+    """Shut Serve (its replicas stop their engines) and Ray down, then wait for this
+    cluster's engine processes to end, ending those that outlived their replica
+    (`tierline.cluster.reaper`). Without `graceful`, or once the node is going down, Serve
+    is not asked: Ray's shutdown ends the replicas, their watchdogs the engines."""
     import ray
     from ray import serve
 
+    cluster = str(ray.get_runtime_context().gcs_address) if ray.is_initialized() else None
     try:
-        serve.shutdown()
+        if graceful and not node_going_down():
+            run_bounded(serve.shutdown, SERVE_SHUTDOWN_TIMEOUT_S)
     finally:
         ray.shutdown()
+        if cluster is not None:
+            wait_engines_gone(cluster, ENGINES_GONE_TIMEOUT_S)
+
+
+def wait_engines_gone(cluster: str, timeout_s: float) -> int:
+    """Wait until no engine process of `cluster` is left on this machine, ending the ones
+    whose replica is gone; returns how many were still there at the end."""
+    from tierline.cluster.reaper import NodeReaper
+
+    reaper = NodeReaper(cluster)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ended = reaper.sweep()
+        if ended:
+            log.warning("ended %d engine process(es) left after shutdown", len(ended))
+        left = [
+            p for p in reaper.table.snapshot().values() if p.owner and p.owner.cluster == cluster
+        ]
+        if not left or time.monotonic() > deadline:
+            return len(left)
+        time.sleep(0.5)
 
 
 def sample_curl(url: str, model: str = "auto", key_file: Path | None = None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from tierline.cli import keys, models, render, run, validate
+from tierline.cli import down, keys, models, render, run, validate
 from tierline.cli import plan as plan_cli
 from tierline.cli import profile as profile_cli
 from tierline.cli import rag as rag_cli
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("validate")(validate.validate)
 app.command("up")(run.up)
+app.command("down")(down.down)
 app.command("plan")(plan_cli.plan)
 app.command("status")(status_cli.status)
 app.command("profile")(profile_cli.profile)

@@ -126,11 +126,19 @@ def query(
 
 
 @app.command()
-def collections(url: str = URL, api_key: str | None = API_KEY) -> None:
-    """List collections with their document and chunk counts."""
+def collections(
+    url: str = URL,
+    api_key: str | None = API_KEY,
+    all_tenants: bool = typer.Option(
+        False, "--all-tenants", help="Every tenant's collections (needs an operator key)."
+    ),
+) -> None:
+    """List your tenant's collections with their document and chunk counts."""
     with _client(url, api_key) as http:
-        out = _check(http.get("/v1/rag/collections"))
-    table = Table("collection", "documents", "chunks")
+        params = {"all_tenants": "true"} if all_tenants else {}
+        out = _check(http.get("/v1/rag/collections", params=params))
+    table = Table(*(["tenant"] if all_tenants else []), "collection", "documents", "chunks")
     for c in out["data"]:
-        table.add_row(c["name"], str(c["documents"]), str(c["chunks"]))
+        owner = [c["tenant"]] if all_tenants else []
+        table.add_row(*owner, c["name"], str(c["documents"]), str(c["chunks"]))
     console.print(table)

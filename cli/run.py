@@ -131,16 +131,22 @@ def _up(
         for line in failure_report(err, tail, log_path, watcher.ray_logs):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
     finally:
-        if started:
+        graceful = started and not local.node_going_down()
+        if started and not graceful:
+            console.print("Ray is stopping already: no drain")
+        elif started:
             console.print(f"draining (up to {spec.gateway.drain_timeout_s:.0f}s)...")
-            try:
-                left = local.drain(spec)
-                if left:
-                    console.print(f"{left} request(s) still running at the end of the window")
-            except Exception as err:  # shutting down anyway
-                console.print(f"drain failed: {err}")
+            left: list[int] = []
+            # Bounded, and given up on at once if Ray's daemons go (a group SIGTERM).
+            finished = local.run_bounded(
+                lambda: left.append(local.drain(spec)), spec.gateway.drain_timeout_s + 30
+            )
+            if not finished:
+                console.print("drain cut short: Ray is stopping")
+            elif left and left[0]:
+                console.print(f"{left[0]} request(s) still running at the end of the window")
         console.print("shutting down...")
-        local.stop()
+        local.stop(graceful=graceful and not local.node_going_down())
         console.print("stopped.")
     return code
 

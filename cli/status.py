@@ -1,6 +1,6 @@
 """`tierline status`: a live table of a running cluster, from its documented endpoints.
 
-Sources: the gateway's `/readyz` (tiers and readiness, public), its `/v1/models` (each
+Sources: the gateway's `/readyz` (tiers and readiness, with the key), its `/v1/models` (each
 tier's served model name, with an API key) and the metrics page of Ray's metrics agent
 (`--metrics-url`, one per node: tierline's `ray_tierline_*`, Serve's `ray_serve_*`,
 vLLM's `ray_vllm_*` and the nodes' GPU gauges `ray_node_gram_*`). The table itself is
@@ -290,8 +290,9 @@ def gateway_state(src: Sources) -> tuple[list[str], dict[str, bool] | None, dict
     ready: dict[str, bool] | None = None
     names: dict[str, str] = {}
     base = src.url.rstrip("/")
-    try:
-        resp = httpx.get(f"{base}/readyz", timeout=10)
+    auth = {"Authorization": f"Bearer {src.api_key}"} if src.api_key else {}
+    try:  # per-tier readiness needs a key; anonymously /readyz says only ready or not
+        resp = httpx.get(f"{base}/readyz", headers=auth, timeout=10)
         ready = {str(k): bool(v) for k, v in resp.json().get("tiers", {}).items()}
     except (httpx.HTTPError, ValueError, AttributeError):
         ready = None
@@ -299,7 +300,7 @@ def gateway_state(src: Sources) -> tuple[list[str], dict[str, bool] | None, dict
         try:
             resp = httpx.get(
                 f"{base}/v1/models",
-                headers={"Authorization": f"Bearer {src.api_key}"},
+                headers=auth,
                 timeout=10,
             )
             if resp.status_code == 200:

@@ -5,6 +5,8 @@
 `tierline_gpus 0` and `tierline_gpu_nvml_available{status=...} 0`. `NodeGpuExporter` serves one
 collector over HTTP once `start()` is called; `start_node_exporters` runs one as a Ray actor
 on every alive node, and `python -m tierline.cluster.exporter --port 9400` runs it as a process.
+Each node's exporter also runs that node's orphaned-engine reaper (`cluster.reaper`): the
+actors for their Ray cluster, the process for the cluster `--reap-cluster` names.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from tierline.cluster.nvml import GpuReader, NodeGpus, NvmlGpuReader
+from tierline.cluster.reaper import NodeReaper
 
 __all__ = [
     "DEFAULT_PORT",
@@ -91,6 +94,13 @@ class NodeGpuExporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GpuCollector(self.node, reader or NvmlGpuReader()))
         self._server: Any = None
+        self.reaper: NodeReaper | None = None
+
+    def start_reaper(self, cluster: str, interval_s: float = 10.0) -> None:
+        """Sweep this node for `cluster`'s orphaned engine processes every `interval_s`,
+        counted in `tierline_reaped_engine_processes_total` on this exporter's page."""
+        self.reaper = NodeReaper(cluster, interval_s=interval_s, registry=self.registry)
+        self.reaper.start()
 
     def scrape(self) -> str:
         """The metrics page, as Prometheus would get it."""
@@ -105,6 +115,9 @@ class NodeGpuExporter:
         return int(server.server_address[1])
 
     def stop(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()
+            self.reaper = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -119,11 +132,12 @@ class NodeExporterHandle:
     actor: Any  # keep it: the exporter lives as long as this handle
 
 
-def start_node_exporters(port: int = DEFAULT_PORT) -> list[NodeExporterHandle]:
+def start_node_exporters(port: int = DEFAULT_PORT, reap: bool = True) -> list[NodeExporterHandle]:
     """Start a GPU exporter actor pinned to every alive node of the connected Ray cluster.
 
     Each actor reserves no CPU, so it never competes with engines, and serves `/metrics` on
-    `port` of its node (0: a free port, reported in the handle).
+    `port` of its node (0: a free port, reported in the handle). With `reap`, each also
+    ends its node's engine processes of this cluster that outlived their replica.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -134,7 +148,9 @@ def start_node_exporters(port: int = DEFAULT_PORT) -> list[NodeExporterHandle]:
         def __init__(self, node: str) -> None:
             self._exporter = NodeGpuExporter(node)
 
-        def start(self, port: int) -> int:
+        def start(self, port: int, cluster: str | None) -> int:
+            if cluster is not None:
+                self._exporter.start_reaper(cluster)
             return self._exporter.start(port)
 
         def scrape(self) -> str:
@@ -149,7 +165,8 @@ def start_node_exporters(port: int = DEFAULT_PORT) -> list[NodeExporterHandle]:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
         ).remote(name)
         started.append((name, node["NodeID"], actor))
-    ports = ray.get([a.start.remote(port) for _, _, a in started])
+    cluster = str(ray.get_runtime_context().gcs_address) if reap else None
+    ports = ray.get([a.start.remote(port, cluster) for _, _, a in started])
     return [
         NodeExporterHandle(name, node_id, p, actor)
         for (name, node_id, actor), p in zip(started, ports, strict=True)
@@ -162,8 +179,16 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--addr", default="0.0.0.0")
     parser.add_argument("--node", default=None, help="Node name label (default: hostname).")
     parser.add_argument("--once", action="store_true", help="Print one scrape and exit.")
+    parser.add_argument(
+        "--reap-cluster",
+        default=None,
+        help="Also end this node's orphaned vLLM engines of the Ray cluster at this GCS "
+        "address (tierline.cluster.reaper).",
+    )
     args = parser.parse_args(argv)
     exporter = NodeGpuExporter(args.node)
+    if args.reap_cluster and not args.once:
+        exporter.start_reaper(args.reap_cluster)
     if args.once:
         print(exporter.scrape(), end="")
         return 0

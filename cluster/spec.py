@@ -106,6 +106,12 @@ class ExternalSpec(_Strict):
         None,
         description="Local tokenizer directory for exact prompt counts; unset: estimated.",
     )
+    forward_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="Request fields sent to the provider besides tierline's allow-list "
+        "(docs/tiers.md); any other field a client sends (store, service_tier, "
+        "metadata, user, ...) is dropped, since the request runs on the operator's key.",
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> ExternalSpec:
@@ -404,8 +410,10 @@ class AuthSpec(_Strict):
     enabled: bool = Field(True, description="Require `Authorization: Bearer KEY`.")
     keys_file: str | None = Field(
         None,
-        description="JSON file of {tenant, sha256} entries (`tierline keys add` writes it; "
-        "mount a Secret here on Kubernetes). Relative paths resolve against the spec file.",
+        description="JSON file of {tenant, sha256, role} entries (`tierline keys add` writes "
+        "it; mount a Secret here on Kubernetes); role `operator` marks an operator key. "
+        "Re-read within seconds of a change, no restart. Relative paths resolve against the "
+        "spec file.",
     )
     env_var: str = Field(
         "TIERLINE_API_KEY", description="Environment variable holding one more key."
@@ -418,7 +426,11 @@ class QuotaSpec(_Strict):
 
     requests_per_min: PositiveInt | None = Field(None, description="Requests per rolling minute.")
     tokens_per_min: PositiveInt | None = Field(
-        None, description="Prompt plus completion tokens per rolling minute."
+        None,
+        description="Prompt plus completion tokens per rolling minute. A request reserves its "
+        "worst case (prompts x n plus the completion budget: max_tokens, or the tier's whole "
+        "remaining context when unset) and is charged what the engine reports it used; "
+        "embedded tokens (RAG, /v1/embeddings) count too.",
     )
     max_concurrent: PositiveInt | None = Field(None, description="Requests in flight at once.")
     tiers: list[str] | None = Field(None, description="Tiers this tenant may use; unset: all.")
@@ -447,8 +459,20 @@ class GatewaySpec(_Strict):
     max_body_bytes: PositiveInt = Field(1 << 20, description="Larger request bodies get 413.")
     max_tokens_limit: PositiveInt = Field(4096, description="Upper bound on max_tokens.")
     max_n: int = Field(16, ge=1, le=128, description="Upper bound on n (choices per request).")
+    max_prompts: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Upper bound on the prompts in one /v1/completions request (a list of "
+        "prompts); more get 400.",
+    )
     max_messages: PositiveInt = Field(512, description="Upper bound on messages per request.")
-    request_timeout_s: float = Field(600.0, gt=0, description="End-to-end request timeout.")
+    request_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="End-to-end request deadline, from arrival: a stream still running then is "
+        "cut (an error event, then [DONE]) and its slot and quota ticket are freed.",
+    )
     auth: AuthSpec = Field(default_factory=AuthSpec)
     tenants: list[TenantSpec] = Field(default_factory=list, description="Per-tenant quotas.")
     default_quota: QuotaSpec = Field(
@@ -496,6 +520,12 @@ class RagSpec(_Strict):
         "server URI (http://host:19530).",
     )
     token: str | None = Field(None, description="Milvus server token (user:password).")
+    legacy_tenant: str | None = Field(
+        None,
+        description="Tenant that takes over collections made before RAG had tenants (tierline's "
+        "chunk schema, no tenant prefix): at start-up they are renamed into its namespace. "
+        "Unset: they are left untouched and not served.",
+    )
     embedding_model: str = Field(
         "all-MiniLM-L6-v2",
         min_length=1,
@@ -536,10 +566,48 @@ class RagSpec(_Strict):
         description="Body limit of the document-upload route (instead of gateway.max_body_bytes); "
         "default 2 x max_document_bytes + 64 KiB, room for JSON escaping and multipart framing.",
     )
+    max_file_bytes: PositiveInt | None = Field(
+        None,
+        description="Largest uploaded file (multipart) the gateway parses; default 2 x "
+        "max_document_bytes (a PDF is larger than its text). Larger files get 413.",
+    )
+    parse_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="Wall-clock limit on parsing one uploaded HTML or PDF file (in a worker "
+        "process); a file that takes longer gets 422.",
+    )
+    parse_memory_mib: int = Field(
+        1024,
+        ge=128,
+        description="Address-space limit of the worker process that parses one uploaded file; "
+        "a file that needs more gets 413.",
+    )
+    parse_workers: PositiveInt = Field(
+        2, description="Uploaded files parsed at once per gateway replica (one process each)."
+    )
     max_documents_per_request: PositiveInt = Field(256, description="Documents per ingest call.")
     default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
     max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
-    rrf_k: PositiveInt = Field(60, description="Reciprocal rank fusion constant.")
+    fusion: Literal["weighted", "rrf"] = Field(
+        "weighted",
+        description="How dense and BM25 results are merged: weighted (normalised scores, "
+        "BM25's share raised for queries with a rare term) or rrf (reciprocal rank fusion). "
+        "Figures: README, RAG.",
+    )
+    bm25_weight: float = Field(0.4, ge=0, le=1, description="BM25's share in weighted fusion.")
+    bm25_weight_rare: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="BM25's share when a query term occurs in at most rare_term_max_chunks "
+        "chunks (names, codes, identifiers).",
+    )
+    rare_term_max_chunks: PositiveInt = Field(
+        3, description="A query term in at most this many chunks counts as rare."
+    )
+    rrf_k: PositiveInt = Field(60, description="Reciprocal rank fusion constant (fusion: rrf).")
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(200, ge=16, description="HNSW build-time beam width.")
     hnsw_ef_search: int = Field(
@@ -582,6 +650,13 @@ class RagSpec(_Strict):
         if self.max_upload_bytes is not None:
             return self.max_upload_bytes
         return 2 * self.max_document_bytes + (64 << 10)
+
+    @property
+    def file_limit_bytes(self) -> int:
+        """Largest uploaded file the gateway parses."""
+        return (
+            self.max_file_bytes if self.max_file_bytes is not None else 2 * self.max_document_bytes
+        )
 
 
 class ClusterSpec(_Strict):

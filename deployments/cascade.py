@@ -88,7 +88,7 @@ async def escalate(
             break
         try:
             target, item, stream = await failover.first_item(
-                method, body, failover.spec.tier(up), headers, slot
+                method, body, failover.spec.tier(up), headers, slot, allowed=plan.allowed
             )
         except APIError as err:
             logger.warning("cascade to tier %s failed: %s", up, err.message)

@@ -111,6 +111,7 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
 
 def build_tier_app(tier: TierSpec, drain_timeout_s: float = 30.0) -> Application:
     from ray.serve.llm import LLMConfig, build_llm_deployment
+    from tierline.deployments.engine_server import TierLLMServer
 
     check_local_sources(tier)
     bind_kwargs = None
@@ -122,4 +123,6 @@ def build_tier_app(tier: TierSpec, drain_timeout_s: float = 30.0) -> Application
         LLMConfig(**llm_config_kwargs(tier, drain_timeout_s)),
         override_serve_options={"name": deployment_name(tier)},
         bind_kwargs=bind_kwargs,
+        # LLMServer whose vLLM processes end with the replica (deployments.engine_server)
+        deployment_cls=TierLLMServer,
     )

@@ -17,13 +17,24 @@ comes fast and says what happened, never a hang:
 | stream breaks after first output | the exception                        | SSE error + `[DONE]`  |
 
 (R-A: Retry-After, passed through.)
+
+What is sent: only the allow-listed request fields (`FORWARDED_FIELDS`, plus the tier's
+`external.forward_fields`), since the request runs on the operator's key: `store`,
+`service_tier`, `metadata`, `user` and any other field a client adds are dropped, and a
+stream always asks for its usage (`stream_options` is the gateway's own).
+
+What is said: error messages name the tier, never its `base_url` or key; an upstream's
+own message is passed on with URLs and the key cut out, except for 401/403, which
+concern the operator's key and are answered without it. The log has the details.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,56 @@ from tierline.deployments.engine_client import EngineError, EngineItem, EngineUn
 from tierline.deployments.tokens import EstimatingCounter, TokenCounter, load_counter
 
 PATHS: dict[Method, str] = {"chat": "/chat/completions", "completions": "/completions"}
+
+FORWARDED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "suffix",
+        "echo",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "stream",
+        "temperature",
+        "top_p",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
+"""Request fields an external tier gets by default: those that shape the answer. The
+tier's `external.forward_fields` adds more."""
+
+logger = logging.getLogger("ray.serve.tierline.gateway")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+def forwarded_body(body: Mapping[str, Any], extra: Iterable[str] = ()) -> dict[str, Any]:
+    """The body an external tier gets: the allow-listed fields only (`FORWARDED_FIELDS`
+    and `extra`), and for a stream `stream_options` asking for usage, nothing else."""
+    allowed = FORWARDED_FIELDS.union(extra)
+    out = {k: v for k, v in body.items() if k in allowed and k != "stream_options"}
+    if out.get("stream"):
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` without URLs or any of `secrets` (the upstream's base URL, its key)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _URL.sub("[url]", text)
 
 
 class ExternalKeyError(ValueError):
@@ -109,6 +170,7 @@ class ExternalEngineClient:
         self.tier = tier
         self.ext = tier.external
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._secrets = (api_key, self.ext.base_url, self.ext.base_url.rstrip("/"))
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self.in_flight = 0
@@ -133,7 +195,7 @@ class ExternalEngineClient:
             self._client = None
 
     def _what(self) -> str:
-        return f"external tier {self.tier.name!r} ({self.ext.base_url})"
+        return f"external tier {self.tier.name!r}"
 
     async def generate(
         self, method: Method, body: dict[str, Any]
@@ -147,7 +209,8 @@ class ExternalEngineClient:
             )
         self.in_flight += 1
         try:
-            async for item in self._generate(method, {**body, "model": self.ext.model}):
+            payload = forwarded_body(body, self.ext.forward_fields)
+            async for item in self._generate(method, {**payload, "model": self.ext.model}):
                 yield item
         finally:
             self.in_flight -= 1
@@ -174,9 +237,10 @@ class ExternalEngineClient:
                     started = True
                     yield event
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            logger.warning("%s (%s) is unreachable: %r", self._what(), self.ext.base_url, err)
             raise EngineUnavailable(
                 502,
-                f"{self._what()} is unreachable: {err or type(err).__name__}",
+                f"{self._what()} is unreachable ({type(err).__name__})",
                 code="upstream_unreachable",
                 retry_after_s="1",
                 down=True,
@@ -192,20 +256,29 @@ class ExternalEngineClient:
         except (httpx.HTTPError, ValueError) as err:
             if started:
                 raise
+            logger.warning("%s (%s) failed: %r", self._what(), self.ext.base_url, err)
             raise EngineUnavailable(
-                502, f"{self._what()} failed: {err!r}", code="upstream_error"
+                502, f"{self._what()} failed ({type(err).__name__})", code="upstream_error"
             ) from None
 
     def _failure(self, resp: httpx.Response) -> EngineError | EngineUnavailable:
         status = resp.status_code
-        message = f"{self._what()}: {error_message(resp.content, status)}"
+        upstream = scrub(error_message(resp.content, status), self._secrets)
+        message = f"{self._what()}: {upstream}"
         if status == 429:
             retry = resp.headers.get("retry-after") or "1"
             return EngineUnavailable(
                 429, message, code="upstream_rate_limited", retry_after_s=retry
             )
         if status in (401, 403):  # the gateway's key, not the client's request
-            return EngineUnavailable(502, message, code="upstream_auth_failed")
+            logger.warning(
+                "%s refused the gateway's key: HTTP %d %s", self._what(), status, upstream
+            )
+            return EngineUnavailable(
+                502,
+                f"{self._what()} refused the gateway's credentials (HTTP {status})",
+                code="upstream_auth_failed",
+            )
         if status >= 500:
             return EngineUnavailable(502, message, code="upstream_error")
         return EngineError(status, message)

@@ -2,7 +2,8 @@
 
 `Failover.first_item` starts the engine call and waits for its first item. Failures
 before any output are retried on the same tier (`gateway.retries`, with a short backoff),
-then the request moves to the tier's fallback (its slot with it). Early failover, for
+then the request moves to the tier's fallback (its slot with it), never to a tier outside
+the tenant's allowed tiers (`gateway.tenants[].tiers`). Early failover, for
 tiers with a fallback: a retry waits at most `failover_timeout_s` for its first output (a
 dead replica's requests otherwise wait in Serve's queue for its replacement), and once
 the tier is marked down (`TierBoard.mark_down`) every request still waiting for its first
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ from tierline.deployments.errors import APIError
 from tierline.deployments.plan import REASON_HEADER, RETRY_AFTER_S, TIER_HEADER
 from tierline.deployments.schemas import _Generation, dump_for_engine
 
-__all__ = ["FailOver", "Failover", "RetryPolicy", "attempts", "until_first"]
+__all__ = ["FailOver", "Failover", "RetryPolicy", "attempts", "fallback_within", "until_first"]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 
@@ -114,6 +115,17 @@ async def until_first(
             await asyncio.gather(first, return_exceptions=True)
 
 
+def fallback_within(
+    spec: ClusterSpec, tier: TierSpec, allowed: Collection[str] | None
+) -> TierSpec | None:
+    """`tier`'s fallback tier, if it has one the tenant may use (`allowed`; None: all)."""
+    if tier.fallback_tier is None:
+        return None
+    if allowed is not None and tier.fallback_tier not in allowed:
+        return None
+    return spec.tier(tier.fallback_tier)
+
+
 class Failover:
     """Engine calls with retries on the same tier, then failover to its fallback."""
 
@@ -133,12 +145,17 @@ class Failover:
         headers: dict[str, str],
         slot: Slot | None = None,
         adapter_id: str | None = None,
+        allowed: Collection[str] | None = None,
+        deadline: float | None = None,
     ) -> tuple[TierSpec, EngineItem, Stream]:
         """Start the request on `tier` and wait for its first item; the tier that
         answered, the item and the rest of the stream. A move to the fallback updates
-        `headers` (tier, `+fallback` reason) and moves `slot`. Raises `APIError`."""
+        `headers` (tier, `+fallback` reason) and moves `slot`. `allowed`: the tenant's
+        tiers (None: all); a fallback outside them is never used. `deadline` (the event
+        loop's clock): the request's end-to-end deadline bounds every wait. Raises
+        `APIError`."""
         board, policy = self.board, self.policy
-        fallback = self.spec.tier(tier.fallback_tier) if tier.fallback_tier is not None else None
+        fallback = fallback_within(self.spec, tier, allowed)
         if adapter_id is not None:  # only its own tier has the adapter
             fallback = None
         tries = attempts(tier, fallback, policy.retries)
@@ -163,6 +180,8 @@ class Failover:
             elif failover and i > 0 and not board.health[tier.name]:
                 continue  # marked down meanwhile: straight to the fallback
             timeout = policy.request_timeout_s
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - asyncio.get_running_loop().time(), 0.0))
             cold = board.is_cold(target.name)
             if cold:  # Serve starts a replica for it; the wait for that is bounded
                 timeout = min(timeout, policy.cold_start_timeout_s)

@@ -10,7 +10,11 @@ A request flows through the gateway once, each concern in its own module:
 4. the route (`plan.decide_route`, a pure call), the tier's slot, the tenant's quota;
 5. the engine call with retries and failover (`failover.Failover`), then the cascade
    (`cascade.escalate`) for an unsure whole answer;
-6. the answer on the wire (`streams`): SSE for streams, the usage read once.
+6. the answer on the wire (`streams`): SSE for streams, the usage read once, the stream
+   cut at the request's deadline.
+
+A grounded RAG chat is admitted (drain, cheap checks, the tenant's quota) before its
+retrieval runs, and reserves its final prompt once it is known (`QuotaLedger.resize`).
 
 The board is kept current by the loops in `watch` (health probes, Serve's replicas).
 
@@ -51,12 +55,13 @@ from tierline.deployments.plan import (
     RequestPlan,
     Scope,
     count_prompt_tokens,
+    count_prompts,
     decide_route,
     needs_tokenizer,
     rules_policy,
     scope,
 )
-from tierline.deployments.quota import QuotaClient, is_limited, retry_after_header
+from tierline.deployments.quota import Admission, QuotaClient, is_limited, retry_after_header
 from tierline.deployments.rag_routes import (
     RagClient,
     ground_chat,
@@ -66,7 +71,12 @@ from tierline.deployments.rag_routes import (
 )
 from tierline.deployments.replicas import ReplicaWatcher
 from tierline.deployments.routing import PREFERENCE_HEADER, LearnedRouter
-from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
+from tierline.deployments.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    _Generation,
+    wants_usage,
+)
 from tierline.deployments.streams import finish_whole_answer, sse_events, total_tokens
 from tierline.deployments.tokens import TokenCounter
 from tierline.deployments.watch import readiness, watch_health, watch_replicas
@@ -83,6 +93,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
+
+Grounder = Callable[[_Generation], Awaitable[_Generation]]
+"""Rewrites a request's body before it is planned (a grounded RAG chat's retrieval)."""
 route_logger = logging.getLogger("ray.serve.tierline.router")
 
 
@@ -184,10 +197,10 @@ class GatewayCore:
         call (inline when there is nothing to tokenise)."""
         names = where.names
         if needs_tokenizer(body, self.counters, names):
-            counts = await asyncio.to_thread(count_prompt_tokens, body, self.counters, names)
+            longest, total = await asyncio.to_thread(count_prompts, body, self.counters, names)
         else:
-            counts = count_prompt_tokens(body, self.counters, names)
-        return where.plan(counts, body.text())  # type: ignore[attr-defined]
+            longest, total = count_prompts(body, self.counters, names)
+        return where.plan(longest, body.text(), total)  # type: ignore[attr-defined]
 
     async def quality(self, body: _Generation) -> Mapping[str, float] | None:
         """The learned scorer's per-tier predictions for an auto request, off the loop."""
@@ -233,8 +246,13 @@ class GatewayCore:
         tenant: str = "default",
         preference: str | None = None,
         cascade_threshold: str | None = None,
+        ground: Grounder | None = None,
     ) -> Response:
+        """Answer a generation request. `ground` (a grounded RAG chat) rewrites the body
+        before it is planned; it runs only once the request is past the drain check, the
+        cheap checks and the tenant's quota, so a refused request does no retrieval."""
         t0 = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.spec.gateway.request_timeout_s
         if self.draining:
             raise APIError(
                 503,
@@ -242,17 +260,29 @@ class GatewayCore:
                 code="draining",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+        ticket: int | None = None
         try:
             cascade = cascade_for(self.spec, method, body, cascade_threshold)  # None: none
+            if ground is not None:
+                self.scope(body, tenant, preference)  # 400/403/404 before any work
+                ticket = await self._admit(tenant, 1, {})  # its prompt is reserved below
+                body = await ground(body)
             tier, plan, headers, slot = await self._route(body, tenant, preference)
-        except APIError as err:
-            err.headers.setdefault(TIER_HEADER, "none")
-            err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
+        except BaseException as err:
+            await self._release_ticket(ticket)
+            if isinstance(err, APIError):
+                err.headers.setdefault(TIER_HEADER, "none")
+                err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
             raise
         try:
-            ticket = await self._admit(tenant, plan.reservation(tier.name), headers)
+            reservation = plan.reservation(tier.name)
+            if ticket is None:
+                ticket = await self._admit(tenant, reservation, headers)
+            else:
+                await self._resize(tenant, ticket, reservation, headers)
         except BaseException:
             slot.release()
+            await self._release_ticket(ticket)
             raise
         self.active += 1
         self.metrics.active(self.active)
@@ -260,7 +290,7 @@ class GatewayCore:
         ask = body if cascade is None else body.model_copy(update=cascade.ask)
         try:
             tier, first, stream = await self.failover.first_item(
-                method, ask, tier, headers, slot, plan.adapter_id
+                method, ask, tier, headers, slot, plan.adapter_id, plan.allowed, deadline
             )
             if isinstance(first, dict) and cascade is not None:
                 await finish_whole_answer(stream)
@@ -276,7 +306,13 @@ class GatewayCore:
             self.answered(headers, tenant, 200, t0)
             return JSONResponse(first, headers=headers)
         return StreamingResponse(
-            sse_events(first, stream, on_end=self._answered_on(finish, headers, tenant, t0)),
+            sse_events(
+                first,
+                stream,
+                on_end=self._answered_on(finish, headers, tenant, t0),
+                hide_usage=not wants_usage(body),
+                deadline=deadline,
+            ),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -368,19 +404,66 @@ class GatewayCore:
         return finish
 
     async def _admit(self, tenant: str, tokens: int, headers: dict[str, str]) -> int | None:
-        """The tenant's quota: reserve `tokens` (the plan's prompt on the tier plus the
-        completion budget); 429 with Retry-After when over."""
+        """The tenant's quota: reserve `tokens` (the plan's worst case on the tier); 429
+        with Retry-After when over. None when the tenant has no quota to keep."""
         if self.quota is None or not is_limited(self.quota_for(tenant)):
             return None
         admission = await self.quota.admit(tenant, tokens)
         if not admission.ok:
-            raise APIError(
-                429,
-                f"tenant {tenant!r} is over its quota ({admission.reason}); retry later",
-                code="quota_exceeded",
-                headers={**headers, "Retry-After": retry_after_header(admission.retry_after_s)},
-            )
+            raise self._over_quota(tenant, tokens, admission, headers)
         return admission.ticket
+
+    async def _resize(self, tenant: str, ticket: int, tokens: int, headers: dict[str, str]) -> None:
+        """Reserve `tokens` on a ticket taken earlier (a grounded chat's, before retrieval)."""
+        assert self.quota is not None
+        admission = await self.quota.resize(ticket, tokens)
+        if not admission.ok:
+            raise self._over_quota(tenant, tokens, admission, headers)
+
+    async def _release_ticket(self, ticket: int | None) -> None:
+        if ticket is not None and self.quota is not None:
+            await self.quota.release(ticket, None)
+
+    def _over_quota(
+        self, tenant: str, tokens: int, admission: Admission, headers: Mapping[str, str]
+    ) -> APIError:
+        limit = self.quota_for(tenant).tokens_per_min
+        if limit is not None and tokens > limit:
+            message = (
+                f"this request may cost up to {tokens} tokens (its prompts x n plus the "
+                "completion budget: max_tokens, or the tier's remaining context when "
+                f"max_tokens is unset), more than tenant {tenant!r}'s tokens_per_min "
+                f"({limit}); set a smaller max_tokens"
+            )
+        else:
+            message = f"tenant {tenant!r} is over its quota ({admission.reason}); retry later"
+        return APIError(
+            429,
+            message,
+            code="quota_exceeded",
+            headers={**headers, "Retry-After": retry_after_header(admission.retry_after_s)},
+        )
+
+    async def charge(self, tenant: str, tokens: int = 0) -> None:
+        """Count one request and `tokens` embedded tokens against `tenant`'s quota, for
+        work that is not a generation (RAG ingestion, search, collection creation,
+        /v1/embeddings). Call it before the work, with the tokens it will embed (an
+        estimate is fine, e.g. `EstimatingCounter().text`); raises `APIError` 429 (with
+        Retry-After) when the tenant is over its quota, so the work is never started."""
+        ticket = await self._admit(tenant, tokens, {})
+        if ticket is not None and self.quota is not None:
+            await self.quota.release(ticket, tokens)
+
+    @asynccontextmanager
+    async def charged(self, tenant: str, tokens: int = 0) -> AsyncIterator[None]:
+        """`charge`, holding one of the tenant's concurrent requests (`max_concurrent`)
+        while the block runs: `async with core.charged(tenant, n): ...`."""
+        ticket = await self._admit(tenant, tokens, {})
+        try:
+            yield
+        finally:
+            if ticket is not None and self.quota is not None:
+                await self.quota.release(ticket, tokens)
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests and wait up to `timeout_s` for in-flight ones to finish.
@@ -507,13 +590,18 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
+        # Public, so it says only ready or not; a valid key (or auth off) also gets each
+        # tier's state. External tiers are never probed here (`watch.readiness`).
         tiers = await core.ready()
         # An external tier's outage is not the gateway's: it is listed, it does not gate.
         ok = all(up for name, up in tiers.items() if not core.spec.tier(name).is_external)
-        body: dict[str, Any] = {"status": "ready" if ok else "not ready", "tiers": tiers}
-        if any(r is not None for r in core.replicas.values()):  # autoscaled: running now
-            body["replicas"] = {n: r for n, r in core.replicas.items() if r is not None}
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
+        detail = keys is None or keys.authenticate(request.headers.get("authorization")) is not None
+        if detail:
+            body["tiers"] = tiers
+            if any(r is not None for r in core.replicas.values()):  # autoscaled: running now
+                body["replicas"] = {n: r for n, r in core.replicas.items() if r is not None}
         return JSONResponse(
             body,
             status_code=200 if ok else 503,
@@ -536,13 +624,23 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionBody, request: Request) -> Response:
         preference = request.headers.get(PREFERENCE_HEADER)
-        # RAG hook: retrieved context goes into the messages before routing sees them.
-        body, citations = await ground_chat(
-            rag, body, core.spec.rag.default_top_k, core.metrics.rag
-        )
         threshold = request.headers.get(THRESHOLD_HEADER)
+        tenant = tenant_of(request.state)
+        citations: list[dict[str, Any]] | None = None
+
+        async def ground(plain: _Generation) -> _Generation:
+            # RAG hook: retrieved context goes into the messages before routing sees
+            # them. `generate` calls it after the drain, cheap and quota checks.
+            nonlocal citations
+            assert isinstance(plain, ChatCompletionBody)
+            grounded, citations = await ground_chat(
+                rag, plain, tenant, core.spec.rag.default_top_k, core.metrics.rag
+            )
+            return grounded
+
+        wants_rag = "rag" in (body.model_extra or {})
         response = await core.generate(
-            "chat", body, tenant_of(request.state), preference, threshold
+            "chat", body, tenant, preference, threshold, ground if wants_rag else None
         )
         return with_citations(response, citations)
 
@@ -555,5 +653,5 @@ def create_app(
         )
 
     if rag is not None:
-        app.include_router(rag_router(rag))
+        app.include_router(rag_router(rag, core.spec.rag, core.charge))
     return app

@@ -129,8 +129,14 @@ class GatewayMiddleware:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         state["tenant"] = principal.tenant
+        state["operator"] = bool(getattr(principal, "operator", False))
         return None
 
 
 def tenant_of(state: Any) -> str:
     return str(getattr(state, "tenant", ANONYMOUS_TENANT))
+
+
+def is_operator(state: Any) -> bool:
+    """An operator key's request (the keys file's `role: operator`)."""
+    return bool(getattr(state, "operator", False))

@@ -15,7 +15,7 @@ Pure functions of plain data, besides the learned router's calibration state, wh
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
@@ -33,8 +33,11 @@ __all__ = [
     "RequestPlan",
     "Scope",
     "count_prompt_tokens",
+    "count_prompts",
     "decide_route",
     "needs_tokenizer",
+    "prompt_count",
+    "reservation_of",
     "rules_policy",
     "scope",
 ]
@@ -71,6 +74,16 @@ class RequestPlan:
     """The engine-side id of the LoRA adapter the request names, if any."""
     text: str
     """The request's text, for content heuristics and the learned scorer."""
+    prompts: int = 1
+    """Prompts in the request (a /v1/completions list); each gets `n` completions."""
+    n: int = 1
+    """Completions per prompt."""
+    prompt_total: Mapping[str, int] | None = None
+    """All prompts' tokens in each tier (None: `prompt_tokens`, one prompt)."""
+    context: Mapping[str, int] = field(default_factory=dict)
+    """Each candidate tier's context length (the budget of a request without max_tokens)."""
+    allowed: tuple[str, ...] | None = None
+    """The tenant's tiers (None: all): failover and the cascade never leave them."""
 
     def features(self) -> RequestFeatures:
         return RequestFeatures(
@@ -81,12 +94,34 @@ class RequestPlan:
         )
 
     def reservation(self, tier: str) -> int:
-        """Tokens the tenant's quota reserves for the request on `tier`."""
-        return self.prompt_tokens[tier] + (self.completion_budget or 0)
+        """Tokens the tenant's quota reserves for the request on `tier`: the most it can
+        cost, n x (every prompt plus each prompt's completion budget). Without max_tokens
+        a completion may run to the end of the tier's context (`reservation_of`)."""
+        total = (self.prompt_total or self.prompt_tokens)[tier]
+        return reservation_of(
+            total, self.prompts, self.n, self.completion_budget, self.context.get(tier)
+        )
 
     def needed(self, tier: str) -> int:
         """Context the request needs on `tier` (as the router counts it)."""
         return self.prompt_tokens[tier] + (self.completion_budget or 1)
+
+
+def reservation_of(
+    prompt_total: int, prompts: int, n: int, budget: int | None, context: int | None
+) -> int:
+    """The worst case a request costs: `n` completions of each of `prompts` prompts
+    (`prompt_total` tokens in all), each completion up to `budget` tokens, or without a
+    budget up to the tier's `context` less its prompt (the prompts' remaining context
+    sums to prompts x context - prompt_total). Prompts count once per completion, as
+    the most an engine may bill."""
+    if budget is not None:
+        completion = prompts * budget
+    elif context is not None:
+        completion = max(prompts * context - prompt_total, 0)
+    else:
+        completion = 0
+    return n * (prompt_total + completion)
 
 
 @dataclass(frozen=True)
@@ -97,12 +132,20 @@ class Scope:
     pinned: TierSpec | None
     adapter_id: str | None
     completion_budget: int | None
+    prompts: int = 1
+    n: int = 1
+    allowed: tuple[str, ...] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
 
-    def plan(self, prompt_tokens: Mapping[str, int], text: str) -> RequestPlan:
+    def plan(
+        self,
+        prompt_tokens: Mapping[str, int],
+        text: str,
+        prompt_total: Mapping[str, int] | None = None,
+    ) -> RequestPlan:
         return RequestPlan(
             tiers=self.names,
             prompt_tokens=dict(prompt_tokens),
@@ -110,6 +153,11 @@ class Scope:
             pinned=self.pinned.name if self.pinned is not None else None,
             adapter_id=self.adapter_id,
             text=text,
+            prompts=self.prompts,
+            n=self.n,
+            prompt_total=None if prompt_total is None else dict(prompt_total),
+            context={t.name: t.max_context_tokens for t in self.tiers},
+            allowed=self.allowed,
         )
 
 
@@ -125,6 +173,14 @@ def _check_limits(spec: ClusterSpec, body: _Generation, budget: int | None) -> N
     if body.n > g.max_n:
         raise APIError(
             400, f"n is {body.n}; at most {g.max_n} is allowed", code="n_too_large", param="n"
+        )
+    if prompt_count(body) > g.max_prompts:
+        raise APIError(
+            400,
+            f"{prompt_count(body)} prompts; at most {g.max_prompts} are allowed in one "
+            "request (gateway.max_prompts)",
+            code="too_many_prompts",
+            param="prompt",
         )
     if isinstance(body, ChatCompletionBody) and len(body.messages) > g.max_messages:
         raise APIError(
@@ -181,25 +237,45 @@ def scope(
     adapter_id = (
         pinned.adapter_model_id(adapter[1]) if adapter is not None and pinned is not None else None
     )
-    return Scope(tuple(tiers), pinned, adapter_id, budget)
+    allowed_names = None if quota.tiers is None else tuple(t.name for t in allowed)
+    return Scope(
+        tuple(tiers), pinned, adapter_id, budget, prompt_count(body), body.n, allowed_names
+    )
 
 
 # -- counting ------------------------------------------------------------------------------------
-def _prompt_counter(body: _Generation) -> Callable[[TokenCounter], int]:
-    """How to count the request's prompt with one tokenizer (the body read once)."""
+def prompt_count(body: _Generation) -> int:
+    """Prompts in the request: a /v1/completions list of texts has one each."""
+    if isinstance(body, CompletionBody) and isinstance(body.prompt, list) and not _token_ids(body):
+        return max(len(body.prompt), 1)
+    return 1
+
+
+def _both(n: int) -> tuple[int, int]:
+    return n, n
+
+
+def _prompt_counter(body: _Generation) -> Callable[[TokenCounter], tuple[int, int]]:
+    """How to count the request's prompts with one tokenizer (the body read once): the
+    longest prompt (for context fit) and all of them (for the quota)."""
     if isinstance(body, ChatCompletionBody):
         messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in body.messages]
-        return lambda counter: counter.chat(messages)
+        return lambda counter: _both(counter.chat(messages))
     assert isinstance(body, CompletionBody)
     prompt = body.prompt
     if isinstance(prompt, str):
         text = prompt
-        return lambda counter: counter.text(text)
+        return lambda counter: _both(counter.text(text))
     if prompt and all(isinstance(p, int) for p in prompt):
         n = len(prompt)
-        return lambda _: n
+        return lambda _: (n, n)
     texts = [p for p in prompt if isinstance(p, str)]
-    return lambda counter: max((counter.text(p) for p in texts), default=0)
+
+    def count(counter: TokenCounter) -> tuple[int, int]:
+        each = [counter.text(p) for p in texts]
+        return max(each, default=0), sum(each)
+
+    return count
 
 
 def _token_ids(body: _Generation) -> bool:
@@ -221,21 +297,29 @@ def needs_tokenizer(
     return not all(isinstance(counters[t], EstimatingCounter) for t in tiers)
 
 
-def count_prompt_tokens(
+def count_prompts(
     body: _Generation, counters: Mapping[str, TokenCounter], tiers: Sequence[str]
-) -> dict[str, int]:
-    """The prompt's length in each tier's tokenizer; tiers sharing a counter count once.
-    Blocking (a tokenizer's work): the gateway calls it off the event loop."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The longest prompt's length and all prompts' length in each tier's tokenizer;
+    tiers sharing a counter count once. Blocking (a tokenizer's work): the gateway calls
+    it off the event loop."""
     count = _prompt_counter(body)
-    by_counter: dict[int, int] = {}
-    out = {}
+    by_counter: dict[int, tuple[int, int]] = {}
+    longest, total = {}, {}
     for name in tiers:
         counter = counters[name]
         key = id(counter)
         if key not in by_counter:
             by_counter[key] = count(counter)
-        out[name] = by_counter[key]
-    return out
+        longest[name], total[name] = by_counter[key]
+    return longest, total
+
+
+def count_prompt_tokens(
+    body: _Generation, counters: Mapping[str, TokenCounter], tiers: Sequence[str]
+) -> dict[str, int]:
+    """The (longest) prompt's length in each tier's tokenizer (`count_prompts`)."""
+    return count_prompts(body, counters, tiers)[0]
 
 
 # -- routing -------------------------------------------------------------------------------------

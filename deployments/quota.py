@@ -1,8 +1,11 @@
 """Per-tenant quotas: requests/min, tokens/min and concurrent requests.
 
 `QuotaLedger` is the decision logic with time passed in (no hidden clock), so it is
-tested exactly. All gateway replicas share one ledger held by the `QuotaService` Serve
-deployment, so limits hold across replicas with no per-replica drift.
+tested exactly. A request reserves its worst case (`plan.reservation_of`) and is charged
+its real usage when it ends; a grounded chat's early ticket is `resize`d once its prompt is
+known; work that is not a generation (RAG, embeddings) is charged with `Charge`. All
+gateway replicas share one ledger held by the `QuotaService` Serve deployment, so limits
+hold across replicas with no per-replica drift.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,23 +70,34 @@ class QuotaLedger:
         if q.requests_per_min is not None and len(st.requests) >= q.requests_per_min:
             wait = st.requests[0] + WINDOW_S - now
             return Admission(False, retry_after_s=wait, reason="requests per minute")
-        if q.tokens_per_min is not None:
-            if tokens > q.tokens_per_min:
-                return Admission(False, retry_after_s=WINDOW_S, reason="tokens per minute")
-            excess = st.tokens_used() + tokens - q.tokens_per_min
-            if excess > 0:
-                freed, wait = 0, WINDOW_S
-                for t, _, n in st.tokens:
-                    freed += n
-                    if freed >= excess:
-                        wait = t + WINDOW_S - now
-                        break
-                return Admission(False, retry_after_s=wait, reason="tokens per minute")
+        refused = _over_tokens(q, st, tokens, now)
+        if refused is not None:
+            return refused
         ticket = next(self._tickets)
         st.requests.append(now)
         st.tokens.append((now, ticket, tokens))
         st.in_flight += 1
         self._open[ticket] = tenant
+        return Admission(True, ticket=ticket)
+
+    def resize(self, ticket: int, tokens: int, now: float) -> Admission:
+        """Make an open request's reservation `tokens` (a grounded chat is admitted before
+        retrieval, and reserves its final prompt once it is known). Refused, the old
+        reservation kept, when the tenant's window has no room for the difference."""
+        tenant = self._open.get(ticket)
+        if tenant is None:
+            return Admission(False, reason="unknown ticket")
+        st = self._tenants[tenant]
+        st.expire(now)
+        at = next((i for i, (_, tk, _) in enumerate(st.tokens) if tk == ticket), None)
+        held = 0 if at is None else st.tokens[at][2]
+        refused = _over_tokens(self.quota(tenant), st, tokens, now, held)
+        if refused is not None:
+            return refused
+        if at is None:
+            st.tokens.append((now, ticket, tokens))
+        else:
+            st.tokens[at] = (st.tokens[at][0], ticket, tokens)
         return Admission(True, ticket=ticket)
 
     def release(self, ticket: int, used_tokens: int | None, now: float) -> None:
@@ -105,6 +119,27 @@ class QuotaLedger:
         return 0 if st is None else st.in_flight
 
 
+def _over_tokens(
+    q: QuotaSpec, st: _Tenant, tokens: int, now: float, held: int = 0
+) -> Admission | None:
+    """The refusal when `tokens` more (less `held`, already reserved) pass the tenant's
+    tokens per minute; None when they fit."""
+    if q.tokens_per_min is None:
+        return None
+    if tokens > q.tokens_per_min:
+        return Admission(False, retry_after_s=WINDOW_S, reason="tokens per minute")
+    excess = st.tokens_used() - held + tokens - q.tokens_per_min
+    if excess <= 0:
+        return None
+    freed, wait = 0, WINDOW_S
+    for t, _, n in st.tokens:
+        freed += n
+        if freed >= excess:
+            wait = t + WINDOW_S - now
+            break
+    return Admission(False, retry_after_s=wait, reason="tokens per minute")
+
+
 def ledger_for(gateway: GatewaySpec) -> QuotaLedger:
     return QuotaLedger({t.name: t for t in gateway.tenants}, gateway.default_quota)
 
@@ -117,8 +152,19 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+Charge = Callable[[str, int], Awaitable[None]]
+"""Counts one request and N embedded tokens against a tenant's quota; raises the 429
+`APIError` when over (`GatewayCore.charge`). The RAG routes call it before their work."""
+
+
+async def no_charge(tenant: str, tokens: int) -> None:
+    """The `Charge` of a gateway without quotas (and of unit tests)."""
+
+
 class QuotaClient(Protocol):
     async def admit(self, tenant: str, tokens: int) -> Admission: ...
+
+    async def resize(self, ticket: int, tokens: int) -> Admission: ...
 
     async def release(self, ticket: int, used_tokens: int | None) -> None: ...
 
@@ -132,6 +178,9 @@ class LocalQuota:
 
     async def admit(self, tenant: str, tokens: int) -> Admission:
         return self._ledger.admit(tenant, tokens, self._clock())
+
+    async def resize(self, ticket: int, tokens: int) -> Admission:
+        return self._ledger.resize(ticket, tokens, self._clock())
 
     async def release(self, ticket: int, used_tokens: int | None) -> None:
         self._ledger.release(ticket, used_tokens, self._clock())
@@ -147,6 +196,9 @@ class QuotaService:
     def admit(self, tenant: str, tokens: int) -> Admission:
         return self._ledger.admit(tenant, tokens, time.monotonic())
 
+    def resize(self, ticket: int, tokens: int) -> Admission:
+        return self._ledger.resize(ticket, tokens, time.monotonic())
+
     def release(self, ticket: int, used_tokens: int | None) -> None:
         self._ledger.release(ticket, used_tokens, time.monotonic())
 
@@ -159,6 +211,10 @@ class ServeQuota:
 
     async def admit(self, tenant: str, tokens: int) -> Admission:
         result: Admission = await self._handle.admit.remote(tenant, tokens)
+        return result
+
+    async def resize(self, ticket: int, tokens: int) -> Admission:
+        result: Admission = await self._handle.resize.remote(ticket, tokens)
         return result
 
     async def release(self, ticket: int, used_tokens: int | None) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,10 +20,11 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from tierline.cluster.spec import ClusterSpec, RagSpec
+from tierline.deployments.rag_env import chunk_store, rag_actor_options
 from tierline.rag.embed import SentenceTransformerModel, TokenizerOffsets
 from tierline.rag.records import RagError
 from tierline.rag.service import RagCore, RagSettings
-from tierline.rag.store import MilvusChunkStore, is_remote
+from tierline.rag.store import is_remote
 
 logger = logging.getLogger("tierline.rag")
 
@@ -40,10 +42,15 @@ def settings_of(spec: RagSpec) -> RagSettings:
         max_documents_per_request=spec.max_documents_per_request,
         max_top_k=spec.max_top_k,
         rrf_k=spec.rrf_k,
+        fusion=spec.fusion,
+        bm25_weight=spec.bm25_weight,
+        bm25_weight_rare=spec.bm25_weight_rare,
+        rare_term_max_chunks=spec.rare_term_max_chunks,
         hnsw_m=spec.hnsw_m,
         hnsw_ef_construction=spec.hnsw_ef_construction,
         hnsw_ef_search=spec.hnsw_ef_search,
         exact_search_max_vectors=spec.exact_search_max_vectors,
+        legacy_tenant=spec.legacy_tenant,
     )
 
 
@@ -195,10 +202,11 @@ class RagServer:
                 s = self._spec
                 tokenize = TokenizerOffsets(s.embedding_model)
                 await asyncio.to_thread(tokenize.start)
-                store = MilvusChunkStore(s.uri, s.token)
+                store = chunk_store(s, os.environ)
                 core = RagCore(settings_of(s), store, HandleEmbedder(self._embeddings), tokenize)
                 await core.start()
-                logger.info("RAG store %s open: %s", s.uri, core.list_collections())
+                owned = core.list_collections("", all_tenants=True)
+                logger.info("RAG store %s open: %d collections", s.uri, len(owned))
                 self._core = core
         return self._core
 
@@ -208,7 +216,7 @@ class RagServer:
         core = await self._started()
         try:
             if op == "list_collections":
-                return {"ok": core.list_collections()}
+                return {"ok": core.list_collections(*args)}
             return {"ok": await getattr(core, op)(*args)}
         except RagError as err:
             return _error(err)
@@ -241,20 +249,26 @@ class ServeRagClient:
         vectors, tokens = await self._embeddings.embed.remote(texts)
         return np.asarray(vectors).tolist(), int(tokens)
 
-    async def create_collection(self, name: str) -> dict[str, Any]:
-        return await self._call("create_collection", name)
+    async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self._call("create_collection", tenant, name)
 
-    async def list_collections(self) -> list[dict[str, Any]]:
-        return await self._call("list_collections")
+    async def list_collections(
+        self, tenant: str, all_tenants: bool = False
+    ) -> list[dict[str, Any]]:
+        return await self._call("list_collections", tenant, all_tenants)
 
-    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self._call("ingest", name, documents)
+    async def ingest(
+        self, tenant: str, name: str, documents: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return await self._call("ingest", tenant, name, documents)
 
-    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]:
-        return await self._call("delete_document", name, document_id)
+    async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
+        return await self._call("delete_document", tenant, name, document_id)
 
-    async def search(self, name: str, query: Any, top_k: Any, filter: Any) -> list[dict[str, Any]]:
-        return await self._call("search", name, query, top_k, filter)
+    async def search(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> list[dict[str, Any]]:
+        return await self._call("search", tenant, name, query, top_k, filter)
 
 
 def embedding_actor_options(spec: RagSpec) -> dict[str, Any]:
@@ -266,8 +280,12 @@ def embedding_actor_options(spec: RagSpec) -> dict[str, Any]:
     return options
 
 
-def build_rag_apps(spec: ClusterSpec, base: Path | None = None) -> tuple[Application, Application]:
-    """The RAG and embeddings applications to bind into the gateway (spec.rag.enabled)."""
+def build_rag_apps(
+    spec: ClusterSpec, base: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Application, Application]:
+    """The RAG and embeddings applications to bind into the gateway (spec.rag.enabled).
+
+    The RAG replica goes where `TIERLINE_RAG_STORE_RESOURCE` says (`rag_env`)."""
     rag_spec = with_absolute_uri(spec.rag, base or Path.cwd())
     data = rag_spec.model_dump(mode="json")
     embeddings = serve.deployment(
@@ -280,7 +298,7 @@ def build_rag_apps(spec: ClusterSpec, base: Path | None = None) -> tuple[Applica
         name=RAG_DEPLOYMENT,
         num_replicas=1,  # one owner of the store (a Milvus Lite file allows no other)
         max_ongoing_requests=256,
-        ray_actor_options={"num_cpus": 0.5},
+        ray_actor_options=rag_actor_options(os.environ if environ is None else environ),
         health_check_period_s=10,
     )(RagServer).bind(data, embeddings)
     return rag, embeddings

@@ -25,10 +25,12 @@ from tierline.cluster.spec import RagSpec
 from tierline.deployments.errors import APIError
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import RagMetrics
-from tierline.deployments.middleware import BodyLimit, RouteLimit
+from tierline.deployments.middleware import BodyLimit, RouteLimit, is_operator, tenant_of
+from tierline.deployments.quota import Charge, no_charge
 from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.tokens import EstimatingCounter
 from tierline.rag.embed import Embedder
-from tierline.rag.parsing import parse_file
+from tierline.rag.parsing import ParseLimits, UploadParser
 from tierline.rag.prompt import citations as citation_list
 from tierline.rag.prompt import grounded_messages, query_text
 from tierline.rag.records import RagError
@@ -42,16 +44,20 @@ class RagClient(Protocol):
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
 
-    async def create_collection(self, name: str) -> dict[str, Any]: ...
+    async def create_collection(self, tenant: str, name: str) -> dict[str, Any]: ...
 
-    async def list_collections(self) -> list[dict[str, Any]]: ...
+    async def list_collections(
+        self, tenant: str, all_tenants: bool = False
+    ) -> list[dict[str, Any]]: ...
 
-    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def ingest(
+        self, tenant: str, name: str, documents: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
 
-    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]: ...
+    async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]: ...
 
     async def search(
-        self, name: str, query: Any, top_k: Any, filter: Any
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
     ) -> list[dict[str, Any]]: ...
 
 
@@ -67,20 +73,26 @@ class InProcessRagClient:
         vectors = await self.embedder.embed(texts)
         return np.asarray(vectors).tolist(), sum(len(t.split()) for t in texts)
 
-    async def create_collection(self, name: str) -> dict[str, Any]:
-        return await self.core.create_collection(name)
+    async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.core.create_collection(tenant, name)
 
-    async def list_collections(self) -> list[dict[str, Any]]:
-        return self.core.list_collections()
+    async def list_collections(
+        self, tenant: str, all_tenants: bool = False
+    ) -> list[dict[str, Any]]:
+        return self.core.list_collections(tenant, all_tenants)
 
-    async def ingest(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.core.ingest(name, documents)
+    async def ingest(
+        self, tenant: str, name: str, documents: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return await self.core.ingest(tenant, name, documents)
 
-    async def delete_document(self, name: str, document_id: str) -> dict[str, Any]:
-        return await self.core.delete_document(name, document_id)
+    async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
+        return await self.core.delete_document(tenant, name, document_id)
 
-    async def search(self, name: str, query: Any, top_k: Any, filter: Any) -> list[dict[str, Any]]:
-        return await self.core.search(name, query, top_k, filter)
+    async def search(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> list[dict[str, Any]]:
+        return await self.core.search(tenant, name, query, top_k, filter)
 
 
 class _Body(BaseModel):
@@ -143,7 +155,17 @@ def _upload_id(filename: str) -> str:
     return re.sub(r"[^A-Za-z0-9._:@-]", "-", stem).lstrip(".-_:@")[:200] or "document"
 
 
-async def _documents_from_request(request: Request) -> list[dict[str, Any]]:
+def parse_limits(spec: RagSpec) -> ParseLimits:
+    """Limits on parsing one uploaded file (in a worker process: `rag.parsing`)."""
+    return ParseLimits(
+        max_file_bytes=spec.file_limit_bytes,
+        timeout_s=spec.parse_timeout_s,
+        memory_bytes=spec.parse_memory_mib << 20,
+        workers=spec.parse_workers,
+    )
+
+
+async def _documents_from_request(request: Request, parser: UploadParser) -> list[dict[str, Any]]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
@@ -157,10 +179,12 @@ async def _documents_from_request(request: Request) -> list[dict[str, Any]]:
             metadata = json.loads(str(form.get("metadata") or "{}"))
         except json.JSONDecodeError:
             raise APIError(400, "metadata must be a JSON object", param="metadata") from None
+        if not isinstance(metadata, dict):
+            raise APIError(400, "metadata must be a JSON object", param="metadata")
         docs = []
         for i, f in enumerate(files):
             name = getattr(f, "filename", None) or "upload"
-            text = parse_file(await f.read(), name, getattr(f, "content_type", None))
+            text = await parser.parse(await f.read(), name, getattr(f, "content_type", None))
             doc_id = ids[i] if ids else _upload_id(name)
             docs.append({"id": doc_id, "text": text, "metadata": {**metadata, "source": name}})
         return docs
@@ -178,36 +202,55 @@ def _base64(vector: list[float]) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
-def rag_router(client: RagClient) -> APIRouter:
+def rag_router(
+    client: RagClient, spec: RagSpec | None = None, charge: Charge = no_charge
+) -> APIRouter:
+    """`charge`: the tenant's quota (`GatewayCore.charge`), called before each route's
+    work with the tokens it will embed (estimated); it raises 429 when over."""
     router = APIRouter()
+    parser = UploadParser(parse_limits(spec or RagSpec()))  # starts nothing yet
 
+    # The tenant is the caller's key's (set by the gateway middleware), never the request's.
     @router.post("/v1/rag/collections")
-    async def create_collection(body: CollectionBody) -> Response:
-        out = await _guard(client.create_collection(body.name))
+    async def create_collection(body: CollectionBody, request: Request) -> Response:
+        await charge(tenant_of(request.state), 0)
+        out = await _guard(client.create_collection(tenant_of(request.state), body.name))
         return JSONResponse(out, status_code=201 if out.get("created") else 200)
 
     @router.get("/v1/rag/collections")
-    async def list_collections() -> dict[str, Any]:
-        return {"object": "list", "data": await _guard(client.list_collections())}
+    async def list_collections(request: Request, all_tenants: bool = False) -> dict[str, Any]:
+        if all_tenants and not is_operator(request.state):
+            raise APIError(
+                403, "all_tenants needs an operator key", code="forbidden", param="all_tenants"
+            )
+        tenant = tenant_of(request.state)
+        return {
+            "object": "list",
+            "data": await _guard(client.list_collections(tenant, all_tenants)),
+        }
 
     @router.post("/v1/rag/collections/{name}/documents")
     async def ingest(name: str, request: Request) -> dict[str, Any]:
         try:
-            docs = await _documents_from_request(request)
+            docs = await _documents_from_request(request, parser)
         except RagError as err:
             raise api_error(err) from None
-        return await _guard(client.ingest(name, docs))
+        await charge(tenant_of(request.state), _estimated_tokens(docs))
+        return await _guard(client.ingest(tenant_of(request.state), name, docs))
 
     @router.delete("/v1/rag/collections/{name}/documents/{document_id}")
-    async def delete(name: str, document_id: str) -> dict[str, Any]:
-        return await _guard(client.delete_document(name, document_id))
+    async def delete(name: str, document_id: str, request: Request) -> dict[str, Any]:
+        return await _guard(client.delete_document(tenant_of(request.state), name, document_id))
 
     @router.post("/v1/rag/collections/{name}/search")
-    async def search(name: str, body: SearchBody) -> dict[str, Any]:
-        return {"results": await _guard(client.search(name, body.query, body.top_k, body.filter))}
+    async def search(name: str, body: SearchBody, request: Request) -> dict[str, Any]:
+        tenant = tenant_of(request.state)
+        await charge(tenant, EstimatingCounter().text(body.query))
+        hits = await _guard(client.search(tenant, name, body.query, body.top_k, body.filter))
+        return {"results": hits}
 
     @router.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or len(texts) > MAX_EMBED_INPUTS or any(not t for t in texts):
             raise APIError(
@@ -217,6 +260,7 @@ def rag_router(client: RagClient) -> APIRouter:
             raise APIError(
                 400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
             )
+        await charge(tenant_of(request.state), sum(EstimatingCounter().text(t) for t in texts))
         vectors, tokens = await client.embed(texts)
         encode = _base64 if body.encoding_format == "base64" else list
         return {
@@ -232,9 +276,21 @@ def rag_router(client: RagClient) -> APIRouter:
     return router
 
 
+def _estimated_tokens(documents: Any) -> int:
+    """Tokens an ingest will embed, estimated from its documents' text (bytes / 4)."""
+    counter = EstimatingCounter()
+    texts = (
+        [d.get("text") for d in documents if isinstance(d, dict)]
+        if isinstance(documents, list)
+        else []
+    )
+    return sum(counter.text(t) for t in texts if isinstance(t, str))
+
+
 async def ground_chat(
     client: RagClient | None,
     body: ChatCompletionBody,
+    tenant: str,
     default_top_k: int = 4,
     metrics: RagMetrics | None = None,
 ) -> tuple[ChatCompletionBody, list[dict[str, Any]] | None]:
@@ -259,7 +315,7 @@ async def ground_chat(
     top_k = opts.top_k if opts.top_k is not None else default_top_k
     t0 = time.perf_counter()
     try:
-        hits = await _guard(client.search(opts.collection, query, top_k, opts.filter))
+        hits = await _guard(client.search(tenant, opts.collection, query, top_k, opts.filter))
     except APIError:
         if metrics is not None:
             metrics.retrieval(time.perf_counter() - t0, None)
@@ -294,14 +350,21 @@ async def _cited_stream(
     body: AsyncIterable[Any], cites: list[dict[str, Any]]
 ) -> AsyncIterator[str | bytes]:
     first = True
-    async for item in body:
-        if first:
-            text = item.decode() if isinstance(item, bytes) else str(item)
-            injected = _inject(text, cites)
-            first = injected == text
-            yield injected
-        else:
-            yield item
+    try:
+        async for item in body:
+            if first:
+                text = item.decode() if isinstance(item, bytes) else str(item)
+                injected = _inject(text, cites)
+                first = injected == text
+                yield injected
+            else:
+                yield item
+    finally:
+        # A client that leaves ends the inner stream now (its slot and quota ticket with
+        # it), not whenever garbage collection gets to it.
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def with_citations(response: Response, cites: list[dict[str, Any]] | None) -> Response:

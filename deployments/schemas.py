@@ -75,12 +75,23 @@ class CompletionBody(_Generation):
         return "\n".join(p for p in self.prompt if isinstance(p, str))
 
 
+def wants_usage(body: _Generation) -> bool:
+    """Whether a streaming client asked for the usage line (`stream_options.include_usage`)."""
+    return body.stream_options is not None and body.stream_options.include_usage is True
+
+
 def dump_for_engine(body: _Generation, model: str, force_usage: bool) -> dict[str, Any]:
-    """The body as the engine gets it: the served model name in place of what was asked."""
+    """The body as the engine gets it: the served model name in place of what was asked.
+
+    With `force_usage` a stream always asks the engine for its usage line, whatever the
+    client sent (`include_usage: false` included): the gateway charges the tenant's quota
+    from it, and strips it from the client's stream when the client did not ask for it
+    (`streams.sse_events`). A client that asked for no usage gets no per-chunk usage
+    (`continuous_usage_stats`) either."""
     data = body.model_dump(exclude_unset=True, exclude_none=True)
     data["model"] = model
     if body.stream and force_usage:
-        opts = dict(data.get("stream_options") or {})
-        opts.setdefault("include_usage", True)
+        opts = dict(data.get("stream_options") or {}) if wants_usage(body) else {}
+        opts["include_usage"] = True
         data["stream_options"] = opts
     return data

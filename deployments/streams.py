@@ -2,7 +2,9 @@
 
 The engine client's items (`EngineError`, a whole answer `dict`, SSE text) become the
 wire format here, once. `sse_events` also reads the usage chunk, so the gateway can
-settle the tenant's quota with the tokens really used.
+settle the tenant's quota with the tokens really used (the engine is always asked for it;
+a client that did not ask gets the stream without it), and cuts a stream at the
+request's end-to-end deadline (`gateway.request_timeout_s`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from tierline.deployments.engine_client import EngineError, EngineItem
 from tierline.deployments.errors import error_body
 
-__all__ = ["finish_whole_answer", "sse_events", "total_tokens"]
+__all__ = ["DEADLINE_MESSAGE", "finish_whole_answer", "sse_events", "total_tokens", "without_usage"]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 
@@ -59,15 +62,45 @@ def _usage_of_event(event: str) -> int | None:
     return None
 
 
+def _usage_only(event: str) -> bool:
+    """Whether an SSE event is the stream's usage chunk (usage, and no choices)."""
+    for line in event.splitlines():
+        if line.startswith("data: {") and '"usage"' in line:
+            try:
+                data = json.loads(line[6:])
+            except ValueError:
+                return False
+            return isinstance(data, dict) and bool(data.get("usage")) and not data.get("choices")
+    return False
+
+
+def without_usage(item: str) -> str:
+    """SSE text less its usage chunk: for a client that did not ask for usage (the
+    gateway always asks the engine for it, to charge the tenant)."""
+    if '"usage"' not in item:
+        return item
+    return "\n\n".join(e for e in item.split("\n\n") if not _usage_only(e))
+
+
+DEADLINE_MESSAGE = "the request ran past its deadline (gateway.request_timeout_s) and was cut"
+
+
 async def sse_events(
     first: EngineItem,
     rest: AsyncGenerator[EngineItem, None],
     on_end: Callable[[int | None], Awaitable[None]] | None = None,
+    *,
+    hide_usage: bool = False,
+    deadline: float | None = None,
 ) -> AsyncIterator[str]:
     """The engine's stream as SSE, always ending in `data: [DONE]`, errors included.
 
     `on_end` gets the total tokens from the stream's usage chunk, however the stream ends
-    (completed, broken, or the client went away)."""
+    (completed, broken, cut at its deadline, or the client went away): the gateway frees
+    the request's slot and settles its quota there. `hide_usage`: the usage chunk is read
+    but not sent (the client did not ask for it). `deadline` (the event loop's clock): a
+    stream still running then is cut with an error event and `[DONE]`, and the engine
+    request is closed."""
     done = False
     used: int | None = None
 
@@ -80,12 +113,25 @@ async def sse_events(
         if item.rstrip().endswith("data: [DONE]"):
             done = True
         used = _usage_of_event(item) or used
-        return item
+        return without_usage(item) if hide_usage else item
 
     try:
-        yield emit(first)
-        async for item in rest:
-            yield emit(item)
+        if out := emit(first):
+            yield out
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline) as limit:
+                    item = await anext(rest)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                logger.warning("stream cut at its deadline")
+                yield _sse_error(DEADLINE_MESSAGE)
+                break
+            if out := emit(item):
+                yield out
         if not done:
             yield "data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):
@@ -95,6 +141,10 @@ async def sse_events(
         yield _sse_error("the engine stream broke before the answer was complete")
         yield "data: [DONE]\n\n"
     finally:
-        await rest.aclose()
-        if on_end is not None:
-            await on_end(used)
+        # Shielded: Starlette stops a stream whose client left by cancelling an anyio
+        # task group, which cancels every later await here too; the engine request must
+        # still close and the slot and quota ticket still be given back.
+        with anyio.CancelScope(shield=True):
+            await rest.aclose()
+            if on_end is not None:
+                await on_end(used)

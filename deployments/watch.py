@@ -90,11 +90,13 @@ async def readiness(
     spec: ClusterSpec, board: TierBoard, engines: Mapping[str, EngineClient], timeout_s: float
 ) -> dict[str, bool]:
     """Each tier's readiness: a probe, or the board's health for a `warmed` tier (no
-    probe: it may be scaled to zero, and stays so)."""
+    probe: it may be scaled to zero, and stays so) and for an external tier (no probe
+    leaves the cluster on a readiness call, which anyone may make; the health watch
+    keeps its state)."""
     names = [t.name for t in spec.tiers]
 
     async def check(name: str) -> bool:
-        if name in board.warmed:
+        if name in board.warmed or spec.tier(name).is_external:
             return board.health[name]
         return await engines[name].healthy(timeout_s)
 

@@ -67,6 +67,11 @@ class BM25Index:
                 if not posting:
                     del self._postings[term]
 
+    def rarest(self, query: str) -> int | None:
+        """The fewest chunks any term of `query` occurs in (None: no term is indexed)."""
+        counts = [len(p) for t in set(terms(query)) if (p := self._postings.get(t))]
+        return min(counts) if counts else None
+
     def _posting_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         arrays = self._arrays.get(term)
         if arrays is None:

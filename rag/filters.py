@@ -5,6 +5,12 @@
     {"$and": [...]} / {"$or": [...]} / {"$not": {...}}
 
 Keys name metadata fields; `document_id` names the chunk's document.
+
+A filter is bounded before it is compiled: at most `MAX_LIST_VALUES` values in one
+`$in`/`$nin` list, `MAX_FILTER_TERMS` terms in all (conditions, list values and logical
+operators), and `MAX_DEPTH` levels of nesting; a larger one gets 400 naming the cap. A
+search checks every candidate chunk against the filter, so its size bounds the work; `$in`
+lists are sets, so each check costs the same whatever the list's width.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ _CMP: dict[str, Callable[[Any, Any], bool]] = {
     "$lte": lambda a, b: a <= b,
 }
 MAX_DEPTH = 8
+MAX_LIST_VALUES = 1024
+MAX_FILTER_TERMS = 4096
 
 
 def _bad(message: str) -> RagError:
@@ -56,8 +64,38 @@ def _cmp(key: str, bound: Any, op: Callable[[Any, Any], bool]) -> Predicate:
     return pred
 
 
-def _member(key: str, values: tuple[Any, ...], inside: bool) -> Predicate:
-    return lambda d, m: (_value(d, m, key) in values) == inside
+def _member(key: str, values: frozenset[Any], inside: bool) -> Predicate:
+    def pred(d: str, m: Mapping[str, Any]) -> bool:
+        try:
+            found = _value(d, m, key) in values
+        except TypeError:  # a list or object in the metadata: equal to no scalar
+            found = False
+        return found == inside
+
+    return pred
+
+
+def _size(spec: Any, depth: int = 0) -> int:
+    """Terms in a filter, counted without compiling it; 400 once a cap is passed."""
+    if depth > 2 * MAX_DEPTH + 6:  # a guard only: `_compile` counts nesting exactly
+        raise _bad(f"nested deeper than {MAX_DEPTH}")
+    if isinstance(spec, list):
+        if len(spec) > MAX_LIST_VALUES:
+            raise _bad(
+                f"a list of {len(spec)} items; at most {MAX_LIST_VALUES} "
+                "(the filter list-width cap)"
+            )
+        items: Any = spec
+    elif isinstance(spec, dict):
+        items = spec.values()
+    else:
+        return 1
+    total = 1
+    for item in items:
+        total += _size(item, depth + 1)
+        if total > MAX_FILTER_TERMS:
+            raise _bad(f"more than {MAX_FILTER_TERMS} terms (the filter size cap)")
+    return total
 
 
 def _all(preds: list[Predicate]) -> Predicate:
@@ -92,7 +130,7 @@ def _field(key: str, cond: Any) -> Predicate:
         elif op in ("$in", "$nin"):
             if not isinstance(arg, list) or not all(isinstance(x, SCALAR) for x in arg):
                 raise _bad(f"{op} on {key!r} needs a list of scalars")
-            preds.append(_member(key, tuple(arg), op == "$in"))
+            preds.append(_member(key, frozenset(arg), op == "$in"))
         else:
             raise _bad(f"unknown operator {op!r} on {key!r}")
     return _all(preds)
@@ -123,4 +161,5 @@ def parse_filter(spec: Any) -> Predicate | None:
     """A predicate over (document_id, metadata), or None for no filter; RagError if malformed."""
     if spec is None or spec == {}:
         return None
+    _size(spec)
     return _compile(spec, 0)

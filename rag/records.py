@@ -49,7 +49,3 @@ class Hit:
             "score": self.score,
             "metadata": c.metadata,
         }
-
-
-def chunk_id(document_id: str, position: int) -> str:
-    return f"{document_id}#{position}"

@@ -3,11 +3,16 @@
 `MilvusChunkStore` takes a local path (Milvus Lite, embedded, owned by one process) or an
 `http://host:19530` URI (a Milvus server) and runs the same calls on both. It is the
 source of truth: the in-process indexes (`rag.index`) are rebuilt from `load` at start-up.
+
+`replace_documents` writes the new chunks (versioned ids, `rag.versions`) before it removes
+the old ones, so a write that fails, or a process that dies, leaves each document fully old
+or fully new; `load` returns every stored chunk and the reader resolves versions.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,7 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 from tierline.rag.records import Chunk
 
-MAX_TEXT_CHARS = 65535
+MAX_TEXT_BYTES = 65535  # Milvus counts a VARCHAR's max_length in UTF-8 bytes
+_logger = logging.getLogger("ray.serve.tierline.rag")
+
+
+CHUNK_FIELDS = ("chunk_id", "document_id", "position", "text", "metadata", "dense")
+
+
+class StoreWriteError(Exception):
+    """A write the store refused or failed; what was stored before it is unchanged."""
 
 
 class ChunkStore(Protocol):
@@ -27,13 +40,22 @@ class ChunkStore(Protocol):
 
     def create_collection(self, name: str, dim: int) -> None: ...
 
+    def field_names(self, name: str) -> set[str]: ...
+
+    def rename_collection(self, old: str, new: str) -> None: ...
+
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray
     ) -> None:
-        """Drop every chunk of `document_ids`, store `chunks`; durable when it returns."""
+        """Store `chunks`, then drop every other chunk of `document_ids`; durable on return.
+
+        Raises `StoreWriteError` when the new chunks could not all be written; the old
+        ones are then untouched."""
         ...
 
     def delete_document(self, name: str, document_id: str) -> None: ...
+
+    def delete_chunks(self, name: str, chunk_ids: Sequence[str]) -> None: ...
 
     def load(self, name: str, batch: int = 2000) -> Iterator[tuple[list[Chunk], np.ndarray]]: ...
 
@@ -56,6 +78,16 @@ def _release_embedded(path: str) -> None:
     server_manager_instance.release_server(path)
 
 
+def _check_sizes(chunks: Sequence[Chunk]) -> None:
+    for ch in chunks:
+        size = len(ch.text.encode())
+        if size > MAX_TEXT_BYTES:
+            raise StoreWriteError(
+                f"chunk {ch.chunk_id!r} has {size} bytes of text; the store holds "
+                f"{MAX_TEXT_BYTES} per chunk"
+            )
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
@@ -63,7 +95,8 @@ def is_remote(uri: str) -> bool:
 class MilvusChunkStore:
     """Chunks in Milvus collections: id, document id, position, text, metadata, vector."""
 
-    FIELDS = ("chunk_id", "document_id", "position", "text", "metadata", "dense")
+    FIELDS = CHUNK_FIELDS
+    BATCH = 1000  # rows per upsert or delete call
 
     def __init__(self, uri: str, token: str | None = None) -> None:
         self.uri = uri
@@ -105,7 +138,7 @@ class MilvusChunkStore:
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=512)
         schema.add_field("document_id", DataType.VARCHAR, max_length=256)
         schema.add_field("position", DataType.INT64)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_CHARS)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
         index = c.prepare_index_params()
@@ -114,29 +147,60 @@ class MilvusChunkStore:
         index.add_index("dense", index_type="FLAT", metric_type="COSINE")
         c.create_collection(name, schema=schema, index_params=index)
 
+    def field_names(self, name: str) -> set[str]:
+        return {f["name"] for f in self.client.describe_collection(name).get("fields", [])}
+
+    def rename_collection(self, old: str, new: str) -> None:
+        self.client.rename_collection(old, new)
+
+    def _insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        for i in range(0, len(rows), self.BATCH):
+            self.client.upsert(name, rows[i : i + self.BATCH])
+        self.client.flush(name)
+
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray
     ) -> None:
-        c = self.client
-        if document_ids:
-            c.delete(name, filter=f"document_id in {_quoted(list(document_ids))}")
+        _check_sizes(chunks)
         rows = [
             {
                 "chunk_id": ch.chunk_id,
                 "document_id": ch.document_id,
                 "position": ch.position,
-                "text": ch.text[:MAX_TEXT_CHARS],
+                "text": ch.text,
                 "metadata": ch.metadata,
                 "dense": vec.tolist(),
             }
             for ch, vec in zip(chunks, np.asarray(vectors, dtype=np.float32), strict=True)
         ]
-        for i in range(0, len(rows), 1000):
-            c.insert(name, rows[i : i + 1000])
-        c.flush(name)
+        new_ids = [ch.chunk_id for ch in chunks]
+        try:
+            self._insert(name, rows)
+        except Exception as err:
+            try:  # what part of the new version got in goes again; the old one is whole
+                self.delete_chunks(name, new_ids)
+            except Exception:  # resolved at the next start (rag.versions)
+                _logger.warning("could not remove a partial write to %s", name, exc_info=True)
+            raise StoreWriteError(f"the store did not take the write: {err}") from err
+        if document_ids:
+            try:
+                self.client.delete(
+                    name,
+                    filter=f"document_id in {_quoted(list(document_ids))} "
+                    f"and not (chunk_id in {_quoted(new_ids)})",
+                )
+                self.client.flush(name)
+            except Exception:  # the new version is stored: it is the answer
+                _logger.warning("old chunks left in %s until the next start", name, exc_info=True)
 
     def delete_document(self, name: str, document_id: str) -> None:
         self.client.delete(name, filter=f"document_id == {json.dumps(document_id)}")
+        self.client.flush(name)
+
+    def delete_chunks(self, name: str, chunk_ids: Sequence[str]) -> None:
+        ids = list(chunk_ids)
+        for i in range(0, len(ids), self.BATCH):
+            self.client.delete(name, filter=f"chunk_id in {_quoted(ids[i : i + self.BATCH])}")
         self.client.flush(name)
 
     def load(self, name: str, batch: int = 2000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
@@ -181,18 +245,33 @@ class MemoryChunkStore:
     def create_collection(self, name: str, dim: int) -> None:
         self.collections.setdefault(name, {})
 
+    def field_names(self, name: str) -> set[str]:
+        return set(CHUNK_FIELDS)
+
+    def rename_collection(self, old: str, new: str) -> None:
+        self.collections[new] = self.collections.pop(old)
+
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray
     ) -> None:
+        _check_sizes(chunks)
         rows = self.collections[name]
-        drop = set(document_ids)
-        for key in [k for k, (ch, _) in rows.items() if ch.document_id in drop]:
-            del rows[key]
         for ch, vec in zip(chunks, vectors, strict=True):
             rows[ch.chunk_id] = (ch, np.asarray(vec, dtype=np.float32))
+        new_ids = {ch.chunk_id for ch in chunks}
+        drop = set(document_ids)
+        for key in [k for k, (ch, _) in rows.items() if ch.document_id in drop]:
+            if key not in new_ids:
+                del rows[key]
 
     def delete_document(self, name: str, document_id: str) -> None:
-        self.replace_documents(name, [document_id], [], np.zeros((0, 1), dtype=np.float32))
+        rows = self.collections[name]
+        for key in [k for k, (ch, _) in rows.items() if ch.document_id == document_id]:
+            del rows[key]
+
+    def delete_chunks(self, name: str, chunk_ids: Sequence[str]) -> None:
+        for key in chunk_ids:
+            self.collections[name].pop(key, None)
 
     def load(self, name: str, batch: int = 2000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         rows = list(self.collections[name].values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
+from tierline.cluster.reaper import ProcFs, ProcInfo
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec
 from tierline.cluster.tiny_models import ensure_tiny_models
@@ -63,10 +65,42 @@ def leftover_processes(snapshot: dict[int, str], timeout_s: float = 120.0) -> li
         time.sleep(1.0)
 
 
+def engine_processes(root: int) -> dict[int, ProcInfo]:
+    """vLLM's processes under `root` (engine core, workers), with their marks."""
+    snap = ProcFs().snapshot()
+    out = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(root).children(recursive=True):
+            info = snap.get(child.pid)
+            if info is not None and info.name.upper().startswith("VLLM"):
+                out[child.pid] = info
+    return out
+
+
+def seconds_until_gone(procs: dict[int, ProcInfo], since: float, timeout_s: float) -> float:
+    """Seconds from `since` (time.monotonic()) until the last of `procs` ended; fails with
+    the survivors once `timeout_s` has passed since `since`."""
+    fs = ProcFs()
+    while True:
+        alive = [p for pid, p in procs.items() if fs.exists(pid, p.start_ticks)]
+        now = time.monotonic()
+        if not alive:
+            return now - since
+        if now - since > timeout_s:
+            raise AssertionError(
+                f"{len(alive)} vLLM process(es) alive {timeout_s:.0f} s after the kill: "
+                + ", ".join(f"{p.pid} {p.name}" for p in alive)
+            )
+        time.sleep(0.2)
+
+
 _KEYS_DIR = Path(tempfile.mkdtemp(prefix="tierline-test-keys-"))
 KEYS_FILE = _KEYS_DIR / "keys.json"
 API_KEY = add_key(KEYS_FILE, "tests")
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Tenants with quotas or fewer tiers, for the clusters whose specs list them
+# (tests/integration/local, tests/integration/tiers); elsewhere they are plain tenants.
+TENANT_KEYS = {t: add_key(KEYS_FILE, t) for t in ("metered", "strict", "trickle", "narrow")}
 
 
 def local_spec(port: int, **gateway: Any) -> ClusterSpec:

@@ -100,14 +100,22 @@ def test_keyword_and_context_escalation() -> None:
     assert long.headers["x-tierline-tier"] == "large"
 
 
-def test_streaming_ends_with_done_and_carries_usage() -> None:
+def test_streaming_ends_with_done_and_carries_usage_when_asked() -> None:
     client, _ = make()
-    r = client.post("/v1/chat/completions", json=chat(stream=True))
+    asked = {"include_usage": True}
+    r = client.post("/v1/chat/completions", json=chat(stream=True, stream_options=asked))
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r)
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 4
+    # Not asked for: no usage line (the gateway still reads it, to charge the quota).
+    for options in (None, {"include_usage": False}):
+        extra = {} if options is None else {"stream_options": options}
+        r = client.post("/v1/chat/completions", json=chat(stream=True, **extra))
+        events = sse_events(r)
+        assert events[-1] == "[DONE]" and len(events) == 5
+        assert not any("usage" in e for e in events)
 
 
 def test_completions_endpoint() -> None:

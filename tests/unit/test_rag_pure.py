@@ -41,7 +41,7 @@ def test_chunks_keep_document_id_position_metadata_and_original_text() -> None:
     chunks = chunk_document(Document("doc-1", text, {"lang": "en"}), word_offsets, 10, 3)
     # 25 tokens, windows of 10 sharing 3: [0,10) [7,17) [14,24) [21,25)
     assert [c.position for c in chunks] == [0, 1, 2, 3]
-    assert [c.chunk_id for c in chunks] == ["doc-1#0", "doc-1#1", "doc-1#2", "doc-1#3"]
+    assert [c.chunk_id for c in chunks] == [f"doc-1#0:{i}/4" for i in range(4)]
     assert all(c.document_id == "doc-1" and c.metadata == {"lang": "en"} for c in chunks)
     assert chunks[0].text.split() == [f"w{i}" for i in range(10)]
     assert chunks[1].text.split()[:3] == ["w7", "w8", "w9"]  # the overlap
@@ -234,3 +234,23 @@ def test_bm25_scores_match_a_reference_after_updates(docs, query, data) -> None:
     assert got.keys() == want.keys()
     for d, s in want.items():
         assert got[d] == pytest.approx(s, rel=1e-4)
+
+
+def test_weighted_fusion_normalises_each_side_and_breaks_ties_by_id() -> None:
+    from tierline.rag.fusion import weighted_fusion
+
+    dense = [("a", 0.9), ("b", 0.5), ("c", 0.1)]
+    sparse = [("c", 12.0), ("b", 6.0)]
+    # w = 0.4: a 0.6*1, b 0.6*0.5 + 0.4*0.5, c 0 + 0.4*1
+    got = dict(weighted_fusion(dense, sparse, 0.4))
+    assert got == pytest.approx({"a": 0.6, "b": 0.5, "c": 0.4})
+    assert [i for i, _ in weighted_fusion(dense, sparse, 0.8)] == ["c", "b", "a"]
+    assert weighted_fusion([("y", 1.0), ("x", 1.0)], [], 0.5) == [("x", 0.0), ("y", 0.0)]
+    assert weighted_fusion([], [], 0.5, limit=3) == []
+
+
+def test_bm25_rarest_counts_chunks_per_query_term() -> None:
+    idx = BM25Index()
+    idx.add([("a", "common zorblax"), ("b", "common words"), ("c", "common words again")])
+    assert idx.rarest("common zorblax?") == 1
+    assert idx.rarest("common") == 3 and idx.rarest("unknown") is None

@@ -98,18 +98,18 @@ async def test_ranking_is_the_same_after_a_rebuild_from_the_store() -> None:
     store = ByIdStore()
     core = RagCore(SETTINGS, store, HashEmbedder(), word_offsets)
     await core.start()
-    await core.create_collection("kb")
-    await core.ingest("kb", FACTS)
+    await core.create_collection("t", "kb")
+    await core.ingest("t", "kb", FACTS)
     for n in range(60):  # boilerplate: mostly identical chunks, as in the cluster test
         bulk = [
             {"id": f"bulk-{n}-{i}", "text": f"bulkword{n}x{i} " + "filler text " * 40}
             for i in range(8)
         ]
-        await core.ingest("kb", bulk)
-    before = {q: await core.search("kb", q, top_k=5) for q in QUERIES}
+        await core.ingest("t", "kb", bulk)
+    before = {q: await core.search("t", "kb", q, top_k=5) for q in QUERIES}
     assert before["capital of Zorbania"][0]["document_id"] == "zorbania"
 
     again = RagCore(SETTINGS, store, HashEmbedder(), word_offsets)
     await again.start()
-    after = {q: await again.search("kb", q, top_k=5) for q in QUERIES}
+    after = {q: await again.search("t", "kb", q, top_k=5) for q in QUERIES}
     assert after == before

@@ -86,7 +86,7 @@ def test_collections_ingest_search_delete(app) -> None:
     assert listed == [{"name": "kb", "documents": 2, "chunks": 2}]
     r = client.post("/v1/rag/collections/kb/search", json={"query": "Zorbania capital", "top_k": 1})
     (hit,) = r.json()["results"]
-    assert hit["document_id"] == "zorbania" and hit["chunk_id"] == "zorbania#0"
+    assert hit["document_id"] == "zorbania" and hit["chunk_id"].startswith("zorbania#")
     assert hit["metadata"] == {"t": "geo"} and "Quillport" in hit["text"]
     r = client.post(
         "/v1/rag/collections/kb/search", json={"query": "capital", "filter": {"t": "trade"}}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from tierline.rag.records import Chunk, RagError
 from tierline.rag.service import RagCore, RagSettings
-from tierline.rag.store import MemoryChunkStore
+from tierline.rag.store import MemoryChunkStore, StoreWriteError
+from tierline.rag.tenancy import physical_name
 
 from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
 
@@ -42,51 +43,51 @@ async def started(store: MemoryChunkStore | None = None) -> tuple[RagCore, Memor
 
 async def test_ingest_then_search_finds_the_planted_fact() -> None:
     core, _ = await started()
-    assert (await core.create_collection("kb"))["created"] is True
-    assert (await core.create_collection("kb"))["created"] is False
-    out = await core.ingest("kb", FACTS)
+    assert (await core.create_collection("t", "kb"))["created"] is True
+    assert (await core.create_collection("t", "kb"))["created"] is False
+    out = await core.ingest("t", "kb", FACTS)
     assert [d["id"] for d in out["documents"]] == ["zorbania", "velmora", "brindle"]
-    hits = await core.search("kb", "capital of Zorbania", top_k=2)
+    hits = await core.search("t", "kb", "capital of Zorbania", top_k=2)
     assert hits[0]["document_id"] == "zorbania" and "Quillport" in hits[0]["text"]
     assert set(hits[0]) == {"document_id", "chunk_id", "text", "score", "metadata"}
     assert hits[0]["metadata"] == {"lang": "en", "year": 2020}
-    assert core.list_collections() == [{"name": "kb", "documents": 3, "chunks": 3}]
+    assert core.list_collections("t") == [{"name": "kb", "documents": 3, "chunks": 3}]
 
 
 async def test_filters_restrict_results() -> None:
     core, _ = await started()
-    await core.create_collection("kb")
-    await core.ingest("kb", FACTS)
-    hits = await core.search("kb", "capital", top_k=5, filter={"lang": "de"})
+    await core.create_collection("t", "kb")
+    await core.ingest("t", "kb", FACTS)
+    hits = await core.search("t", "kb", "capital", top_k=5, filter={"lang": "de"})
     assert {h["document_id"] for h in hits} == {"brindle"}
-    hits = await core.search("kb", "capital", top_k=5, filter={"year": {"$gte": 2021}})
+    hits = await core.search("t", "kb", "capital", top_k=5, filter={"year": {"$gte": 2021}})
     assert {h["document_id"] for h in hits} <= {"velmora", "brindle"}
 
 
 async def test_reingest_replaces_and_delete_removes() -> None:
     core, store = await started()
-    await core.create_collection("kb")
+    await core.create_collection("t", "kb")
     long_text = " ".join(f"word{i}" for i in range(40))
-    await core.ingest("kb", [{"id": "d", "text": long_text}])
-    assert core.list_collections()[0]["chunks"] == 4
-    await core.ingest("kb", [{"id": "d", "text": "short replacement about lighthouses"}])
-    assert core.list_collections()[0]["chunks"] == 1
-    assert len(store.collections["kb"]) == 1
-    hits = await core.search("kb", "word3", top_k=5)
+    await core.ingest("t", "kb", [{"id": "d", "text": long_text}])
+    assert core.list_collections("t")[0]["chunks"] == 4
+    await core.ingest("t", "kb", [{"id": "d", "text": "short replacement about lighthouses"}])
+    assert core.list_collections("t")[0]["chunks"] == 1
+    assert len(store.collections[physical_name("t", "kb")]) == 1
+    hits = await core.search("t", "kb", "word3", top_k=5)
     assert all("word3" not in h["text"] for h in hits)
-    await core.delete_document("kb", "d")
-    assert await core.search("kb", "lighthouses", top_k=5) == []
+    await core.delete_document("t", "kb", "d")
+    assert await core.search("t", "kb", "lighthouses", top_k=5) == []
     with pytest.raises(RagError) as err:
-        await core.delete_document("kb", "d")
+        await core.delete_document("t", "kb", "d")
     assert err.value.status == 404
 
 
 async def test_restart_rebuilds_indexes_from_the_store() -> None:
     core, store = await started()
-    await core.create_collection("kb")
-    await core.ingest("kb", FACTS)
+    await core.create_collection("t", "kb")
+    await core.ingest("t", "kb", FACTS)
     again, _ = await started(store)
-    hits = await again.search("kb", "Velmora salt", top_k=1)
+    hits = await again.search("t", "kb", "Velmora salt", top_k=1)
     assert hits[0]["document_id"] == "velmora"
 
 
@@ -105,45 +106,49 @@ async def test_restart_rebuilds_indexes_from_the_store() -> None:
 )
 async def test_bad_documents_are_4xx_and_write_nothing(docs, status, code) -> None:
     core, store = await started()
-    await core.create_collection("kb")
+    await core.create_collection("t", "kb")
     good = {"id": "ok", "text": "a fine document"}
     with pytest.raises(RagError) as err:
-        await core.ingest("kb", [good, *docs] if docs else docs)
+        await core.ingest("t", "kb", [good, *docs] if docs else docs)
     assert err.value.status == status
     if code:
         assert err.value.code == code
-    assert store.collections["kb"] == {} and core.list_collections()[0]["documents"] == 0
+    assert (
+        store.collections[physical_name("t", "kb")] == {}
+        and core.list_collections("t")[0]["documents"] == 0
+    )
 
 
 class FailingStore(MemoryChunkStore):
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray
     ) -> None:
-        raise OSError("disk full")
+        raise StoreWriteError("disk full")
 
 
 async def test_a_failed_store_write_leaves_no_document_indexed() -> None:
     core = RagCore(SETTINGS, FailingStore(), HashEmbedder(), word_offsets)
     await core.start()
-    await core.create_collection("kb")
-    with pytest.raises(OSError):
-        await core.ingest("kb", FACTS)
-    assert core.list_collections()[0]["chunks"] == 0
-    assert await core.search("kb", "Zorbania", top_k=3) == []
+    await core.create_collection("t", "kb")
+    with pytest.raises(RagError) as err:
+        await core.ingest("t", "kb", FACTS)
+    assert err.value.status == 503 and err.value.code == "store_write_failed"
+    assert core.list_collections("t")[0]["chunks"] == 0
+    assert await core.search("t", "kb", "Zorbania", top_k=3) == []
 
 
 async def test_unknown_collection_bad_name_query_top_k_and_filter() -> None:
     core, _ = await started()
     cases = [
-        (core.search("nope", "q"), 404),
-        (core.ingest("nope", FACTS), 404),
-        (core.create_collection("Bad-Name"), 400),
+        (core.search("t", "nope", "q"), 404),
+        (core.ingest("t", "nope", FACTS), 404),
+        (core.create_collection("t", "Bad-Name"), 400),
     ]
     for coro, status in cases:
         with pytest.raises(RagError) as err:
             await coro
         assert err.value.status == status
-    await core.create_collection("kb")
+    await core.create_collection("t", "kb")
     embedder = core.embedder
     assert isinstance(embedder, HashEmbedder)
     before = embedder.calls
@@ -154,16 +159,16 @@ async def test_unknown_collection_bad_name_query_top_k_and_filter() -> None:
         {"query": "q", "filter": {"$bad": 1}},
     ):
         with pytest.raises(RagError) as err:
-            await core.search("kb", **kwargs)  # type: ignore[arg-type]
+            await core.search("t", "kb", **kwargs)  # type: ignore[arg-type]
         assert err.value.status == 400
     assert embedder.calls == before  # rejected before paying for an embedding
 
 
 async def test_many_documents_each_found_by_its_own_words() -> None:
     core, _ = await started()
-    await core.create_collection("kb")
+    await core.create_collection("t", "kb")
     docs = [{"id": f"d{i}", "text": f"token{i} appears only in document {i}"} for i in range(200)]
-    await core.ingest("kb", docs)
+    await core.ingest("t", "kb", docs)
     for i in range(0, 200, 17):
-        hits = await core.search("kb", f"token{i}", top_k=3)
+        hits = await core.search("t", "kb", f"token{i}", top_k=3)
         assert hits[0]["document_id"] == f"d{i}"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 from tierline.cli import local
-from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.spec import ClusterSpec, TenantSpec
 
 from tests.integration.conftest import (
     API_KEY,
@@ -51,7 +51,13 @@ def serve_log_records() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
-    spec = local_spec(free_port())
+    # Two metered tenants for test_quotas.py (the rest of the package uses tenant `tests`,
+    # unlimited); with a quota set, the cluster runs the `quota` deployment too.
+    tenants = [
+        TenantSpec(name="metered", tokens_per_min=600),
+        TenantSpec(name="strict", tokens_per_min=300),
+    ]
+    spec = local_spec(free_port(), tenants=tenants)
     run = local.start(spec, ready_timeout_s=600)
     try:
         yield Cluster(run.endpoint, spec, run.ready_s)

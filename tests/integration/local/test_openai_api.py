@@ -18,8 +18,10 @@ def test_models_lists_every_tier_and_auto(cluster: Cluster) -> None:
 
 def test_ready_and_healthy(cluster: Cluster) -> None:
     assert httpx.get(f"{cluster.url}/healthz").status_code == 200
-    r = httpx.get(f"{cluster.url}/readyz")
+    r = httpx.get(f"{cluster.url}/readyz", headers=AUTH)
     assert r.status_code == 200 and r.json()["tiers"] == {"small": True, "large": True}
+    anonymous = httpx.get(f"{cluster.url}/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
 
 
 def test_auto_chat_non_streaming(cluster: Cluster) -> None:
@@ -81,7 +83,12 @@ def test_auto_routes_hard_and_long_prompts_up(cluster: Cluster) -> None:
 
 def test_streaming_chat_with_usage_and_done(cluster: Cluster) -> None:
     stream = cluster.client().chat.completions.create(
-        model="auto", messages=MSG, max_tokens=8, stream=True, temperature=0
+        model="auto",
+        messages=MSG,
+        max_tokens=8,
+        stream=True,
+        temperature=0,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)

@@ -167,6 +167,8 @@ def test_node_exporters_report_zero_gpus_without_a_driver(ray_cluster: object) -
         with urllib.request.urlopen(f"http://127.0.0.1:{h.port}/metrics", timeout=10) as r:
             body = r.read().decode()
         assert "Traceback" not in body
+        # each also runs its node's orphaned-engine reaper (tierline.cluster.reaper)
+        assert "# TYPE tierline_reaped_engine_processes_total counter" in body
         gpus = {
             s.labels["node"]: s.value
             for fam in text_string_to_metric_families(body)

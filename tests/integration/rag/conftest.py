@@ -11,15 +11,21 @@ import pytest
 from openai import OpenAI
 from tierline.cli import local
 from tierline.cluster.spec import ClusterSpec
+from tierline.deployments.auth import add_key
 
 from tests.integration.conftest import (
     API_KEY,
     AUTH,
+    KEYS_FILE,
     descendants,
     free_port,
     leftover_processes,
     local_spec,
 )
+
+# A second tenant and an operator, beside the session's own tenant "tests" (API_KEY).
+OTHER_KEY = add_key(KEYS_FILE, "tests-other")
+OPERATOR_KEY = add_key(KEYS_FILE, "ops", role="operator")
 
 
 def rag_spec(data_dir: Path) -> ClusterSpec:
@@ -31,6 +37,8 @@ def rag_spec(data_dir: Path) -> ClusterSpec:
             "chunk_tokens": 48,
             "chunk_overlap_tokens": 8,
             "default_top_k": 2,
+            # A parse bomb (test_rag_limits.py) is cut well before its 5 s of parsing.
+            "parse_timeout_s": 2.0,
         }
     )
     # The rules router: these tests are about retrieval, not about the learned router's
@@ -66,8 +74,9 @@ class RagCluster:
     def client(self) -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=AUTH, timeout=120)
+    def http(self, key: str | None = None) -> httpx.Client:
+        headers = AUTH if key is None else {"Authorization": f"Bearer {key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
 @contextmanager

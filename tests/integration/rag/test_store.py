@@ -7,13 +7,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from tierline.rag.records import Chunk
+from tierline.rag.records import Chunk, RagError
+from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MilvusChunkStore
+from tierline.rag.tenancy import physical_name
 
 from tests.integration.conftest import free_port
+from tests.unit.rag_fakes import HashEmbedder, word_offsets
 
 DIM = 8
 
@@ -101,3 +105,77 @@ def test_same_store_code_against_a_milvus_server_uri(milvus_server: str) -> None
         exercise(store)
     finally:
         store.close()
+
+
+class _Failing:
+    """The real pymilvus client, with one kind of call failing after `after` calls."""
+
+    def __init__(self, client: Any, method: str, after: int) -> None:
+        self._client, self._method, self._left = client, method, after
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name != self._method:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._left <= 0:
+                raise ConnectionError(f"{name} failed (injected)")
+            self._left -= 1
+            return real(*args, **kwargs)
+
+        return call
+
+
+def _core(path: Path) -> RagCore:
+    settings = RagSettings(dim=DIM, chunk_tokens=4, chunk_overlap_tokens=0)
+    store = MilvusChunkStore(str(path))
+    store.BATCH = 2
+    return RagCore(settings, store, HashEmbedder(DIM), word_offsets)
+
+
+OLD = "alpha beta gamma delta epsilon"  # 2 chunks
+NEW = " ".join(f"new{i}" for i in range(20))  # 5 chunks: 3 upsert calls of 2
+
+
+async def _texts(core: RagCore) -> set[str]:
+    return {h["text"] for h in await core.search("t", "kb", "alpha new1 new17", top_k=20)}
+
+
+@pytest.mark.parametrize("fails", ["upsert", "delete"])
+async def test_reingest_with_a_failing_write_is_all_old_or_all_new_after_a_restart(
+    tmp_path: Path, fails: str
+) -> None:
+    """A write that dies half-way keeps the old version; one that dies after the new
+    version is stored (removing the old) serves the new one. Index and store agree before
+    and after a restart, and the leftovers are cleaned up at the restart."""
+    db = tmp_path / "milvus.db"
+    core = _core(db)
+    await core.start()
+    await core.create_collection("t", "kb")
+    await core.ingest("t", "kb", [{"id": "d", "text": OLD}])
+    old = await _texts(core)
+    store = core.store
+    assert isinstance(store, MilvusChunkStore)
+    real = store._client
+    # "upsert": the second of three batches fails; "delete": the new version is all in,
+    # and removing the old version (and every later delete) fails.
+    store._client = _Failing(real, fails, 1 if fails == "upsert" else 0)
+    if fails == "upsert":
+        with pytest.raises(RagError) as err:
+            await core.ingest("t", "kb", [{"id": "d", "text": NEW}])
+        assert err.value.status == 503 and "previous versions are unchanged" in err.value.message
+        want = old
+    else:
+        await core.ingest("t", "kb", [{"id": "d", "text": NEW}])
+        want = {" ".join(f"new{i}" for i in range(j, j + 4)) for j in range(0, 20, 4)}
+    assert await _texts(core) == want
+    store._client = real
+    store.close()
+
+    again = _core(db)
+    await again.start()
+    assert await _texts(again) == want
+    stored = everything(again.store, physical_name("t", "kb"))  # type: ignore[arg-type]
+    assert {c.text for c in stored.values()} == want  # no fragment, no old version left
+    again.store.close()

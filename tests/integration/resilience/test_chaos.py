@@ -10,7 +10,6 @@ to fail over and to recover after a replica kill) goes to `bench/results/resilie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 import time
@@ -20,7 +19,7 @@ import httpx
 import psutil
 from tierline.cli.local import wait_ready
 
-from tests.integration.conftest import AUTH, descendants
+from tests.integration.conftest import AUTH, descendants, engine_processes, seconds_until_gone
 from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
 from tests.integration.resilience.figures import percentiles_ms, record
 
@@ -261,7 +260,10 @@ def _replica_process(deployment: str) -> psutil.Process:
 
 def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
     victim = _replica_process("tier-small")
-    orphans = victim.children(recursive=True)  # its vLLM engine processes
+    engines = engine_processes(victim.pid)  # its vLLM engine core and workers
+    assert engines, "no vLLM process under the replica"
+    children = victim.children(recursive=True)  # those, and the replica's watchdog
+    engines_gone: list[float] = []
 
     async def load() -> tuple[Tally, float]:
         tally = Tally()
@@ -284,6 +286,9 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
                 killed.set()
                 now = time.monotonic()
                 stop_at[0] = now + 20.0
+                # no engine process of the dead replica may be left after 15 s
+                gone = await asyncio.to_thread(seconds_until_gone, engines, now, 15.0)
+                engines_gone.append(gone)
                 return now
 
             results = await asyncio.gather(*(worker(i) for i in range(4)), killer())
@@ -291,11 +296,9 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
 
     tally, killed_at = asyncio.run(load())
     assert not victim.is_running(), "the replica was not killed"
-    for p in [victim, *orphans]:
+    for p in [victim, *children]:
         up_cluster.tree.pop(p.pid, None)
-    for p in orphans:  # what a node's cleanup would reap after a crash
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+    print(f"replica SIGKILL: its last vLLM process gone after {engines_gone[0]:.1f} s")
     plain = [o for o in tally.outcomes if not o.stream]
     streams = [o for o in tally.outcomes if o.stream]
     lost = [o for o in plain if o.status != 200]
@@ -355,6 +358,8 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
             "what": "SIGKILL of the small tier's only engine replica under steady auto load "
             "(4 clients, 1 in 3 streaming); small falls back to large",
             "small_tier_serving_again_s": round(recovered_s, 1),
+            "engine_processes_of_the_dead_replica": len(engines),
+            "last_engine_process_gone_s": round(engines_gone[0], 2),
         },
     )
     assert _replica_process("tier-small").pid != victim.pid

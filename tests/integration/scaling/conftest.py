@@ -19,6 +19,7 @@ from tierline.cluster.tiny_models import ensure_tiny_models
 
 from tests.integration.conftest import (
     API_KEY,
+    AUTH,
     KEYS_FILE,
     ROOT,
     descendants,
@@ -50,7 +51,7 @@ class ScalingCluster:
     def gateway_replicas(self) -> dict[str, int]:
         """Replica counts as the gateway sees them (its /readyz), which lag Serve's by
         up to its 2 s poll; reading them sends the tiers no traffic."""
-        resp = httpx.get(f"{self.url}/readyz", timeout=30)
+        resp = httpx.get(f"{self.url}/readyz", headers=AUTH, timeout=30)
         return dict(resp.json().get("replicas", {}))
 
     def engine_metrics(self) -> str:

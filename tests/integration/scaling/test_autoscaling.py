@@ -68,6 +68,7 @@ def test_pinned_request_waits_for_the_cold_start(cluster: ScalingCluster) -> Non
         max_tokens=8,
         temperature=0,
         stream=True,
+        stream_options={"include_usage": True},
     )
     first: float | None = None
     usage = None

@@ -6,7 +6,12 @@ external tiers that reach outside the cluster over loopback:
   `vllm serve` runs) on tiny-small, standing in for a hosted provider;
 - `ext-refused` / `ext-refused-fb`: a closed port (without / with `fallback_tier: small`);
 - `ext-silent`: a socket that accepts connections and never answers (`timeout_s: 3`);
-- `ext-429` / `ext-429-fb`: a tiny HTTP server that answers 429 with `Retry-After: 9`.
+- `ext-429` / `ext-429-fb`: a tiny HTTP server that answers 429 with `Retry-After: 9`;
+- `ext-trickle`: a tiny HTTP server that streams one chunk every half second, for ever,
+  with one slot at the gateway (`max_ongoing_requests: 1, max_queued_requests: 0`).
+
+`gateway.request_timeout_s` is 15 s here, so a trickling stream is cut within a test.
+Tenants: `trickle` (`max_concurrent: 1`) and `narrow` (tiers `[ext-refused-fb]` only).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from tests.integration.conftest import (
 UPSTREAM_MODEL = "upstream-tiny"
 UPSTREAM_KEY = "sk-upstream-test"
 RETRY_AFTER = "9"
+REQUEST_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -154,11 +160,40 @@ class _RateLimited(BaseHTTPRequestHandler):
         pass
 
 
+class _Trickling(BaseHTTPRequestHandler):
+    """Every POST: an SSE stream of one chat chunk every 0.5 s, until the client leaves."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunk = {
+            "id": "trickle",
+            "object": "chat.completion.chunk",
+            "model": UPSTREAM_MODEL,
+            "choices": [{"index": 0, "delta": {"content": "drip "}, "finish_reason": None}],
+        }
+        try:
+            for _ in range(600):
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            return  # the gateway closed the request
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class FakeProviders:
     refused_port: int
     silent_port: int
     limited_port: int
+    trickle_port: int
 
 
 @pytest.fixture(scope="package")
@@ -167,6 +202,9 @@ def providers() -> Iterator[FakeProviders]:
     limited.daemon_threads = True
     thread = threading.Thread(target=limited.serve_forever, daemon=True)
     thread.start()
+    trickle = ThreadingHTTPServer(("127.0.0.1", 0), _Trickling)
+    trickle.daemon_threads = True
+    threading.Thread(target=trickle.serve_forever, daemon=True).start()
     # Listens (the kernel completes connections) but never accepts or answers.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -176,15 +214,20 @@ def providers() -> Iterator[FakeProviders]:
             refused_port=free_port(),
             silent_port=silent.getsockname()[1],
             limited_port=limited.server_address[1],
+            trickle_port=trickle.server_address[1],
         )
     finally:
         limited.shutdown()
         limited.server_close()
+        trickle.shutdown()
+        trickle.server_close()
         silent.close()
 
 
 def tiers_spec(port: int, upstream_url: str, fakes: FakeProviders) -> ClusterSpec:
-    def external(name: str, url: str, fallback: bool = False, **extra: object) -> str:
+    def external(
+        name: str, url: str, fallback: bool = False, tier: str = "", **extra: object
+    ) -> str:
         fields = {
             "base_url": url,
             "model": UPSTREAM_MODEL,
@@ -196,12 +239,13 @@ def tiers_spec(port: int, upstream_url: str, fakes: FakeProviders) -> ClusterSpe
         }
         fb = "\n    fallback_tier: small" if fallback else ""
         return (
-            f"  - name: {name}\n    max_context_tokens: 512{fb}\n"
+            f"  - name: {name}\n    max_context_tokens: 512{fb}\n{tier}"
             f"    price_per_1m_input_tokens: 5\n    price_per_1m_output_tokens: 15\n"
             f"    external: {json.dumps(fields)}\n"
         )
 
     loop = "http://127.0.0.1:{}/v1"
+    one_slot = "    max_ongoing_requests: 1\n    max_queued_requests: 0\n"
     text = f"""
 name: tierline-tiers
 tiers:
@@ -223,6 +267,7 @@ tiers:
 {external("ext-silent", loop.format(fakes.silent_port), timeout_s=3)}
 {external("ext-429", loop.format(fakes.limited_port))}
 {external("ext-429-fb", loop.format(fakes.limited_port), fallback=True)}
+{external("ext-trickle", loop.format(fakes.trickle_port), tier=one_slot)}
 router:
   policy: rules
   default_tier: small
@@ -232,6 +277,10 @@ gateway:
   host: 127.0.0.1
   port: {port}
   retries: 2
+  request_timeout_s: {REQUEST_TIMEOUT_S}
+  tenants:
+    - {{name: trickle, max_concurrent: 1}}
+    - {{name: narrow, tiers: [ext-refused-fb]}}
   auth:
     keys_file: {KEYS_FILE}
 """

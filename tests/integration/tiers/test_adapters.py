@@ -38,6 +38,7 @@ def test_adapter_chat_streams(cluster: TiersCluster) -> None:
         max_tokens=8,
         temperature=0,
         stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0

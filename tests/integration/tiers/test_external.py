@@ -30,7 +30,12 @@ def test_external_tier_answers_like_the_provider(cluster: TiersCluster) -> None:
 
 def test_external_tier_streams(cluster: TiersCluster) -> None:
     stream = cluster.client().completions.create(
-        model="ext", prompt="Once upon", max_tokens=8, temperature=0, stream=True
+        model="ext",
+        prompt="Once upon",
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -51,7 +56,7 @@ def test_auto_routing_sends_hard_prompts_to_the_external_tier(cluster: TiersClus
 def test_models_and_readiness_include_external_tiers(cluster: TiersCluster) -> None:
     cards = {m.id: m for m in cluster.client().models.list().data}
     assert getattr(cards["ext"], "external", None) is True
-    ready = httpx.get(f"{cluster.url}/readyz", timeout=30)
+    ready = httpx.get(f"{cluster.url}/readyz", headers=AUTH, timeout=30)
     assert ready.status_code == 200  # broken providers do not gate the gateway
     assert ready.json()["tiers"]["ext"] is True
 
