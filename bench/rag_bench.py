@@ -41,7 +41,8 @@ from tierline.rag.tenancy import physical_name
 ROOT = Path(__file__).resolve().parents[1]
 
 CACHE = ROOT / ".cache" / "rag_bench"
-DOCS = Path("/usr/share/doc/python3-doc/html")
+# Debian python3-doc; elsewhere set TIERLINE_PYDOC_HTML to an extracted copy of its html/.
+DOCS = Path(os.environ.get("TIERLINE_PYDOC_HTML", "/usr/share/doc/python3-doc/html"))
 CHUNK_TOKENS, OVERLAP = 64, 8
 
 
@@ -181,7 +182,7 @@ async def store_and_index(
         rows = [i for _, idxs in part for i in idxs]
         await asyncio.to_thread(
             store.replace_documents,
-            "bench",
+            physical_name("t", "bench"),
             [d for d, _ in part],
             [chunks[i] for i in rows],
             vecs[rows],

@@ -407,15 +407,23 @@ def wait_engines_gone(cluster: str, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
-def sample_curl(url: str, model: str = "auto", key_file: Path | None = None) -> str:
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": 16,
-        }
-    )
+def sample_curl(
+    url: str,
+    model: str = "auto",
+    key_file: Path | None = None,
+    question: str = "Say hello.",
+    collection: str | None = None,
+) -> str:
+    """A curl command for a chat completion; with `collection`, a grounded one."""
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 16,
+    }
+    if collection is not None:
+        body["rag"] = {"collection": collection}
     auth = f' -H "Authorization: Bearer $(cat {key_file})"' if key_file is not None else ""
     return (
-        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+        f"-d '{json.dumps(body)}'"
     )

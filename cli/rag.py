@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,29 @@ def _metadata(text: str | None) -> dict[str, Any]:
     return value
 
 
+def upload(
+    http: Any,
+    collection: str,
+    files: list[Path],
+    meta: dict[str, Any],
+    advance: Callable[[], None],
+    check: Callable[[Any], Any],
+) -> int:
+    """Create `collection` (if new) and upload `files` one by one through the gateway's
+    API (each file's id: its name without suffix); returns the chunks stored."""
+    check(http.post("/v1/rag/collections", json={"name": collection}))
+    chunks = 0
+    for f in files:
+        resp = http.post(
+            f"/v1/rag/collections/{collection}/documents",
+            files={"file": (f.name, f.read_bytes())},
+            data={"metadata": json.dumps({**meta, "path": str(f)})},
+        )
+        chunks += int(check(resp)["chunks"])
+        advance()
+    return chunks
+
+
 @app.command()
 def ingest(
     paths: list[Path] = typer.Argument(..., help="Files or folders (.txt .md .html .pdf)."),
@@ -77,25 +100,15 @@ def ingest(
     """Upload documents (id = file name without suffix); re-ingesting an id replaces it."""
     files = list(files_under(paths))
     meta = _metadata(metadata)
-    with _client(url, api_key) as http:
-        _check(http.post("/v1/rag/collections", json={"name": collection}))
-        chunks = 0
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err) as bar:
-            task = bar.add_task(f"ingesting into {collection}", total=len(files))
-            for f in files:
-                resp = http.post(
-                    f"/v1/rag/collections/{collection}/documents",
-                    files={"file": (f.name, f.read_bytes())},
-                    data={"metadata": json.dumps({**meta, "path": str(f)})},
-                )
-                chunks += _check(resp)["chunks"]
-                bar.advance(task)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with _client(url, api_key) as http, Progress(*columns, console=err) as bar:
+        task = bar.add_task(f"ingesting into {collection}", total=len(files))
+        chunks = upload(http, collection, files, meta, lambda: bar.advance(task), _check)
     console.print(f"ingested {len(files)} document(s), {chunks} chunk(s) into {collection}")
 
 

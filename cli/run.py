@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from tierline.cli import quiet
 from tierline.cli.progress import StepBoard, apply_deployments, failure_report, output_to, shown
+from tierline.cli.sample import Sample, ensure_sample
 from tierline.cli.startup import DeploymentState
 from tierline.cli.validate import load_or_exit
 from tierline.cluster.spec import ClusterSpec, deployment_name
@@ -52,6 +53,11 @@ def up(
     ready_timeout_s: float = typer.Option(
         900.0, help="How long to wait for the deploy, and then for /readyz."
     ),
+    sample: Path | None = typer.Option(
+        None,
+        help="With RAG on: a folder of documents ingested into the collection "
+        "`tierline_docs` of the local key's tenant on first start (`make run`: docs/).",
+    ),
     verbose: bool = typer.Option(
         False,
         "--verbose",
@@ -79,13 +85,18 @@ def up(
         tierline_log.addHandler(handler)
         tierline_log.setLevel(level.value.upper())
         stack.callback(tierline_log.removeHandler, handler)
-        code = _up(spec, spec_path, console, None if verbose else log_path, ready_timeout_s)
+        code = _up(spec, spec_path, console, None if verbose else log_path, ready_timeout_s, sample)
     if code:
         raise typer.Exit(code)
 
 
 def _up(
-    spec: ClusterSpec, spec_path: Path, console: Console, log_path: Path | None, timeout_s: float
+    spec: ClusterSpec,
+    spec_path: Path,
+    console: Console,
+    log_path: Path | None,
+    timeout_s: float,
+    sample_dir: Path | None = None,
 ) -> int:
     from tierline.cli import local
 
@@ -96,6 +107,9 @@ def _up(
         board.add(deployment_name(t), f"engine {t.name}")
     board.add("gateway", "gateway")
     board.add("warmup", "warm-up")
+    seeding = sample_dir is not None and spec.rag.enabled and key is not None
+    if seeding:
+        board.add("sample", "sample docs")
     watcher = UpWatcher(board)
     stop = threading.Event()
     # Ctrl-C stops a start half way too (cleanly: `local.stop()` below), also where the
@@ -103,6 +117,7 @@ def _up(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     started, code = False, 0
+    sample: Sample | None = None
     title = f"tierline up {spec_path}" + (f" (logs: {log_path})" if log_path else "")
     try:
         with shown(board, console, title, live=console.is_terminal and log_path is not None):
@@ -112,6 +127,9 @@ def _up(
                 started = True
                 # /readyz is 200 once each tier has answered a first request: the warm-up.
                 board.done("warmup", f"{len(spec.tiers)} tier(s) ready")
+                if seeding:
+                    assert sample_dir is not None and key is not None
+                    sample = _ingest_sample(board, run.endpoint, key, sample_dir)
             except BaseException as err:
                 board.stop_running("interrupted" if isinstance(err, KeyboardInterrupt) else None)
                 raise
@@ -120,7 +138,8 @@ def _up(
         # SIGINT too: a shell that starts us in the background leaves Ctrl-C ignored.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        _banner(console, spec, run, key, log_path, watcher.ray_logs, time.monotonic() - t0)
+        took = time.monotonic() - t0
+        _banner(console, spec, run, key, log_path, watcher.ray_logs, took, sample)
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
@@ -159,6 +178,7 @@ def _banner(
     log_path: Path | None,
     ray_logs: str,
     took: float,
+    sample: Sample | None = None,
 ) -> None:
     from tierline.cli import local
 
@@ -174,10 +194,39 @@ def _banner(
         rows.append(("logs", str(log_path)))
     if ray_logs:
         rows.append(("Ray logs", ray_logs))
+    if sample is not None:
+        rows.append(
+            (
+                "RAG",
+                f"collection {sample.collection}: {sample.documents} documents, "
+                f"{sample.chunks} chunks (`tierline rag query -c {sample.collection} ...`)",
+            )
+        )
     for name, value in rows:
         p(f"  {name:<9} {value}", highlight=False, markup=False, soft_wrap=True)
     p("try:\n  " + local.sample_curl(run.endpoint, key_file=key), highlight=False, soft_wrap=True)
+    if sample is not None:
+        grounded = local.sample_curl(
+            run.endpoint,
+            key_file=key,
+            question="How do I turn retrieval on?",
+            collection=sample.collection,
+        )
+        p("a grounded answer, with citations:\n  " + grounded, highlight=False, soft_wrap=True)
     p("Ctrl-C stops the cluster.")
+
+
+def _ingest_sample(board: StepBoard, url: str, key_file: Path, folder: Path) -> Sample | None:
+    """The sample corpus on first start; a failure is shown and the cluster keeps serving."""
+    board.start("sample", f"ingesting {folder}")
+    try:
+        sample = ensure_sample(url, key_file.read_text().strip(), folder)
+    except Exception as err:  # the cluster is up: say why, and go on serving
+        board.fail("sample", str(err)[:200])
+        return None
+    verb = "ingested" if sample.ingested_now else "already there"
+    board.done("sample", f"{sample.documents} documents, {sample.chunks} chunks ({verb})")
+    return sample
 
 
 def _rel(path: Path) -> Path:

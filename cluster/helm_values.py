@@ -127,10 +127,15 @@ def helm_values(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE) -
 
 
 def local_model_paths(spec: ClusterSpec) -> list[str]:
-    """Tiers whose model is a local path: it must exist inside the image or a volume."""
+    """Tiers whose model or chat template is a local path: it must exist inside the image
+    or a volume."""
     from tierline.cluster.specfile import is_local_path
 
-    return [t.name for t in spec.engine_tiers if is_local_path(t.model_source or "")]
+    return [
+        t.name
+        for t in spec.engine_tiers
+        if is_local_path(t.model_source or "") or t.chat_template is not None
+    ]
 
 
 def spec_values_schema() -> dict[str, Any]:

@@ -134,7 +134,25 @@ ENGINE_FIELDS = (
     "adapters",
     "max_adapters_per_replica",
     "max_lora_rank",
+    "tool_call_parser",
+    "reasoning_parser",
+    "chat_template",
 )
+
+
+class CapabilitiesSpec(_Strict):
+    """What a tier can serve, where the operator says so; unset fields are inferred
+    (router.capabilities): tools from tool_call_parser (external tiers: yes), vision from
+    the model config (a vision_config in a local checkpoint's config.json; external: no),
+    structured output: yes."""
+
+    tools: bool | None = Field(
+        None, description="Tool calling (tools with tool_choice other than none)."
+    )
+    vision: bool | None = Field(None, description="Image input (image_url content parts).")
+    structured_output: bool | None = Field(
+        None, description="response_format json_object / json_schema."
+    )
 
 
 class TierSpec(_Strict):
@@ -222,6 +240,31 @@ class TierSpec(_Strict):
         description="replica_routing prefix: above this queue-length gap between replicas "
         "the router falls back to power of two choices.",
     )
+    tool_call_parser: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="vLLM tool call parser (hermes, llama3_json, mistral, ...): turns on "
+        "tool_choice auto (vLLM enable_auto_tool_choice) and marks the tier tool-capable.",
+    )
+    reasoning_parser: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="vLLM reasoning parser (deepseek_r1, qwen3, ...): reasoning goes to "
+        "the answer's reasoning field.",
+    )
+    chat_template: str | None = Field(
+        None,
+        min_length=1,
+        description="Jinja chat template file for vLLM (./x, ../x, /x or ~/x; relative "
+        "paths resolve against the spec file); unset: the model's own.",
+    )
+    capabilities: CapabilitiesSpec = Field(
+        default_factory=CapabilitiesSpec,
+        description="What the tier can serve; unset fields are inferred. Auto routing "
+        "sends a request only to tiers that can serve it.",
+    )
 
     @property
     def scales_to_zero(self) -> bool:
@@ -276,6 +319,12 @@ class TierSpec(_Strict):
             return self
         if self.model_source is None:
             raise ValueError("set model_source (an engine tier) or external (an outside endpoint)")
+        if self.chat_template is not None and not self.chat_template.startswith(
+            LOCAL_PATH_PREFIXES
+        ):
+            raise ValueError(
+                f"chat_template {self.chat_template!r} is not a file path (./x, ../x, /x, ~/x)"
+            )
         names = [a.name for a in self.adapters]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -288,13 +337,18 @@ class TierSpec(_Strict):
             "max_model_len",
             "tensor_parallel_size",
             "pipeline_parallel_size",
+            "tool_call_parser",
+            "enable_auto_tool_choice",
+            "reasoning_parser",
+            "chat_template",
         }
         clash = sorted(reserved & set(self.engine_kwargs))
         if clash:
             raise ValueError(
                 f"engine_kwargs may not set {', '.join(clash)}: use the tier's own fields "
                 "(model_source, served_model_name, max_context_tokens, "
-                "tensor_parallel_size, pipeline_parallel_size)"
+                "tensor_parallel_size, pipeline_parallel_size, tool_call_parser, "
+                "reasoning_parser, chat_template)"
             )
         if self.tensor_parallel_size * self.pipeline_parallel_size > 1 and not self.uses_gpu:
             raise ValueError("tensor/pipeline parallelism above 1 needs an accelerator_type")
@@ -440,6 +494,49 @@ class TenantSpec(QuotaSpec):
     name: str = Field(pattern=NAME_PATTERN, description="Tenant name, as in the keys file.")
 
 
+class ResponsesSpec(_Strict):
+    """The Responses API's store: stored responses (`store: true`, the default) and the
+    conversations `previous_response_id` rebuilds, shared by every gateway replica."""
+
+    store_uri: str = Field(
+        ".tierline/responses.db",
+        min_length=1,
+        description="Where stored responses live. A SQLite file path (relative to the working "
+        "directory) or `sqlite:///path`: embedded, WAL mode, shared by the gateway replicas of "
+        "one host (on Kubernetes put it on a volume every gateway pod mounts, or use a server). "
+        "`postgresql://user:password@host:5432/db`: reserved for a PostgreSQL server (gateway "
+        "replicas on several hosts); that store is not built yet and the gateway refuses to "
+        "start with it.",
+    )
+    ttl_s: float = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="How long a stored response can be retrieved or continued; expired ones "
+        "answer 404 and are deleted.",
+    )
+    max_stored_bytes: PositiveInt = Field(
+        4 << 20,
+        description="Upper bound on one stored response with its conversation (JSON bytes); a "
+        "request whose conversation is larger gets 413 unless it sets `store: false`.",
+    )
+    affinity: bool = Field(
+        True,
+        description="A follow-up turn (`previous_response_id`, model `auto`) stays on the tier "
+        "that served the previous turn while its prompt fits that tier's context and the tier "
+        "is healthy and running (x-tierline-route-reason `affinity:kept`; when it moves, the "
+        "reason ends `+affinity-left:context`, `unhealthy`, `cold` or `not-allowed`).",
+    )
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> ResponsesSpec:
+        uri = self.store_uri
+        if "://" in uri and not uri.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                f"store_uri {uri!r}: use a file path, sqlite:///path or postgresql://host/db"
+            )
+        return self
+
+
 class GatewaySpec(_Strict):
     host: str = Field("127.0.0.1", description="Address the gateway replicas bind.")
     port: int = Field(
@@ -492,6 +589,9 @@ class GatewaySpec(_Strict):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown or redeploy, how long in-flight requests may finish."
     )
+    responses: ResponsesSpec = Field(
+        default_factory=ResponsesSpec, description="The Responses API's store and affinity."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -509,6 +609,9 @@ REMOVED_GATEWAY_FIELDS = ("direct_ingress", "grpc_between_deployments")
 """The switches of the old opt-in request path; the fast path is the only one now."""
 
 
+MILVUS_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")  # = rag.store.is_remote
+
+
 class RagSpec(_Strict):
     """Retrieval-augmented generation: an embeddings deployment and a RAG store deployment."""
 
@@ -520,6 +623,12 @@ class RagSpec(_Strict):
         "server URI (http://host:19530).",
     )
     token: str | None = Field(None, description="Milvus server token (user:password).")
+    replicas: PositiveInt = Field(
+        1,
+        description="Replicas of the RAG (store) deployment. Above 1 only when uri is a Milvus "
+        "server: search then runs in Milvus and replicas hold no index. A local Milvus Lite "
+        "file has one owner process and an in-process index, so it takes 1.",
+    )
     legacy_tenant: str | None = Field(
         None,
         description="Tenant that takes over collections made before RAG had tenants (tierline's "
@@ -642,6 +751,13 @@ class RagSpec(_Strict):
             raise ValueError(
                 "embedding_engine_kwargs are vLLM engine arguments: set embedding_engine: vllm"
             )
+        if self.replicas > 1 and not self.uri.startswith(MILVUS_SERVER_SCHEMES):
+            raise ValueError(
+                f"replicas is {self.replicas} but uri {self.uri!r} is a local Milvus Lite file: "
+                "one process owns such a file and each replica would hold the whole index in "
+                "memory. Use replicas: 1, or a Milvus server uri (http://host:19530), where "
+                "search runs in Milvus and replicas share it"
+            )
         return self
 
     @property
@@ -657,6 +773,24 @@ class RagSpec(_Strict):
         return (
             self.max_file_bytes if self.max_file_bytes is not None else 2 * self.max_document_bytes
         )
+
+
+class EmbeddingsSpec(_Strict):
+    """`POST /v1/embeddings`: served by the embeddings deployment, which runs the model set
+    in `rag` (rag.embedding_model, its engine, replicas and resources) whether or not RAG
+    itself is on."""
+
+    enabled: bool = Field(
+        False,
+        description="Deploy the embeddings deployment and serve /v1/embeddings even when "
+        "rag.enabled is off (with RAG on it is always served).",
+    )
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name in /v1/models and answers; default rag.embedding_model.",
+    )
+    price_per_1m_input_tokens: Price = 0.0
 
 
 class ClusterSpec(_Strict):
@@ -675,6 +809,10 @@ class ClusterSpec(_Strict):
     )
     rag: RagSpec = Field(
         default_factory=RagSpec, description="Retrieval: the document store, chunking, search."
+    )
+    embeddings: EmbeddingsSpec = Field(
+        default_factory=EmbeddingsSpec,
+        description="The OpenAI embeddings endpoint, with or without RAG.",
     )
 
     @model_validator(mode="after")
@@ -744,6 +882,15 @@ class ClusterSpec(_Strict):
                 if model in t.adapter_names(a):
                     return t, a
         return None
+
+    @property
+    def serves_embeddings(self) -> bool:
+        """Whether the embeddings deployment runs and /v1/embeddings is served."""
+        return self.embeddings.enabled or self.rag.enabled
+
+    @property
+    def embedding_model_name(self) -> str:
+        return self.embeddings.served_model_name or self.rag.embedding_model
 
     @property
     def engine_tiers(self) -> list[TierSpec]:

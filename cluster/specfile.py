@@ -113,9 +113,10 @@ def _resolve_paths(data: Any, base: Path) -> None:
     for tier in tiers:
         if not isinstance(tier, dict):
             continue
-        src = tier.get("model_source")
-        if isinstance(src, str) and is_local_path(src):
-            tier["model_source"] = str((base / Path(src).expanduser()).resolve())
+        for key in ("model_source", "chat_template"):
+            src = tier.get(key)
+            if isinstance(src, str) and is_local_path(src):
+                tier[key] = str((base / Path(src).expanduser()).resolve())
         for adapter in tier.get("adapters") or []:
             src = adapter.get("source") if isinstance(adapter, dict) else None
             if isinstance(src, str) and is_local_path(src):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -20,6 +21,7 @@ from tierline.cluster.spec import ClusterSpec, deployment_name
 from tierline.cluster.specfile import parse_spec
 from tierline.deployments.adapters import adapter_sources
 from tierline.deployments.auth import load_key_store
+from tierline.deployments.embeddings import ServeEmbedder
 from tierline.deployments.engine import build_tier_app, request_path_env
 from tierline.deployments.engine_client import (
     EngineClient,
@@ -30,11 +32,14 @@ from tierline.deployments.external import external_client, external_counter
 from tierline.deployments.gateway import GatewayCore, create_app
 from tierline.deployments.logs import serve_logging_kept
 from tierline.deployments.metrics import GatewayMetrics, RayRecorder, RouterMetrics
+from tierline.deployments.plan import spec_capabilities
 from tierline.deployments.quota import QuotaService, ServeQuota, is_limited
-from tierline.deployments.rag import ServeRagClient, build_rag_apps
+from tierline.deployments.rag import ServeRagClient, build_embeddings_app, build_rag_apps
 from tierline.deployments.replicas import ServeReplicaWatcher
+from tierline.deployments.responses.store import open_store, with_absolute_store
 from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.tokens import load_counter
+from tierline.router.capabilities import read_model_config
 
 QUOTA_DEPLOYMENT = "quota"
 logger = logging.getLogger("ray.serve.tierline.gateway")
@@ -50,11 +55,13 @@ class Gateway:
         engines: dict[str, DeploymentHandle],
         quota: DeploymentHandle | None = None,
         rag: dict[str, DeploymentHandle] | None = None,
+        embeddings: DeploymentHandle | None = None,
     ) -> None:
         self._spec = parse_spec(spec_data, "gateway args")
         self._engines = engines
         self._quota = quota
         self._rag = rag
+        self._embeddings = embeddings
         self._core: GatewayCore | None = None
         self._gauges: asyncio.Task[None] | None = None  # keeps metric gauges fresh
 
@@ -64,7 +71,9 @@ class Gateway:
         with serve_logging_kept():  # vLLM's import would close the replica's log file
             import_request_models()
         counters = {
-            t.name: load_counter(t.model_source) if t.model_source else external_counter(t)
+            t.name: load_counter(t.model_source, t.chat_template)
+            if t.model_source
+            else external_counter(t)
             for t in self._spec.tiers
         }
         # External tiers: an HTTP client (its API key read now); the rest: Serve handles.
@@ -105,6 +114,10 @@ class Gateway:
         replicas = (
             ServeReplicaWatcher(serve.get_replica_context().app_name, watched) if watched else None
         )
+        # What each tier can serve: the spec, and the models' config.json where local.
+        configs = await asyncio.to_thread(
+            lambda: {t.name: read_model_config(t.model_source) for t in self._spec.engine_tiers}
+        )
         self._core = GatewayCore(
             self._spec,
             clients,
@@ -113,6 +126,7 @@ class Gateway:
             learned=learned,
             replicas=replicas,
             metrics=GatewayMetrics(self._spec, recorder, replica),
+            capabilities=spec_capabilities(self._spec, configs),
         )
         rag = (
             ServeRagClient(
@@ -121,7 +135,11 @@ class Gateway:
             if self._rag is not None
             else None
         )
-        return create_app(self._core, keys, rag)
+        # /v1/embeddings: the RAG client's embeddings handle, or the deployment alone.
+        embedder = ServeEmbedder(self._embeddings) if self._embeddings is not None else None
+        # Stored responses: the spec's store (SQLite file or server), opened in lifespan.
+        store = open_store(self._spec.gateway.responses)
+        return create_app(self._core, keys, rag, embedder, store)
 
     async def drain(self, timeout_s: float | None = None) -> tuple[str, int]:
         """Stop taking requests and wait for in-flight ones. Returns this replica's id and
@@ -170,6 +188,7 @@ def gateway_options(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def build_graph(spec: ClusterSpec) -> Application:
+    spec = with_absolute_store(spec, Path.cwd())
     drain = spec.gateway.drain_timeout_s
     engines = {t.name: build_tier_app(t, drain) for t in spec.engine_tiers}
     quota = None
@@ -182,11 +201,14 @@ def build_graph(spec: ClusterSpec) -> Application:
             ray_actor_options={"num_cpus": 0},
         )(QuotaService).bind(g.model_dump(mode="json"))
     rag = None
+    embeddings = None  # with RAG on, /v1/embeddings uses RAG's embeddings deployment
     if spec.rag.enabled:
         rag_app, embeddings_app = build_rag_apps(spec)
         rag = {"rag": rag_app, "embeddings": embeddings_app}
+    elif spec.serves_embeddings:
+        embeddings = build_embeddings_app(spec)
     gateway = serve.deployment(**gateway_options(spec))(Gateway)
-    return gateway.bind(spec.model_dump(mode="json"), engines, quota, rag)
+    return gateway.bind(spec.model_dump(mode="json"), engines, quota, rag, embeddings)
 
 
 def build_app(args: dict[str, Any]) -> Application:

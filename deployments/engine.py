@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierline.cluster.planner import engine_placement
@@ -45,6 +46,20 @@ def request_path_env() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in REQUEST_PATH_ENV.items()}
 
 
+def parser_engine_kwargs(tier: TierSpec) -> dict[str, Any]:
+    """vLLM's tool call parser (with auto tool choice on), reasoning parser and chat
+    template for a tier; Ray Serve LLM hands the frontend ones to vLLM's OpenAI layer."""
+    out: dict[str, Any] = {}
+    if tier.tool_call_parser is not None:
+        out["enable_auto_tool_choice"] = True
+        out["tool_call_parser"] = tier.tool_call_parser
+    if tier.reasoning_parser is not None:
+        out["reasoning_parser"] = tier.reasoning_parser
+    if tier.chat_template is not None:
+        out["chat_template"] = str(Path(tier.chat_template).expanduser())
+    return out
+
+
 def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str, Any]:
     """Keyword arguments for `ray.serve.llm.LLMConfig` that serve this tier."""
     engine_kwargs: dict[str, Any] = {
@@ -55,6 +70,7 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
     if tier.dtype in ("float32", "bfloat16", "float16"):
         engine_kwargs["dtype"] = tier.dtype
     engine_kwargs.update(tier.engine_kwargs)
+    engine_kwargs.update(parser_engine_kwargs(tier))
     engine_kwargs.update(lora_engine_kwargs(tier))
 
     deployment: dict[str, Any] = {

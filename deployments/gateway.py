@@ -42,6 +42,13 @@ from tierline.deployments.admission import Slot, TierSlots
 from tierline.deployments.auth import KeyStore
 from tierline.deployments.board import TierBoard
 from tierline.deployments.cascade import cascade_for, escalate
+from tierline.deployments.embeddings import (
+    EMBEDDINGS_TIER,
+    Embedder,
+    EmbeddingsCard,
+    embeddings_card,
+    embeddings_router,
+)
 from tierline.deployments.engine_client import EngineClient, Method
 from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.failover import Failover
@@ -60,6 +67,7 @@ from tierline.deployments.plan import (
     needs_tokenizer,
     rules_policy,
     scope,
+    spec_capabilities,
 )
 from tierline.deployments.quota import Admission, QuotaClient, is_limited, retry_after_header
 from tierline.deployments.rag_routes import (
@@ -70,6 +78,8 @@ from tierline.deployments.rag_routes import (
     with_citations,
 )
 from tierline.deployments.replicas import ReplicaWatcher
+from tierline.deployments.responses import Affinity, MemoryResponseStore, ResponseStore
+from tierline.deployments.responses.routes import responses_router
 from tierline.deployments.routing import PREFERENCE_HEADER, LearnedRouter
 from tierline.deployments.schemas import (
     ChatCompletionBody,
@@ -81,6 +91,7 @@ from tierline.deployments.streams import finish_whole_answer, sse_events, total_
 from tierline.deployments.tokens import TokenCounter
 from tierline.deployments.watch import readiness, watch_health, watch_replicas
 from tierline.router import Decision
+from tierline.router.capabilities import Capabilities
 from tierline.router.cascade import THRESHOLD_HEADER
 
 __all__ = [
@@ -111,6 +122,7 @@ class GatewayCore:
         learned: LearnedRouter | None = None,
         replicas: ReplicaWatcher | None = None,
         metrics: GatewayMetrics | None = None,
+        capabilities: Mapping[str, Capabilities] | None = None,
     ) -> None:
         missing = [t.name for t in spec.tiers if t.name not in engines or t.name not in counters]
         if missing:
@@ -119,6 +131,10 @@ class GatewayCore:
         self.engines = dict(engines)
         self.counters = dict(counters)
         self.policy = rules_policy(spec)
+        # What each tier can serve (router.capabilities): from the spec alone unless the
+        # replica read the models' configs at start-up (deployments.app).
+        self.capabilities = dict(capabilities or spec_capabilities(spec))
+        self.embeddings = embeddings_card(spec)  # None: the spec has no embedding model
         if spec.router.policy == "learned" and learned is None:
             raise ValueError("router.policy is 'learned': GatewayCore needs a LearnedRouter")
         self.learned = learned if spec.router.policy == "learned" else None
@@ -170,7 +186,24 @@ class GatewayCore:
     def scope(self, body: _Generation, tenant: str, preference: str | None = None) -> Scope:
         """The cheap checks (400/403/404): which tiers the request may use."""
         learned = self.learned is not None
-        return scope(self.spec, self.quota_for(tenant), body, tenant, preference, learned)
+        quota = self.quota_for(tenant)
+        return scope(self.spec, quota, body, tenant, preference, learned, self.capabilities)
+
+    async def fits_context(
+        self, body: _Generation, tenant: str, messages: list[dict[str, Any]]
+    ) -> bool:
+        """Whether some tier `body` may use has room for `messages` and its completion
+        budget (a grounded chat's retrieved context is trimmed until this holds)."""
+        names = self.scope(body, tenant).names
+        need = body.completion_budget() or 1  # type: ignore[attr-defined]
+
+        def check() -> bool:
+            return any(
+                self.counters[n].chat(messages) + need <= self.spec.tier(n).max_context_tokens
+                for n in names
+            )
+
+        return await asyncio.to_thread(check)
 
     def admit_at_edge(self, where: Scope) -> Slot | None:
         """Refuse now (503, Retry-After) when no tier the request may use has room: before
@@ -213,10 +246,13 @@ class GatewayCore:
         plan: RequestPlan,
         preference: str | None = None,
         quality: Mapping[str, float] | None = None,
+        affinity: Affinity | None = None,
     ) -> Decision:
         """The route for a planned request, from the board's tier states now."""
         states = self.board.states(plan.tiers)
-        decision = decide_route(plan, states, self.policy, self.learned, preference, quality)
+        decision = decide_route(
+            plan, states, self.policy, self.learned, preference, quality, affinity
+        )
         event(
             route_logger,
             "route",
@@ -247,6 +283,7 @@ class GatewayCore:
         preference: str | None = None,
         cascade_threshold: str | None = None,
         ground: Grounder | None = None,
+        affinity: Affinity | None = None,
     ) -> Response:
         """Answer a generation request. `ground` (a grounded RAG chat) rewrites the body
         before it is planned; it runs only once the request is past the drain check, the
@@ -267,7 +304,7 @@ class GatewayCore:
                 self.scope(body, tenant, preference)  # 400/403/404 before any work
                 ticket = await self._admit(tenant, 1, {})  # its prompt is reserved below
                 body = await ground(body)
-            tier, plan, headers, slot = await self._route(body, tenant, preference)
+            tier, plan, headers, slot = await self._route(body, tenant, preference, affinity)
         except BaseException as err:
             await self._release_ticket(ticket)
             if isinstance(err, APIError):
@@ -318,7 +355,11 @@ class GatewayCore:
         )
 
     async def _route(
-        self, body: _Generation, tenant: str, preference: str | None
+        self,
+        body: _Generation,
+        tenant: str,
+        preference: str | None,
+        affinity: Affinity | None = None,
     ) -> tuple[TierSpec, RequestPlan, dict[str, str], Slot]:
         """Scope, edge, plan, route and slot: the request's tier, plan, answer headers,
         and its slot on the tier. Raises `APIError` (nothing held) when refused."""
@@ -332,9 +373,12 @@ class GatewayCore:
                 plan, quality = await asyncio.gather(self.plan(body, where), self.quality(body))
             else:
                 plan, quality = await self.plan(body, where), None
-            decision = self.decide(plan, preference, quality)
+            decision = self.decide(plan, preference, quality, affinity)
             tier = self.spec.tier(decision.tier)
-            headers = {TIER_HEADER: tier.name, REASON_HEADER: decision.reason}
+            # Tiers left out for lacking a capability: `+needs-tools`, `+needs-vision`, ...
+            needs = where.needs.split(",") if where.needs else []
+            reason = decision.reason + "".join(f"+needs-{n.replace('_', '-')}" for n in needs)
+            headers = {TIER_HEADER: tier.name, REASON_HEADER: reason}
             if slot is None:  # a full tier: 503 now, before any engine call
                 slot = self.board.acquire(tier.name)
                 if slot is None:
@@ -465,6 +509,13 @@ class GatewayCore:
             if ticket is not None and self.quota is not None:
                 await self.quota.release(ticket, tokens)
 
+    def embedded(self, tenant: str, tokens: int, seconds: float) -> None:
+        """Metrics and the log line of an answered /v1/embeddings request."""
+        price = self.spec.embeddings.price_per_1m_input_tokens
+        self.metrics.embedded(EMBEDDINGS_TIER, tenant, tokens, tokens * price / 1e6)
+        headers = {TIER_HEADER: EMBEDDINGS_TIER, REASON_HEADER: "embeddings"}
+        self.answered(headers, tenant, 200, time.perf_counter() - seconds)
+
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests and wait up to `timeout_s` for in-flight ones to finish.
         Returns how many were still running when the wait ended."""
@@ -510,7 +561,9 @@ class GatewayCore:
                     "created": self.created,
                     "owned_by": "tierline",
                     "tier": t.name,
+                    "type": "chat",
                     "max_model_len": t.max_context_tokens,
+                    "capabilities": self.capabilities[t.name].card(),
                     "pricing": {
                         "input_per_1m_tokens": t.price_per_1m_input_tokens,
                         "output_per_1m_tokens": t.price_per_1m_output_tokens,
@@ -518,7 +571,10 @@ class GatewayCore:
                     **({"external": True} if t.is_external else {}),
                 }
             )
-        return cards + adapter_cards(self.spec, self.created)
+        cards += adapter_cards(self.spec, self.created)
+        if self.embeddings is not None:
+            cards.append(self.embeddings.card(self.created))
+        return cards
 
 
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
@@ -537,12 +593,20 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
 
 
 def create_app(
-    core: GatewayCore, keys: KeyStore | None = None, rag: RagClient | None = None
+    core: GatewayCore,
+    keys: KeyStore | None = None,
+    rag: RagClient | None = None,
+    embedder: Embedder | None = None,
+    responses: ResponseStore | None = None,
 ) -> FastAPI:
-    """The gateway's HTTP app. `keys` None means authentication is off; `rag` None, no RAG."""
+    """The gateway's HTTP app. `keys` None means authentication is off; `rag` None, no RAG.
+    `/v1/embeddings` is served by `embedder`, or without one by the RAG client's.
+    `responses` None: stored responses live in this process only (`MemoryResponseStore`)."""
+    store: ResponseStore = responses if responses is not None else MemoryResponseStore()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.start()
         watcher = asyncio.create_task(core.watch_health())
         replicas = asyncio.create_task(core.watch_replicas())
         try:
@@ -550,6 +614,7 @@ def create_app(
         finally:
             watcher.cancel()
             replicas.cancel()
+            await store.close()
 
     app = FastAPI(title="tierline gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(
@@ -633,8 +698,12 @@ def create_app(
             # them. `generate` calls it after the drain, cheap and quota checks.
             nonlocal citations
             assert isinstance(plain, ChatCompletionBody)
+
+            def fits(messages: list[dict[str, Any]]) -> Awaitable[bool]:
+                return core.fits_context(plain, tenant, messages)
+
             grounded, citations = await ground_chat(
-                rag, plain, tenant, core.spec.rag.default_top_k, core.metrics.rag
+                rag, plain, tenant, core.spec.rag.default_top_k, core.metrics.rag, fits
             )
             return grounded
 
@@ -652,6 +721,13 @@ def create_app(
             "completions", body, tenant_of(request.state), preference, threshold
         )
 
+    app.include_router(responses_router(core, store))
     if rag is not None:
         app.include_router(rag_router(rag, core.spec.rag, core.charge))
+    source = embedder if embedder is not None else rag
+    if source is not None:
+        card = core.embeddings or EmbeddingsCard(
+            getattr(source, "model", core.spec.embedding_model_name), core.spec.rag.embedding_dim
+        )
+        app.include_router(embeddings_router(source, card, core.charge, core.embedded))
     return app

@@ -403,6 +403,12 @@ class GatewayMetrics:
         r.inc("tierline_gateway_all_top_tier_cost_usd", top_cost, {"tenant": tenant})
         r.inc("tierline_gateway_estimated_saving_usd", top_cost - cost, {"tenant": tenant})
 
+    def embedded(self, tier: str, tenant: str, tokens: int, cost_usd: float) -> None:
+        """An embeddings request's tokens and cost (its tier label: `embeddings`)."""
+        r = self.recorder
+        r.inc("tierline_gateway_prompt_tokens", tokens, {"tier": tier, "tenant": tenant})
+        r.inc("tierline_gateway_estimated_cost_usd", cost_usd, {"tier": tier, "tenant": tenant})
+
     def active(self, n: int) -> None:
         self.recorder.set("tierline_gateway_active_requests", n, {"replica": self.replica})
 

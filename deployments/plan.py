@@ -15,15 +15,18 @@ Pure functions of plain data, besides the learned router's calibration state, wh
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
 from tierline.deployments.errors import APIError
+from tierline.deployments.responses.affinity import Affinity, sticky_decision
 from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
 from tierline.deployments.tokens import EstimatingCounter, TokenCounter
 from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
+from tierline.router.capabilities import Capabilities, Needs, capable, needs_of, refusal
+from tierline.router.capabilities import tier_capabilities as _tier_capabilities
 from tierline.router.learned import PREFERENCES
 
 __all__ = [
@@ -37,9 +40,11 @@ __all__ = [
     "decide_route",
     "needs_tokenizer",
     "prompt_count",
+    "request_needs",
     "reservation_of",
     "rules_policy",
     "scope",
+    "spec_capabilities",
 ]
 
 TIER_HEADER = "x-tierline-tier"
@@ -135,6 +140,9 @@ class Scope:
     prompts: int = 1
     n: int = 1
     allowed: tuple[str, ...] | None = None
+    needs: str | None = None
+    """What the request needs that some tier lacks (e.g. `tools`), when that narrowed
+    its tiers; None otherwise. The route reason carries it (`+needs-tools`)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -191,6 +199,55 @@ def _check_limits(spec: ClusterSpec, body: _Generation, budget: int | None) -> N
         )
 
 
+def spec_capabilities(
+    spec: ClusterSpec, model_configs: Mapping[str, Mapping[str, Any] | None] | None = None
+) -> dict[str, Capabilities]:
+    """Each tier's capabilities, from the spec and (where given) its model's config.json."""
+    configs = model_configs or {}
+    return {t.name: _tier_capabilities(t, configs.get(t.name)) for t in spec.tiers}
+
+
+def request_needs(body: _Generation) -> Needs:
+    """What the request needs of a tier (`router.capabilities.needs_of`), read from the
+    validated body without dumping it: its extra fields and its messages' part types."""
+    data: dict[str, Any] = dict(body.model_extra or {})
+    if isinstance(body, ChatCompletionBody):
+        data["messages"] = [
+            {"content": [{"type": p.type} for p in m.content]}
+            for m in body.messages
+            if isinstance(m.content, list)
+        ]
+    return needs_of(data)
+
+
+_NEED_PARAMS = {"tools": "tools", "vision": "messages", "structured_output": "response_format"}
+
+
+def _capable_tiers(
+    allowed: list[TierSpec],
+    pinned: TierSpec | None,
+    needs: Needs,
+    capabilities: Mapping[str, Capabilities] | None,
+    spec: ClusterSpec,
+) -> tuple[list[TierSpec], str | None]:
+    """The allowed tiers that can serve the request (a hard rule, before any scorer),
+    and what narrowed them; 400 when the request's tier, or every allowed tier, cannot."""
+    if not (needs.tools or needs.vision or needs.structured_output):
+        return allowed, None
+    caps = capabilities if capabilities is not None else spec_capabilities(spec)
+    verdict = capable(needs, {t.name: caps[t.name] for t in allowed})
+    if (pinned is not None and pinned.name in verdict.refused) or not verdict.tiers:
+        refused = (
+            {pinned.name: verdict.refused[pinned.name]} if pinned is not None else verdict.refused
+        )
+        code, message = refusal(replace(verdict, refused=refused), pinned.name if pinned else None)
+        first = next(iter(refused.values()))[0]
+        raise APIError(400, message, code=code, param=_NEED_PARAMS.get(first))
+    lacking = sorted({m for missing in verdict.refused.values() for m in missing})
+    kept = [t for t in allowed if t.name in verdict.tiers]
+    return kept, ",".join(lacking) or None
+
+
 def scope(
     spec: ClusterSpec,
     quota: QuotaSpec,
@@ -198,9 +255,12 @@ def scope(
     tenant: str,
     preference: str | None = None,
     learned: bool = False,
+    capabilities: Mapping[str, Capabilities] | None = None,
 ) -> Scope:
     """The cheap checks, in order: limits (400), the model (404), the tenant's tiers
-    (403), and with the learned policy the preference header (400)."""
+    (403), what the tiers can serve (400: tools, images, structured output), and with
+    the learned policy the preference header (400). Tiers that cannot serve the request
+    are left out of its candidates and of its failover and cascade (`Scope.allowed`)."""
     budget: int | None = body.completion_budget()  # type: ignore[attr-defined]
     _check_limits(spec, body, budget)
     pinned: TierSpec | None = None
@@ -222,9 +282,11 @@ def scope(
             code="tier_not_allowed",
             param="model",
         )
-    tiers = [pinned] if pinned is not None else allowed
-    if not tiers:
+    if not allowed:
         raise APIError(403, f"tenant {tenant!r} may not use any tier", code="no_tiers")
+    before = len(allowed)
+    allowed, needs = _capable_tiers(allowed, pinned, request_needs(body), capabilities, spec)
+    tiers = [pinned] if pinned is not None else allowed
     if learned and pinned is None and preference is not None and preference not in PREFERENCES:
         raise APIError(
             400,
@@ -237,9 +299,17 @@ def scope(
     adapter_id = (
         pinned.adapter_model_id(adapter[1]) if adapter is not None and pinned is not None else None
     )
-    allowed_names = None if quota.tiers is None else tuple(t.name for t in allowed)
+    narrowed = before != len(allowed)
+    allowed_names = None if quota.tiers is None and not narrowed else tuple(t.name for t in allowed)
     return Scope(
-        tuple(tiers), pinned, adapter_id, budget, prompt_count(body), body.n, allowed_names
+        tuple(tiers),
+        pinned,
+        adapter_id,
+        budget,
+        prompt_count(body),
+        body.n,
+        allowed_names,
+        needs if narrowed and pinned is None else None,
     )
 
 
@@ -330,15 +400,26 @@ def decide_route(
     learned: LearnedRouter | None = None,
     preference: str | None = None,
     quality: Mapping[str, float] | None = None,
+    affinity: Affinity | None = None,
 ) -> Decision:
     """The tier for a planned request, from the tiers' states (`states`: the plan's
     tiers, cheapest first). The router's refusals become API errors (503s with
-    Retry-After)."""
+    Retry-After). `affinity` (a Responses follow-up turn, model auto): the previous
+    turn's tier while it can take the request (`responses.affinity`), else the policy's
+    choice with why the conversation left in the reason."""
     features = plan.features()
+    left = ""
+    if affinity is not None and plan.pinned is None:
+        sticky = sticky_decision(affinity, states, plan.needed)
+        if isinstance(sticky, Decision):
+            return sticky
+        left = f"+affinity-left:{sticky}"
     try:
         if learned is not None and plan.pinned is None:
-            return learned.decide(features, states, preference, quality)
-        return decide(features, states, policy)
+            decision = learned.decide(features, states, preference, quality)
+        else:
+            decision = decide(features, states, policy)
+        return replace(decision, reason=decision.reason + left) if left else decision
     except RoutingError as err:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
         raise APIError(

@@ -1,9 +1,10 @@
 """The RAG deployments: embeddings (batched MiniLM on CPU, or a vLLM engine) and the store.
 
 Both are thin: `EmbeddingServer` batches concurrent requests into one model call,
-`RagServer` owns the durable store (a Milvus Lite file has one owner) and runs
-`rag.service.RagCore`. Errors cross the handle as plain dicts, so callers get the same
-`RagError` (status, message, code) the core raised.
+`RagServer` runs `rag.service.RagCore` over the durable store: one replica when the store
+is a Milvus Lite file (one owner, an in-process index), `rag.replicas` of them when it is
+a Milvus server (Milvus searches; the replicas hold no index). Errors cross the handle as
+plain dicts, so callers get the same `RagError` (status, message, code) the core raised.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def _error(err: RagError) -> dict[str, Any]:
 
 
 class RagServer:
-    """The one replica that owns the store; runs `RagCore` and answers `call(op, ...)`."""
+    """A RAG replica: runs `RagCore` over the store and answers `call(op, ...)`."""
 
     def __init__(self, rag_spec: dict[str, Any], embeddings: DeploymentHandle) -> None:
         self._spec = RagSpec.model_validate(rag_spec)
@@ -205,7 +206,7 @@ class RagServer:
                 store = chunk_store(s, os.environ)
                 core = RagCore(settings_of(s), store, HandleEmbedder(self._embeddings), tokenize)
                 await core.start()
-                owned = core.list_collections("", all_tenants=True)
+                owned = await asyncio.to_thread(core.list_collections, "", True)
                 logger.info("RAG store %s open: %d collections", s.uri, len(owned))
                 self._core = core
         return self._core
@@ -216,7 +217,7 @@ class RagServer:
         core = await self._started()
         try:
             if op == "list_collections":
-                return {"ok": core.list_collections(*args)}
+                return {"ok": await asyncio.to_thread(core.list_collections, *args)}
             return {"ok": await getattr(core, op)(*args)}
         except RagError as err:
             return _error(err)
@@ -280,6 +281,18 @@ def embedding_actor_options(spec: RagSpec) -> dict[str, Any]:
     return options
 
 
+def build_embeddings_app(spec: ClusterSpec) -> Application:
+    """The embeddings deployment (rag.embedding_*): RAG's embedder, and /v1/embeddings'
+    whenever the spec serves embeddings (`ClusterSpec.serves_embeddings`)."""
+    rag_spec = spec.rag
+    return serve.deployment(
+        name=EMBEDDINGS_DEPLOYMENT,
+        num_replicas=rag_spec.embedding_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options=embedding_actor_options(rag_spec),
+    )(EmbeddingServer).bind(rag_spec.model_dump(mode="json"))
+
+
 def build_rag_apps(
     spec: ClusterSpec, base: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[Application, Application]:
@@ -288,15 +301,11 @@ def build_rag_apps(
     The RAG replica goes where `TIERLINE_RAG_STORE_RESOURCE` says (`rag_env`)."""
     rag_spec = with_absolute_uri(spec.rag, base or Path.cwd())
     data = rag_spec.model_dump(mode="json")
-    embeddings = serve.deployment(
-        name=EMBEDDINGS_DEPLOYMENT,
-        num_replicas=rag_spec.embedding_replicas,
-        max_ongoing_requests=256,
-        ray_actor_options=embedding_actor_options(rag_spec),
-    )(EmbeddingServer).bind(data)
+    embeddings = build_embeddings_app(spec)
     rag = serve.deployment(
         name=RAG_DEPLOYMENT,
-        num_replicas=1,  # one owner of the store (a Milvus Lite file allows no other)
+        # A Milvus Lite file allows one owner; a server any number (RagSpec checks this)
+        num_replicas=rag_spec.replicas,
         max_ongoing_requests=256,
         ray_actor_options=rag_actor_options(os.environ if environ is None else environ),
         health_check_period_s=10,

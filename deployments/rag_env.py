@@ -43,7 +43,9 @@ def milvus_token(spec: RagSpec, environ: Mapping[str, str]) -> str | None:
 
 def chunk_store(spec: RagSpec, environ: Mapping[str, str]) -> MilvusChunkStore:
     """The RAG replica's store client (not connected yet: its `start()` does that)."""
-    return MilvusChunkStore(spec.uri, milvus_token(spec, environ))
+    return MilvusChunkStore(
+        spec.uri, milvus_token(spec, environ), spec.hnsw_m, spec.hnsw_ef_construction
+    )
 
 
 def store_resource(environ: Mapping[str, str]) -> str | None:

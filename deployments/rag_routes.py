@@ -1,4 +1,5 @@
-"""RAG over HTTP: collections, documents, search, /v1/embeddings, and grounded chat.
+"""RAG over HTTP: collections, documents, search, and grounded chat (`/v1/embeddings`:
+`deployments.embeddings`).
 
 `rag_router(client)` is a FastAPI router the gateway includes when RAG is on; it talks
 to a `RagClient` (the Serve handles in production, an in-process core in unit tests).
@@ -8,12 +9,11 @@ messages (so routing counts the final prompt), and attach `citations` to the ans
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import PurePath
 from typing import Any, Protocol
 
@@ -109,20 +109,12 @@ class SearchBody(_Body):
     filter: dict[str, Any] | None = Field(None, description="Metadata filter.")
 
 
-class EmbeddingsBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    input: StrictStr | list[StrictStr] = Field(description="Text or texts to embed.")
-    model: StrictStr | None = None
-    encoding_format: str = "float"
-
-
 class GroundingOptions(_Body):
     collection: StrictStr
     top_k: int | None = Field(None, description="Chunks to retrieve; the spec's default if unset.")
     filter: dict[str, Any] | None = None
 
 
-MAX_EMBED_INPUTS = 2048
 DOCUMENTS_PATH = re.compile(r"/v1/rag/collections/[^/]+/documents/?")
 
 
@@ -197,11 +189,6 @@ async def _documents_from_request(request: Request, parser: UploadParser) -> lis
     return body["documents"]
 
 
-def _base64(vector: list[float]) -> str:
-    """OpenAI's base64 encoding: little-endian float32 bytes (the openai SDK's default)."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-
-
 def rag_router(
     client: RagClient, spec: RagSpec | None = None, charge: Charge = no_charge
 ) -> APIRouter:
@@ -249,30 +236,6 @@ def rag_router(
         hits = await _guard(client.search(tenant, name, body.query, body.top_k, body.filter))
         return {"results": hits}
 
-    @router.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or len(texts) > MAX_EMBED_INPUTS or any(not t for t in texts):
-            raise APIError(
-                400, f"input must be 1 to {MAX_EMBED_INPUTS} non-empty strings", param="input"
-            )
-        if body.encoding_format not in ("float", "base64"):
-            raise APIError(
-                400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
-            )
-        await charge(tenant_of(request.state), sum(EstimatingCounter().text(t) for t in texts))
-        vectors, tokens = await client.embed(texts)
-        encode = _base64 if body.encoding_format == "base64" else list
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": encode(v)}
-                for i, v in enumerate(vectors)
-            ],
-            "model": client.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
     return router
 
 
@@ -287,16 +250,24 @@ def _estimated_tokens(documents: Any) -> int:
     return sum(counter.text(t) for t in texts if isinstance(t, str))
 
 
+# Whether some tier the caller may use has room for these messages (and the answer).
+Fits = Callable[[list[dict[str, Any]]], Awaitable[bool]]
+
+
 async def ground_chat(
     client: RagClient | None,
     body: ChatCompletionBody,
     tenant: str,
     default_top_k: int = 4,
     metrics: RagMetrics | None = None,
+    fits: Fits | None = None,
 ) -> tuple[ChatCompletionBody, list[dict[str, Any]] | None]:
     """The body with retrieved context in its messages (and no `rag` field), and citations.
 
-    Bodies without a `rag` field come back as they are, with citations None."""
+    Bodies without a `rag` field come back as they are, with citations None. With `fits`
+    (can some tier the caller may use take these messages?), the lowest-ranked chunks are
+    left out until the grounded prompt fits: retrieval never turns an answerable question
+    into a context-length 400, and the citations are the chunks the model was given."""
     extra = body.model_extra or {}
     if "rag" not in extra:
         return body, None
@@ -325,9 +296,17 @@ async def ground_chat(
         metrics.retrieval(seconds, len(hits))
     fields = {"collection": opts.collection, "hits": len(hits), "duration_s": round(seconds, 4)}
     event(_logger, "retrieve", fields)
+    grounded = grounded_messages(messages, hits)
+    if fits is not None:
+        found = len(hits)
+        while hits and not await fits(grounded):
+            hits = hits[:-1]
+            grounded = grounded_messages(messages, hits)
+        if len(hits) < found:
+            event(_logger, "retrieve_trimmed", {"found": found, "kept": len(hits)})
     data = body.model_dump(exclude_unset=True)
     data.pop("rag", None)
-    data["messages"] = grounded_messages(messages, hits)
+    data["messages"] = grounded
     return type(body).model_validate(data), citation_list(hits)
 
 

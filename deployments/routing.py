@@ -143,7 +143,8 @@ class LearnedRouter:
         preference: str | None,
         quality: Mapping[str, float] | None = None,
     ) -> Decision:
-        """One auto decision; advances the calibration state (the only mutation)."""
+        """One auto decision; advances the calibration state (the only mutation) when
+        there was a choice between tiers."""
         t0 = time.perf_counter()
         if quality is None:
             quality = self.quality(features.text)
@@ -155,7 +156,10 @@ class LearnedRouter:
             preference=preference,
         )
         decision = decide_learned(feats, tiers, self.policy, self.state)
-        self.state = recalibrate(self.state, decision, tiers[0].name, self.policy)
+        # A request with one candidate (its capabilities or its tenant left one tier) was
+        # no choice: it would teach the calibration that nothing was sent up.
+        if len(tiers) > 1:
+            self.state = recalibrate(self.state, decision, tiers[0].name, self.policy)
         threshold = decision.threshold
         if threshold is not None and not np.isfinite(threshold):
             threshold = None

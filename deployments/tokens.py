@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,16 @@ def _message_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def load_counter(model_source: str) -> TokenCounter:
-    """The tier's tokenizer if it can be loaded here, else an estimate (logged once)."""
+def load_counter(model_source: str, chat_template: str | None = None) -> TokenCounter:
+    """The tier's tokenizer if it can be loaded here, else an estimate (logged once).
+    `chat_template`: the tier's own template file (the spec's), in place of the model's."""
     try:
         from transformers import AutoTokenizer
 
-        return HFCounter(AutoTokenizer.from_pretrained(model_source))
+        tokenizer = AutoTokenizer.from_pretrained(model_source)
+        if chat_template is not None:
+            tokenizer.chat_template = Path(chat_template).expanduser().read_text()
+        return HFCounter(tokenizer)
     except Exception as err:
         logger.warning(
             "tokenizer of %s not loadable (%s); estimating prompt tokens", model_source, err

@@ -1,11 +1,13 @@
-"""The RAG core: validate, chunk, embed, store durably, index in memory, retrieve hybrid.
+"""The RAG core: validate, chunk, embed, store durably, retrieve hybrid.
 
-The durable `ChunkStore` is the source of truth; each collection's dense (HNSW) and BM25
-indexes are rebuilt from it in `start()`. Writes reach the store (flushed) before they
-are acknowledged or indexed, so an acknowledged document survives a crash; a re-ingest
-writes the new version before the old one goes (`rag.versions`), and the index changes
-only after the store took the write, so the two always agree. All collaborators (store,
-embedder, tokenizer) are passed in.
+The durable `ChunkStore` is the source of truth. Search runs in a `Searcher`
+(`rag.searcher`): with an embedded store, in-process HNSW + BM25 indexes rebuilt from the
+store in `start()`; with a Milvus server, in Milvus itself (`rag.milvus_search`), so the
+replica holds no index and several replicas may share the server. Writes reach the store
+(flushed) before they are acknowledged or indexed, so an acknowledged document survives a
+crash; a re-ingest writes the new version before the old one goes (`rag.versions`), and
+the searcher hears of a change only after the store took it. All collaborators (store,
+searcher, embedder, tokenizer) are passed in or picked by the store's URI.
 
 Every operation acts for one tenant (`rag.tenancy`): another tenant's collection answers
 exactly as one that does not exist.
@@ -17,21 +19,20 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from tierline.rag.bm25 import BM25Index
 from tierline.rag.chunking import Tokenize, chunk_document
-from tierline.rag.dense import DenseIndex
 from tierline.rag.embed import Embedder
 from tierline.rag.filters import KEY, parse_filter
-from tierline.rag.fusion import reciprocal_rank_fusion, weighted_fusion
-from tierline.rag.records import Chunk, Document, Hit, RagError
-from tierline.rag.store import CHUNK_FIELDS, ChunkStore, StoreWriteError
+from tierline.rag.milvus_filter import to_expression
+from tierline.rag.records import Document, Hit, RagError
+from tierline.rag.searcher import Collection, InProcessSearcher, Searcher, SearchSettings
+from tierline.rag.store import CHUNK_FIELDS, SPARSE_FIELD, ChunkStore, StoreWriteError
 from tierline.rag.tenancy import owner_of, physical_name
-from tierline.rag.versions import ChunkRef, new_version, resolve
+from tierline.rag.versions import new_version
 
 COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
@@ -59,35 +60,20 @@ class RagSettings:
     exact_search_max_vectors: int = 10_000
     legacy_tenant: str | None = None
 
+    def search_settings(self) -> SearchSettings:
+        names = {f.name for f in fields(SearchSettings)}
+        return SearchSettings(**{k: getattr(self, k) for k in names})
 
-@dataclass
-class _Collection:
-    dense: DenseIndex
-    sparse: BM25Index = field(default_factory=BM25Index)
-    chunks: dict[str, Chunk] = field(default_factory=dict)
-    documents: dict[str, list[str]] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def put(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        # Same text, one HNSW label: boilerplate chunks must not crowd the graph.
-        self.dense.add([c.chunk_id for c in chunks], vectors, keys=[c.text for c in chunks])
-        self.sparse.add((c.chunk_id, c.text) for c in chunks)
-        for c in chunks:
-            self.chunks[c.chunk_id] = c
-            self.documents.setdefault(c.document_id, []).append(c.chunk_id)
+def searcher_for(store: ChunkStore, settings: RagSettings) -> Searcher:
+    """Milvus searches when the store is a Milvus server; otherwise the replica does."""
+    from tierline.rag.store import MilvusChunkStore
 
-    def replace(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: Any) -> None:
-        for d in document_ids:
-            self.drop(d)
-        self.put(chunks, vectors)
+    if isinstance(store, MilvusChunkStore) and store.remote:
+        from tierline.rag.milvus_search import MilvusServerSearcher
 
-    def drop(self, document_id: str) -> int:
-        ids = self.documents.pop(document_id, [])
-        self.dense.remove(ids)
-        self.sparse.remove(ids)
-        for i in ids:
-            self.chunks.pop(i, None)
-        return len(ids)
+        return MilvusServerSearcher(store, settings.search_settings())
+    return InProcessSearcher(store, settings.search_settings())
 
 
 def bad(message: str, code: str = "invalid_request", param: str | None = None) -> RagError:
@@ -154,10 +140,6 @@ def validate_documents(raw: Any, settings: RagSettings) -> list[Document]:
     return docs
 
 
-def _load_all(store: ChunkStore, name: str) -> list[tuple[list[Chunk], np.ndarray]]:
-    return list(store.load(name))
-
-
 def _not_found(name: str) -> RagError:
     return RagError(
         404,
@@ -169,28 +151,25 @@ def _not_found(name: str) -> RagError:
 
 class RagCore:
     def __init__(
-        self, settings: RagSettings, store: ChunkStore, embedder: Embedder, tokenize: Tokenize
+        self,
+        settings: RagSettings,
+        store: ChunkStore,
+        embedder: Embedder,
+        tokenize: Tokenize,
+        searcher: Searcher | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.tokenize = tokenize
-        self._collections: dict[str, _Collection] = {}  # by physical (store) name
-
-    def _new(self) -> _Collection:
-        s = self.settings
-        return _Collection(
-            DenseIndex(
-                s.dim,
-                s.hnsw_m,
-                s.hnsw_ef_construction,
-                s.hnsw_ef_search,
-                exact_max=s.exact_search_max_vectors,
-            )
-        )
+        self.searcher = searcher if searcher is not None else searcher_for(store, settings)
+        self._locks: dict[str, asyncio.Lock] = {}  # known collections, by physical name
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
+        check = getattr(self.searcher, "check", None)
+        if check is not None:  # a server without full-text search fails here, named
+            await asyncio.to_thread(check)
         names = await asyncio.to_thread(self.store.list_collections)
         owned = [n for n in names if owner_of(n) is not None]
         for name in [n for n in names if owner_of(n) is None]:
@@ -198,7 +177,8 @@ class RagCore:
             if adopted is not None:
                 owned.append(adopted)
         for name in owned:
-            await self._load(name)
+            await asyncio.to_thread(self.searcher.open, name)
+            self._locks.setdefault(name, asyncio.Lock())
 
     def _adopt(self, name: str) -> str | None:
         """A collection made before tenancy, renamed into `legacy_tenant`'s namespace.
@@ -206,7 +186,9 @@ class RagCore:
         Only collections with tierline's chunk schema and a valid name are taken; every
         other collection on a shared server is left alone."""
         tenant = self.settings.legacy_tenant
-        if not COLLECTION_NAME.match(name) or self.store.field_names(name) != set(CHUNK_FIELDS):
+        if not COLLECTION_NAME.match(name) or self.store.field_names(name) - {SPARSE_FIELD} != set(
+            CHUNK_FIELDS
+        ):
             return None
         if tenant is None:
             _logger.warning(
@@ -220,57 +202,68 @@ class RagCore:
         _logger.info("RAG collection %r adopted by tenant %r (stored as %s)", name, tenant, target)
         return target
 
-    async def _load(self, physical: str) -> None:
-        col = self._new()
-        loaded = await asyncio.to_thread(_load_all, self.store, physical)
-        keep, drop = resolve(ChunkRef(c.chunk_id, c.document_id) for cs, _ in loaded for c in cs)
-        for chunks, vectors in loaded:
-            rows = [i for i, c in enumerate(chunks) if c.chunk_id in keep]
-            if rows:
-                col.put([chunks[i] for i in rows], vectors[rows])
-        if drop:
-            # Superseded or half-written versions: gone from the store, never served.
-            await asyncio.to_thread(self.store.delete_chunks, physical, sorted(drop))
-            _logger.info("RAG collection %s: %d stale chunks removed", physical, len(drop))
-        self._collections[physical] = col
-
-    def _get(self, tenant: str, name: str) -> tuple[str, _Collection]:
+    def _physical(self, tenant: str, name: str) -> str:
         if not isinstance(name, str) or not COLLECTION_NAME.match(name):
             raise _not_found(str(name))
-        physical = physical_name(tenant, name)
-        col = self._collections.get(physical)
-        if col is None:
+        return physical_name(tenant, name)
+
+    async def _find(self, tenant: str, name: str) -> tuple[str, asyncio.Lock]:
+        """The collection's physical name and write lock; 404 when the tenant has none.
+
+        On a server, a collection another replica made is found (and opened) on first use."""
+        physical = self._physical(tenant, name)
+        lock = self._locks.get(physical)
+        if lock is None:
+            if self.searcher.holds_index or not await asyncio.to_thread(
+                self.searcher.known, physical
+            ):
+                raise _not_found(name)
+            lock = self._locks.setdefault(physical, asyncio.Lock())
+        return physical, lock
+
+    def _get(self, tenant: str, name: str) -> tuple[str, Collection]:
+        """The in-process indexes of a collection (embedded path only: benchmarks read them)."""
+        physical = self._physical(tenant, name)
+        if not isinstance(self.searcher, InProcessSearcher) or physical not in self._locks:
             raise _not_found(name)
-        return physical, col
+        return physical, self.searcher.collections[physical]
 
     async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
         validate_collection_name(name)
         physical = physical_name(tenant, name)
-        created = physical not in self._collections
+        created = physical not in self._locks
+        if created and not self.searcher.holds_index:
+            created = not await asyncio.to_thread(self.searcher.known, physical)
         if created:
             await asyncio.to_thread(self.store.create_collection, physical, self.settings.dim)
-            self._collections.setdefault(physical, self._new())
+            self.searcher.create(physical)
+        self._locks.setdefault(physical, asyncio.Lock())
         return {"name": name, "created": created}
 
     def list_collections(self, tenant: str, all_tenants: bool = False) -> list[dict[str, Any]]:
-        """The tenant's collections; every tenant's (each with its owner) for an operator."""
+        """The tenant's collections; every tenant's (each with its owner) for an operator.
+
+        On a server this asks Milvus (blocking): callers run it off the event loop."""
+        if self.searcher.holds_index:
+            names = list(self._locks)
+        else:
+            names = [n for n in self.store.list_collections() if owner_of(n) is not None]
         out = []
-        for physical, c in sorted(self._collections.items()):
+        for physical in sorted(names):
             owner = owner_of(physical)
             if owner is None or not (all_tenants or owner[0] == tenant):
                 continue
-            row: dict[str, Any] = {
-                "name": owner[1],
-                "documents": len(c.documents),
-                "chunks": len(c.chunks),
-            }
+            if not self.searcher.holds_index and not self.searcher.known(physical):
+                continue
+            documents, chunks = self.searcher.counts(physical)
+            row: dict[str, Any] = {"name": owner[1], "documents": documents, "chunks": chunks}
             if all_tenants:
                 row["tenant"] = owner[0]
             out.append(row)
         return sorted(out, key=lambda r: (r["name"], r.get("tenant", "")))
 
     async def ingest(self, tenant: str, name: str, raw_documents: Any) -> dict[str, Any]:
-        physical, col = self._get(tenant, name)
+        physical, lock = await self._find(tenant, name)
         docs = validate_documents(raw_documents, self.settings)
         s = self.settings
         version = new_version()
@@ -285,9 +278,9 @@ class RagCore:
                 raise bad(f"document {d.id!r} has no text to index", "empty_document", "documents")
         chunks = [c for cs in per_doc for c in cs]
         vectors = await self.embedder.embed([c.text for c in chunks])
-        async with col.lock:
+        async with lock:
             # One store call for the whole batch: it is validated and embedded by now. The
-            # index changes only once the store has the new version.
+            # searcher hears of it only once the store has the new version.
             try:
                 await asyncio.to_thread(
                     self.store.replace_documents, physical, [d.id for d in docs], chunks, vectors
@@ -298,7 +291,9 @@ class RagCore:
                     f"{err}; the documents' previous versions are unchanged",
                     code="store_write_failed",
                 ) from None
-            await asyncio.to_thread(col.replace, [d.id for d in docs], chunks, vectors)
+            await asyncio.to_thread(
+                self.searcher.replaced, physical, [d.id for d in docs], chunks, vectors
+            )
         return {
             "collection": name,
             "documents": [
@@ -308,17 +303,18 @@ class RagCore:
         }
 
     async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
-        physical, col = self._get(tenant, name)
-        if document_id not in col.documents:
-            raise RagError(
-                404,
-                f"document {document_id!r} is not in collection {name!r}",
-                code="document_not_found",
-                param="document_id",
-            )
-        async with col.lock:
+        physical, lock = await self._find(tenant, name)
+        async with lock:
+            removed = await asyncio.to_thread(self.searcher.document_chunks, physical, document_id)
+            if not removed:
+                raise RagError(
+                    404,
+                    f"document {document_id!r} is not in collection {name!r}",
+                    code="document_not_found",
+                    param="document_id",
+                )
             await asyncio.to_thread(self.store.delete_document, physical, document_id)
-            removed = col.drop(document_id)
+            await asyncio.to_thread(self.searcher.dropped, physical, document_id)
         return {"collection": name, "id": document_id, "deleted": True, "chunks": removed}
 
     def _top_k(self, top_k: Any) -> int:
@@ -332,6 +328,12 @@ class RagCore:
             )
         return top_k
 
+    def _check_filter(self, filter: Any) -> None:
+        if self.searcher.holds_index:
+            parse_filter(filter)
+        else:  # also what only the server refuses (control characters, huge integers)
+            to_expression(filter)
+
     def retrieve(
         self,
         tenant: str,
@@ -341,43 +343,29 @@ class RagCore:
         top_k: int,
         filter: Any = None,
     ) -> list[Hit]:
-        """Hybrid retrieval on a ready query vector: dense + BM25, fused by RRF (no I/O)."""
-        _, col = self._get(tenant, name)
+        """Hybrid retrieval on a ready query vector (blocking; I/O on the server path)."""
+        physical = self._physical(tenant, name)
+        if self.searcher.holds_index and physical not in self._locks:
+            raise _not_found(name)
         top_k = self._top_k(top_k)
-        pred = parse_filter(filter)
-        allow: Callable[[str], bool] | None = None
-        if pred is not None:
-            chunks = col.chunks
-
-            def allow(cid: str) -> bool:
-                c = chunks.get(cid)
-                return c is not None and pred(c.document_id, c.metadata)
-
-        n = max(self.settings.candidates, top_k)
-        dense = col.dense.search(vector, n, allow)
-        sparse = col.sparse.search(query, n, allow)
-        s = self.settings
-        if s.fusion == "rrf":
-            ranked = [[i for i, _ in dense], [i for i, _ in sparse]]
-            fused = reciprocal_rank_fusion(ranked, k=s.rrf_k, limit=top_k)
-        else:
-            rarest = col.sparse.rarest(query)
-            rare = rarest is not None and rarest <= s.rare_term_max_chunks
-            weight = s.bm25_weight_rare if rare else s.bm25_weight
-            fused = weighted_fusion(dense, sparse, weight, limit=top_k)
-        return [Hit(col.chunks[i], score) for i, score in fused if i in col.chunks]
+        self._check_filter(filter)
+        return self.searcher.search(physical, query, vector, top_k, filter)
 
     async def search(
         self, tenant: str, name: str, query: Any, top_k: Any = 5, filter: Any = None
     ) -> list[dict[str, Any]]:
-        self._get(tenant, name)
+        _, lock = await self._find(tenant, name)
         if not isinstance(query, str) or not query.strip():
             raise bad("query must be a non-empty string", param="query")
         self._top_k(top_k)
-        parse_filter(filter)  # a bad filter fails before the embedding is paid for
+        self._check_filter(filter)  # a bad filter fails before the embedding is paid for
         vector = (await self.embedder.embed([query]))[0]
-        _, col = self._get(tenant, name)
-        async with col.lock:  # off the event loop, and never beside a write to the index
+        if self.searcher.holds_index:
+            async with lock:  # off the event loop, and never beside a write to the index
+                hits = await asyncio.to_thread(
+                    self.retrieve, tenant, name, query, vector, top_k, filter
+                )
+        else:  # Milvus orders reads and writes itself
             hits = await asyncio.to_thread(
                 self.retrieve, tenant, name, query, vector, top_k, filter
             )

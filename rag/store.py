@@ -2,7 +2,9 @@
 
 `MilvusChunkStore` takes a local path (Milvus Lite, embedded, owned by one process) or an
 `http://host:19530` URI (a Milvus server) and runs the same calls on both. It is the
-source of truth: the in-process indexes (`rag.index`) are rebuilt from `load` at start-up.
+source of truth. On a local file the in-process indexes (`rag.searcher`) are rebuilt from
+`load` at start-up; on a server the collections also carry a BM25 sparse field (Milvus's
+BM25 function on `text`) and an HNSW index, and Milvus searches them (`rag.milvus_search`).
 
 `replace_documents` writes the new chunks (versioned ids, `rag.versions`) before it removes
 the old ones, so a write that fails, or a process that dies, leaves each document fully old
@@ -19,12 +21,15 @@ from typing import Any, Protocol
 
 import numpy as np
 from tierline.rag.records import Chunk
+from tierline.rag.versions import version_of
 
 MAX_TEXT_BYTES = 65535  # Milvus counts a VARCHAR's max_length in UTF-8 bytes
 _logger = logging.getLogger("ray.serve.tierline.rag")
 
 
 CHUNK_FIELDS = ("chunk_id", "document_id", "position", "text", "metadata", "dense")
+SPARSE_FIELD = "sparse"  # server collections only: Milvus's BM25 function fills it from `text`
+BM25_FUNCTION = "text_bm25"
 
 
 class StoreWriteError(Exception):
@@ -98,10 +103,18 @@ class MilvusChunkStore:
     FIELDS = CHUNK_FIELDS
     BATCH = 1000  # rows per upsert or delete call
 
-    def __init__(self, uri: str, token: str | None = None) -> None:
+    def __init__(
+        self, uri: str, token: str | None = None, hnsw_m: int = 16, hnsw_ef_construction: int = 200
+    ) -> None:
         self.uri = uri
         self.token = token
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
         self._client: Any = None
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.uri)
 
     @property
     def client(self) -> Any:
@@ -134,17 +147,46 @@ class MilvusChunkStore:
         c = self.client
         if c.has_collection(name):
             return
+        remote = self.remote
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=512)
         schema.add_field("document_id", DataType.VARCHAR, max_length=256)
         schema.add_field("position", DataType.INT64)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+        if remote:  # Milvus tokenises `text` and its BM25 function fills `sparse`
+            schema.add_field(
+                "text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True
+            )
+        else:
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
         index = c.prepare_index_params()
-        # Searches run on the replica's in-process index; the store's own index only has
-        # to exist (FLAT: nothing to build on every flush).
-        index.add_index("dense", index_type="FLAT", metric_type="COSINE")
+        if remote:
+            from pymilvus import Function, FunctionType
+
+            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name=BM25_FUNCTION,
+                    function_type=FunctionType.BM25,
+                    input_field_names=["text"],
+                    output_field_names=[SPARSE_FIELD],
+                )
+            )
+            index.add_index(
+                "dense",
+                index_type="HNSW",
+                metric_type="COSINE",
+                params={"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction},
+            )
+            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+            # Each search looks up its hits' documents (version check) and deletes go by
+            # document: an inverted index keeps both off a full scan.
+            index.add_index("document_id", index_type="INVERTED")
+        else:
+            # Searches run on the replica's in-process index; the store's own index only
+            # has to exist (FLAT: nothing to build on every flush).
+            index.add_index("dense", index_type="FLAT", metric_type="COSINE")
         c.create_collection(name, schema=schema, index_params=index)
 
     def field_names(self, name: str) -> set[str]:
@@ -184,14 +226,42 @@ class MilvusChunkStore:
             raise StoreWriteError(f"the store did not take the write: {err}") from err
         if document_ids:
             try:
-                self.client.delete(
-                    name,
-                    filter=f"document_id in {_quoted(list(document_ids))} "
-                    f"and not (chunk_id in {_quoted(new_ids)})",
-                )
+                if self.remote:
+                    self._delete_older(name, document_ids, chunks)
+                else:
+                    self.client.delete(
+                        name,
+                        filter=f"document_id in {_quoted(list(document_ids))} "
+                        f"and not (chunk_id in {_quoted(new_ids)})",
+                    )
                 self.client.flush(name)
             except Exception:  # the new version is stored: it is the answer
                 _logger.warning("old chunks left in %s until the next start", name, exc_info=True)
+
+    def _delete_older(
+        self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk]
+    ) -> None:
+        """Delete the chunks of `document_ids` up to this write's version, except its own.
+
+        Never newer ones: on a server another replica may be writing a newer version of the
+        same document at once, and "every other chunk" would let two writers delete each
+        other's."""
+        newest = {ch.document_id: version_of(ch.chunk_id)[0] for ch in chunks}
+        rows = self.client.query(
+            name,
+            filter=f"document_id in {_quoted(list(document_ids))}",
+            output_fields=["chunk_id", "document_id"],
+            limit=16384,
+        )
+        keep = {ch.chunk_id for ch in chunks}
+        old = [
+            r["chunk_id"]
+            for r in rows
+            if r["chunk_id"] not in keep
+            and version_of(r["chunk_id"])[0] <= newest.get(r["document_id"], 0)
+        ]
+        for i in range(0, len(old), self.BATCH):
+            self.client.delete(name, filter=f"chunk_id in {_quoted(old[i : i + self.BATCH])}")
 
     def delete_document(self, name: str, document_id: str) -> None:
         self.client.delete(name, filter=f"document_id == {json.dumps(document_id)}")

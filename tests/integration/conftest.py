@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from tierline.cluster.reaper import ProcFs, ProcInfo
-from tierline.cluster.spec import ClusterSpec
+from tierline.cluster.spec import ClusterSpec, RouterSpec
 from tierline.cluster.specfile import load_spec
 from tierline.cluster.tiny_models import ensure_tiny_models
 from tierline.deployments.auth import add_key
@@ -23,6 +26,32 @@ ROOT = Path(__file__).resolve().parents[2]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+
+
+@contextlib.contextmanager
+def milvus_lite_server(data_dir: Path) -> Iterator[str]:
+    """A real Milvus server on loopback (Milvus Lite 3's gRPC server, `python -m
+    milvus_lite server`) until the block ends; yields its URI."""
+    port = free_port()
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "the Milvus Lite server exited"
+            assert time.monotonic() < deadline, "the Milvus Lite server did not listen"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -94,6 +123,16 @@ def seconds_until_gone(procs: dict[int, ProcInfo], since: float, timeout_s: floa
         time.sleep(0.2)
 
 
+def marked_by_one_cluster(procs: dict[int, ProcInfo]) -> str:
+    """Every engine process carries its replica's mark, all of one cluster: its address."""
+    assert procs, "no vLLM process found under the cluster"
+    unmarked = [f"{p.pid} {p.name}" for p in procs.values() if p.owner is None]
+    assert not unmarked, f"engine processes without the replica's mark: {unmarked}"
+    clusters = {p.owner.cluster for p in procs.values() if p.owner is not None}
+    assert len(clusters) == 1, clusters
+    return clusters.pop()
+
+
 _KEYS_DIR = Path(tempfile.mkdtemp(prefix="tierline-test-keys-"))
 KEYS_FILE = _KEYS_DIR / "keys.json"
 API_KEY = add_key(KEYS_FILE, "tests")
@@ -103,10 +142,28 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TENANT_KEYS = {t: add_key(KEYS_FILE, t) for t in ("metered", "strict", "trickle", "narrow")}
 
 
-def local_spec(port: int, **gateway: Any) -> ClusterSpec:
-    """configs/local.yaml on `port`, with this session's API key (see `AUTH`)."""
+def one_tier(spec: ClusterSpec) -> ClusterSpec:
+    """`spec` with its first tier (local.yaml's `small`) alone, routed by the rules policy:
+    one engine to start, for clusters whose tests are not about choosing a tier."""
+    small = spec.tiers[0].model_copy(update={"fallback_tier": None})
+    router = RouterSpec(policy="rules", default_tier=small.name)
+    return spec.model_copy(update={"tiers": [small], "router": router})
+
+
+def local_spec(port: int, rag: bool = False, **gateway: Any) -> ClusterSpec:
+    """configs/local.yaml on `port`, with this session's API key (see `AUTH`).
+
+    RAG and the embeddings deployment, on in local.yaml, stay on only with `rag=True`
+    (tests/integration/local), the store in a fresh folder; elsewhere they would only slow
+    each cluster's start."""
     ensure_tiny_models(ROOT / "models")
     spec = load_spec(ROOT / "configs" / "local.yaml")
+    uri = str(Path(tempfile.mkdtemp(prefix="tierline-test-rag-")) / "milvus.db")
+    update = {
+        "rag": spec.rag.model_copy(update={"enabled": rag, "uri": uri}),
+        "embeddings": spec.embeddings.model_copy(update={"enabled": rag}),
+    }
+    spec = spec.model_copy(update=update)
     auth = spec.gateway.auth.model_copy(update={"keys_file": str(KEYS_FILE)})
     g = spec.gateway.model_copy(update={"port": port, "auth": auth, **gateway})
     # The cascade is on but never escalates unless a request sends its own threshold

@@ -239,6 +239,32 @@ def test_router_sees_the_grounded_prompt_length(app) -> None:
     assert r.status_code == 200 and r.headers["x-tierline-tier"] == "large"
 
 
+def test_retrieved_context_is_trimmed_to_the_largest_context_not_refused(app) -> None:
+    """Fifty 40-word chunks do not fit even `large` (4,096 tokens, bytes/4 counted): the
+    lowest-ranked go, the answer comes, and the citations are the chunks sent."""
+    client, engines = app
+    client.post("/v1/rag/collections", json={"name": "big"})
+    docs = [
+        {"id": f"d{i}", "text": " ".join(f"wd{i}x{j:03d}" for j in range(400))} for i in range(6)
+    ]
+    r = client.post("/v1/rag/collections/big/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "wd1x005 wd1x006"}],
+        "max_tokens": 2,
+        "rag": {"collection": "big", "top_k": 50},
+    }
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    cites = r.json()["citations"]
+    assert 1 <= len(cites) < 50 and r.headers["x-tierline-tier"] == "large"
+    (_method, sent), *_ = [c for e in engines.values() for c in e.calls]
+    context = sent["messages"][0]["content"]
+    assert all(c["document_id"] in context for c in cites)
+    assert len(context) // 4 + 2 <= 4096  # what the bytes/4 counter allows
+
+
 def test_grounded_chat_errors(app) -> None:
     client, _ = app
     seeded(client)

@@ -1,7 +1,12 @@
-"""`tierline render serve` + real `serve deploy` against a `ray start --head` cluster."""
+"""`tierline render serve` + real `serve deploy` against a `ray start --head` cluster.
+
+The last test ends that cluster with `ray stop --force` and checks that no vLLM process
+outlives it (issue 19's third way to stop a cluster; the other two are in
+tests/integration/shutdown), so the module starts one cluster for both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -11,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,10 +30,16 @@ from tierline.cluster.spec import ClusterSpec
 from tests.integration.conftest import (
     API_KEY,
     descendants,
+    engine_processes,
     free_port,
     leftover_processes,
     local_spec,
+    marked_by_one_cluster,
+    seconds_until_gone,
 )
+from tests.integration.resilience.figures import record
+
+GONE_WITHIN_S = 30.0
 
 BIN = Path(sys.executable).parent
 
@@ -64,8 +76,14 @@ def wait_for_dashboard(url: str, head: subprocess.Popen[bytes], timeout_s: float
     raise TimeoutError(f"Ray dashboard at {url} did not come up")
 
 
+@dataclass(frozen=True)
+class RayHead:
+    url: str  # the dashboard's, for `serve deploy --address`
+    pid: int  # `ray start --head --block`: every process of the head runs under it
+
+
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory, spec: ClusterSpec) -> Iterator[str]:
+def ray_head(tmp_path_factory: pytest.TempPathFactory, spec: ClusterSpec) -> Iterator[RayHead]:
     # Ray's token authentication stays on: the head, `serve deploy` and `serve status` all
     # read the same token file.
     token = tmp_path_factory.mktemp("ray") / "auth_token"
@@ -103,14 +121,21 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, spec: ClusterSpec) -> Ite
     ours: dict[int, str] = {}
     try:
         wait_for_dashboard(dash_url, head)
-        yield dash_url
+        yield RayHead(dash_url, head.pid)
     finally:
         ours = descendants(head.pid)
-        # Graceful order: Serve first (replicas stop their vLLM engine processes), then Ray.
-        # Killing Ray alone SIGKILLs replicas and orphans their EngineCore children.
-        run(str(BIN / "serve"), "shutdown", "--address", dash_url, "-y")
-        head.send_signal(signal.SIGTERM)
-        head.wait(timeout=120)
+        if head.poll() is None:
+            # Graceful order: Serve first (replicas stop their vLLM engine processes), then
+            # Ray. Killing Ray alone SIGKILLs replicas and orphans their EngineCore children
+            # (unless the replicas' watchdog and the exporter's reaper end them: the test
+            # below).
+            run(str(BIN / "serve"), "shutdown", "--address", dash_url, "-y", timeout=120)
+            head.send_signal(signal.SIGTERM)
+            try:
+                head.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait()
     leaked = leftover_processes(ours)
     assert not leaked, "the Ray head left processes behind:\n" + "\n".join(leaked)
 
@@ -123,11 +148,11 @@ def _listener(port: int) -> str:
 
 
 def test_rendered_config_deploys_and_serves(
-    ray_head: str, spec: ClusterSpec, tmp_path: Path
+    ray_head: RayHead, spec: ClusterSpec, tmp_path: Path
 ) -> None:
     config_file = tmp_path / "serve.yaml"
     config_file.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
-    deployed = run(str(BIN / "serve"), "deploy", str(config_file), "--address", ray_head)
+    deployed = run(str(BIN / "serve"), "deploy", str(config_file), "--address", ray_head.url)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     url = endpoint(spec)
@@ -141,7 +166,43 @@ def test_rendered_config_deploys_and_serves(
     # the fast path: the gateway replica itself holds the spec's port, not Serve's proxy
     owner = _listener(spec.gateway.port)
     assert "ServeReplica" in owner and "gateway" in owner, owner
-    status = run(str(BIN / "serve"), "status", "--address", ray_head)
+    status = run(str(BIN / "serve"), "status", "--address", ray_head.url)
     assert status.returncode == 0
     apps = yaml.safe_load(status.stdout)["applications"]
     assert apps[spec.name]["status"] == "RUNNING"
+
+
+def _ray_stop_force(head: int) -> list[int]:
+    """What `ray stop --force` does, to this head's processes only: SIGKILL to each one
+    Ray's process list matches (by name, or by command line). The real command would also
+    stop every other Ray cluster of this user on the machine."""
+    from ray.autoscaler._private.constants import RAY_PROCESSES
+
+    killed = []
+    for p in psutil.Process(head).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            name, cmd = p.name(), " ".join(p.cmdline())
+            if any(str(kw) in (name if by_name else cmd) for kw, by_name in RAY_PROCESSES):
+                p.kill()
+                killed.append(p.pid)
+    return killed
+
+
+def test_ray_stop_force_leaves_no_engine(ray_head: RayHead, spec: ClusterSpec) -> None:
+    """Last in this module: it ends the cluster the test above deployed."""
+    wait_ready(endpoint(spec), timeout_s=60)
+    engines = engine_processes(ray_head.pid)
+    marked_by_one_cluster(engines)
+    t0 = time.monotonic()
+    assert _ray_stop_force(ray_head.pid)
+    took = seconds_until_gone(engines, t0, GONE_WITHIN_S)
+    print(f"`ray stop --force` after `serve deploy`: last vLLM process gone after {took:.1f} s")
+    record(
+        "orphans_ray_stop_force",
+        {
+            "what": "`ray stop --force` (SIGKILL of every Ray process of the head) after "
+            "`serve deploy` of local.yaml (tests/integration/deploy)",
+            "vllm_processes": len(engines),
+            "last_gone_s": round(took, 2),
+        },
+    )

@@ -13,7 +13,7 @@ MSG = [{"role": "user", "content": "Name three colours."}]
 
 def test_models_lists_every_tier_and_auto(cluster: Cluster) -> None:
     ids = [m.id for m in cluster.client().models.list()]
-    assert ids == ["auto", "tiny-small", "tiny-large"]
+    assert ids == ["auto", "tiny-small", "tiny-large", "all-MiniLM-L6-v2"]  # + the embedder
 
 
 def test_ready_and_healthy(cluster: Cluster) -> None:

@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     free_port,
     leftover_processes,
     local_spec,
+    one_tier,
 )
 
 # A second tenant and an operator, beside the session's own tenant "tests" (API_KEY).
@@ -41,10 +42,10 @@ def rag_spec(data_dir: Path) -> ClusterSpec:
             "parse_timeout_s": 2.0,
         }
     )
-    # The rules router: these tests are about retrieval, not about the learned router's
-    # artifact (and its choices are deterministic).
-    router = spec.router.model_copy(update={"policy": "rules"})
-    return spec.model_copy(update={"rag": rag, "router": router})
+    # One tier (tiny-small, 512 tokens: room for two 48-token chunks) and the rules router:
+    # these tests are about retrieval, not about choosing a tier, and one engine starts
+    # sooner than two.
+    return one_tier(spec).model_copy(update={"rag": rag})
 
 
 @dataclass
@@ -53,14 +54,20 @@ class RagCluster:
     url: str = ""
     ready_s: list[float] = field(default_factory=list)
     ours: dict[int, str] = field(default_factory=dict)  # every process our clusters started
+    before: dict[int, str] = field(default_factory=dict)  # ours before any cluster started
 
     def start(self) -> None:
+        # Processes running before the first start (a Milvus server the store uses) are
+        # not the cluster's.
+        if not self.ready_s:
+            self.before.update(descendants(os.getpid()))
         run = local.start(self.spec, ready_timeout_s=600)
         self.url = run.endpoint
         self.ready_s.append(run.ready_s)
 
     def stop(self) -> None:
-        self.ours.update(descendants(os.getpid()))
+        now = descendants(os.getpid())
+        self.ours.update({p: c for p, c in now.items() if p not in self.before})
         local.stop()
 
     def restart(self) -> None:

@@ -68,3 +68,32 @@ def test_ingest_and_search_with_vllm_embeddings(vllm_rag_cluster: RagCluster) ->
         assert r.status_code == 200, r.text
         hits = r.json()["results"]
         assert hits[0]["document_id"] == "lighthouse"
+
+
+def test_two_rag_replicas_on_a_milvus_server_answer_alike(vllm_rag_cluster: RagCluster) -> None:
+    """`rag.replicas: 2` on a Milvus server: both replicas run, hold no index, and any of
+    them answers a query the same way (Serve spreads the requests over both)."""
+    from ray import serve
+    from tierline.deployments.rag import RAG_DEPLOYMENT
+
+    handle = serve.get_deployment_handle(RAG_DEPLOYMENT, app_name=vllm_rag_cluster.spec.name)
+    pids = {handle.pid.remote().result(timeout_s=60) for _ in range(24)}
+    assert len(pids) == 2, pids
+    docs = [
+        {"id": f"d{i}", "text": f"Harbour {i} of Quorvik ships {i * 7} crates of tin a week."}
+        for i in range(12)
+    ]
+    with vllm_rag_cluster.http() as http:
+        assert http.post("/v1/rag/collections", json={"name": "shared"}).status_code in (200, 201)
+        r = http.post("/v1/rag/collections/shared/documents", json={"documents": docs})
+        assert r.status_code == 200, r.text
+        query = {"query": "Which Quorvik harbour ships 35 crates of tin?", "top_k": 5}
+        answers = []
+        for _ in range(16):
+            r = http.post("/v1/rag/collections/shared/search", json=query)
+            assert r.status_code == 200, r.text
+            answers.append([(h["chunk_id"], round(h["score"], 5)) for h in r.json()["results"]])
+        listed = http.get("/v1/rag/collections").json()["data"]
+    assert answers[0] and all(a == answers[0] for a in answers)
+    (shared,) = [c for c in listed if c["name"] == "shared"]
+    assert shared["documents"] == 12

@@ -1,16 +1,13 @@
 """No vLLM process outlives tierline or its Ray node, however they are stopped.
 
-Three lean one-tier clusters, each ended a different way, plus the reaper's promise never
+Two lean one-tier clusters, each ended a different way, plus the reaper's promise never
 to touch an engine that is not its cluster's:
 
 - `tierline up`, then SIGKILL of its raylet and of `tierline up` together (a node crash);
 - `tierline up`, then SIGTERM to its whole process group (as systemd stops a unit), and
   SIGKILL to the group if it has not exited within 45 s;
-- `ray start --head` + `serve deploy`, then `ray stop --force`: SIGKILL of every process
-  of that head that Ray's own `ray stop` matches (`RAY_PROCESSES`); the real command would
-  also stop every other Ray cluster of this user on the machine.
-
-(SIGKILL of one engine replica is in tests/integration/resilience/test_chaos.py.) Each
+(`ray stop --force` after `serve deploy` ends the cluster of tests/integration/deploy, and
+SIGKILL of one engine replica is in tests/integration/resilience/test_chaos.py.) Each
 case records, in bench/results/resilience.json, the seconds from the kill to the last
 vLLM process of the cluster gone.
 """
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -31,19 +27,19 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from tierline.cli.local import endpoint, logical_cpus, wait_ready
-from tierline.cluster.reaper import NodeReaper, ProcInfo
-from tierline.cluster.render import ray_process_env, serve_config
-from tierline.cluster.spec import ClusterSpec, RouterSpec
+from tierline.cli.local import endpoint, wait_ready
+from tierline.cluster.reaper import NodeReaper
+from tierline.cluster.spec import ClusterSpec
 
 from tests.integration.conftest import (
     descendants,
     engine_processes,
     free_port,
     local_spec,
+    marked_by_one_cluster,
+    one_tier,
     seconds_until_gone,
 )
-from tests.integration.deploy import test_serve_deploy as deploy
 from tests.integration.resilience.figures import record
 
 BIN = Path(sys.executable).parent
@@ -53,20 +49,7 @@ DRAIN_S = 10.0
 
 def one_tier_spec() -> ClusterSpec:
     """configs/local.yaml's small tier alone: one engine, so each start is quick."""
-    spec = local_spec(free_port(), drain_timeout_s=DRAIN_S)
-    small = spec.tiers[0].model_copy(update={"fallback_tier": None})
-    router = RouterSpec(policy="rules", default_tier="small")
-    return spec.model_copy(update={"tiers": [small], "router": router})
-
-
-def marked_by_one_cluster(procs: dict[int, ProcInfo]) -> str:
-    """Every engine process carries its replica's mark, all of one cluster: its address."""
-    assert procs, "no vLLM process found under the cluster"
-    unmarked = [f"{p.pid} {p.name}" for p in procs.values() if p.owner is None]
-    assert not unmarked, f"engine processes without the replica's mark: {unmarked}"
-    clusters = {p.owner.cluster for p in procs.values() if p.owner is not None}
-    assert len(clusters) == 1, clusters
-    return clusters.pop()
+    return one_tier(local_spec(free_port(), drain_timeout_s=DRAIN_S))
 
 
 @dataclass
@@ -200,81 +183,3 @@ def test_sigterm_to_the_process_group_of_tierline_up(
     )
     assert exited < DRAIN_S + 30
     assert all(p.poll() is None for p in bystanders)
-
-
-def _ray_stop_force(head: int) -> list[int]:
-    """What `ray stop --force` does, to this head's processes only: SIGKILL to each one
-    Ray's process list matches (by name, or by command line)."""
-    from ray.autoscaler._private.constants import RAY_PROCESSES
-
-    killed = []
-    for p in psutil.Process(head).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            name, cmd = p.name(), " ".join(p.cmdline())
-            if any(str(kw) in (name if by_name else cmd) for kw, by_name in RAY_PROCESSES):
-                p.kill()
-                killed.append(p.pid)
-    return killed
-
-
-def test_ray_stop_force_after_serve_deploy(tmp_path: Path) -> None:
-    spec = one_tier_spec()
-    token = tmp_path / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    deploy.TOKEN_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    dash = free_port()
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--num-cpus={logical_cpus(spec)}",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-        ],
-        env={
-            **os.environ,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            **deploy.TOKEN_ENV,
-            **ray_process_env(spec),
-            **deploy.NO_BALANCER_ENV,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    tree: dict[int, str] = {}
-    try:
-        dash_url = f"http://127.0.0.1:{dash}"
-        deploy.wait_for_dashboard(dash_url, head)
-        config = tmp_path / "serve.yaml"
-        config.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
-        deployed = deploy.run(str(BIN / "serve"), "deploy", str(config), "--address", dash_url)
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        wait_ready(endpoint(spec), timeout_s=600)
-        tree.update(descendants(head.pid))
-        engines = engine_processes(head.pid)
-        marked_by_one_cluster(engines)
-        t0 = time.monotonic()
-        assert _ray_stop_force(head.pid)
-        took = seconds_until_gone(engines, t0, GONE_WITHIN_S)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        _kill_left(tree)
-    print(f"`ray stop --force` after `serve deploy`: last vLLM process gone after {took:.1f} s")
-    record(
-        "orphans_ray_stop_force",
-        {
-            "what": "`ray stop --force` (SIGKILL of every Ray process of the head) after "
-            "`serve deploy` of the one-tier local.yaml",
-            "vllm_processes": len(engines),
-            "last_gone_s": round(took, 2),
-        },
-    )

@@ -1,0 +1,263 @@
+"""Stored responses: a small Protocol, an embedded SQLite store and an in-memory one.
+
+A stored response keeps the Response object and the conversation that rebuilds it (the
+input items of every turn so far and this turn's output items), with the tier that
+served it and the tenant that owns it. Every read and delete is by tenant and id: another
+tenant's response is indistinguishable from a missing one.
+
+Why SQLite by default: embedded (no server for a local run), durable, and one file that
+every gateway replica on the host opens at once (WAL mode: readers never block the one
+writer; each turn is one small insert). Gateway replicas on several hosts need a
+database server: the same two tables' SQL runs on PostgreSQL (`SQL_SCHEMA` uses only
+types both accept), so a `ResponseStore` over psycopg is the statements below with `%s`
+placeholders; it is not built yet (psycopg is not installed here), and `open_store`
+says so for a `postgresql://` URI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tierline.cluster.spec import ClusterSpec, ResponsesSpec
+
+__all__ = [
+    "MemoryResponseStore",
+    "ResponseStore",
+    "SqliteResponseStore",
+    "StoredResponse",
+    "open_store",
+    "sqlite_path",
+    "with_absolute_store",
+]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    id: str
+    tenant: str
+    created_at: float
+    expires_at: float
+    tier: str
+    """The tier that answered (after any failover): the conversation's affinity."""
+    response: dict[str, Any]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    """The conversation: every turn's input items and output items, this turn's last."""
+    replica: str | None = None
+
+    def size(self) -> int:
+        return len(json.dumps(self.response)) + len(json.dumps(self.items))
+
+
+class ResponseStore(Protocol):
+    async def start(self) -> None:
+        """Open connections and create the schema (idempotent)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def put(self, record: StoredResponse) -> None: ...
+
+    async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
+        """The tenant's unexpired response, or None (missing, expired or another's)."""
+        ...
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        """Whether the tenant's response existed (and is now gone)."""
+        ...
+
+
+class MemoryResponseStore:
+    """A `ResponseStore` in this process: unit tests, and a gateway built without a spec'd
+    store (`create_app` with none). Not shared between processes."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._rows: dict[str, StoredResponse] = {}
+        self._clock = clock
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def put(self, record: StoredResponse) -> None:
+        self._rows[record.id] = record
+
+    async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
+        row = self._rows.get(response_id)
+        if row is None or row.tenant != tenant:
+            return None
+        if row.expires_at <= self._clock():
+            del self._rows[response_id]
+            return None
+        return row
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        row = self._rows.get(response_id)
+        if row is None or row.tenant != tenant or row.expires_at <= self._clock():
+            return False
+        del self._rows[response_id]
+        return True
+
+
+SQL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS responses ("
+    " id TEXT PRIMARY KEY,"
+    " tenant TEXT NOT NULL,"
+    " created_at DOUBLE PRECISION NOT NULL,"
+    " expires_at DOUBLE PRECISION NOT NULL,"
+    " tier TEXT NOT NULL,"
+    " replica TEXT,"
+    " response TEXT NOT NULL,"
+    " items TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
+)
+SQL_PUT = (
+    "INSERT INTO responses (id, tenant, created_at, expires_at, tier, replica, response, items)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_GET = (
+    "SELECT id, tenant, created_at, expires_at, tier, replica, response, items"
+    " FROM responses WHERE id = ? AND tenant = ? AND expires_at > ?"
+)
+SQL_DELETE = "DELETE FROM responses WHERE id = ? AND tenant = ? AND expires_at > ?"
+SQL_PURGE = "DELETE FROM responses WHERE expires_at <= ?"
+
+PURGE_EVERY_S = 60.0
+
+
+def sqlite_path(uri: str) -> str:
+    """The file of a SQLite store URI (`sqlite:///path` or a plain path)."""
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri
+
+
+class SqliteResponseStore:
+    """A `ResponseStore` in one SQLite file, WAL mode: every gateway replica on the host
+    opens it. Calls run in a worker thread (`asyncio.to_thread`) on one connection per
+    store, serialised by a lock; expired rows are purged at most once a minute."""
+
+    def __init__(self, path: str | Path, clock: Clock = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._purged = 0.0
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for statement in SQL_SCHEMA:
+                db.execute(statement)
+            db.commit()
+            self._db = db
+        return self._db
+
+    def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            db = self._connect()
+            try:
+                out = work(db)
+                db.commit()
+                return out
+            except BaseException:
+                db.rollback()
+                raise
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._run, lambda db: None)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(shut)
+
+    async def put(self, record: StoredResponse) -> None:
+        now = self._clock()
+        purge = now - self._purged > PURGE_EVERY_S
+        if purge:
+            self._purged = now
+        row = (
+            record.id,
+            record.tenant,
+            record.created_at,
+            record.expires_at,
+            record.tier,
+            record.replica,
+            json.dumps(record.response),
+            json.dumps(record.items),
+        )
+
+        def work(db: sqlite3.Connection) -> None:
+            if purge:
+                db.execute(SQL_PURGE, (now,))
+            db.execute(SQL_PUT, row)
+
+        await asyncio.to_thread(self._run, work)
+
+    async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
+        now = self._clock()
+        row = await asyncio.to_thread(
+            self._run, lambda db: db.execute(SQL_GET, (response_id, tenant, now)).fetchone()
+        )
+        if row is None:
+            return None
+        rid, owner, created, expires, tier, replica, response, items = row
+        return StoredResponse(
+            id=rid,
+            tenant=owner,
+            created_at=created,
+            expires_at=expires,
+            tier=tier,
+            replica=replica,
+            response=json.loads(response),
+            items=json.loads(items),
+        )
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        now = self._clock()
+        deleted = await asyncio.to_thread(
+            self._run, lambda db: db.execute(SQL_DELETE, (response_id, tenant, now)).rowcount
+        )
+        return bool(deleted)
+
+
+def open_store(spec: ResponsesSpec, clock: Clock = time.time) -> ResponseStore:
+    """The store `spec.store_uri` names; nothing is opened until `start` (or first use)."""
+    uri = spec.store_uri
+    if uri.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "gateway.responses.store_uri: a PostgreSQL store is not built yet (the SQL in "
+            "deployments/responses/store.py is portable); use a SQLite path for now"
+        )
+    return SqliteResponseStore(sqlite_path(uri), clock)
+
+
+def with_absolute_store(spec: ClusterSpec, base: Path) -> ClusterSpec:
+    """A relative SQLite store path resolved where the graph is built (the working
+    directory of `tierline up` or `serve deploy`), not in each gateway replica."""
+    r = spec.gateway.responses
+    if "://" in r.store_uri and not r.store_uri.startswith("sqlite:///"):
+        return spec
+    path = Path(sqlite_path(r.store_uri)).expanduser()
+    if path.is_absolute():
+        return spec
+    responses = r.model_copy(update={"store_uri": str((base / path).resolve())})
+    gateway = spec.gateway.model_copy(update={"responses": responses})
+    return spec.model_copy(update={"gateway": gateway})
