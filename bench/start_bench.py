@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tierline.cli.local import wait_ports_free
+from tierline.cluster.specfile import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +37,7 @@ OUT = ROOT / "bench" / "results" / "start.json"
 
 
 def spec_file(folder: Path, rag: bool) -> Path:
-    from tierline.cluster.specfile import load_spec, spec_to_data
+    from tierline.cluster.specfile import spec_to_data
 
     spec = load_spec(ROOT / "configs" / "local.yaml")  # paths made absolute
     update = {
@@ -51,7 +53,14 @@ def spec_file(folder: Path, rag: bool) -> Path:
 def one_start(rag: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tierline-start-") as tmp:
         folder = Path(tmp)
-        cmd = [str(BIN / "tierline"), "up", str(spec_file(folder, rag))]
+        path = spec_file(folder, rag)
+        # The previous start's processes may still hold the gateway's ports for a while
+        # after it exits; `tierline up` would wait for them inside its Ray step. A start
+        # on a fresh machine does not, so the clock starts once they are free.
+        spec = load_spec(path)
+        ports = range(spec.gateway.port, spec.gateway.port + spec.gateway.replicas)
+        wait_ports_free(spec.gateway.host, ports, timeout_s=180)
+        cmd = [str(BIN / "tierline"), "up", str(path)]
         if rag:
             cmd += ["--sample", str(ROOT / "docs")]
         t0 = time.monotonic()

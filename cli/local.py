@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Ray's logical CPUs are a scheduling budget, not threads: each tier's engine reserves one
 # and the gateway half of one, so a 2-core machine still needs more than 2 to place them.
 MIN_LOGICAL_CPUS = 8
+ENGINE_ACTOR_CPUS = 1  # Ray Serve LLM's default num_cpus for an LLMServer replica actor
 # A local run has no load balancer in front of the gateway to deregister a stopping
 # replica: Ray's 30 s hold of a stopping direct-ingress replica only delays the stop (the
 # gateway's own drain still finishes in-flight requests and refuses new ones).
@@ -43,8 +44,13 @@ class LocalRun:
 
 def logical_cpus(spec: ClusterSpec) -> int:
     # Autoscaled tiers may grow to max_replicas: leave room for every replica they may add.
+    # Each engine replica holds its bundle (cpus_per_replica) and, merged into it by Ray
+    # Serve LLM, its replica actor's CPU: without that one, four replicas took every
+    # logical CPU and the gateway was never scheduled.
     most = [t.autoscaling.max_replicas if t.autoscaling else t.num_replicas for t in spec.tiers]
-    need = sum(t.cpus_per_replica * n for t, n in zip(spec.tiers, most, strict=True))
+    need = sum(
+        (t.cpus_per_replica + ENGINE_ACTOR_CPUS) * n for t, n in zip(spec.tiers, most, strict=True)
+    )
     need += spec.gateway.replicas
     return max(MIN_LOGICAL_CPUS, int(need) + 2)
 

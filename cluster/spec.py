@@ -504,9 +504,12 @@ class ResponsesSpec(_Strict):
         description="Where stored responses live. A SQLite file path (relative to the working "
         "directory) or `sqlite:///path`: embedded, WAL mode, shared by the gateway replicas of "
         "one host (on Kubernetes put it on a volume every gateway pod mounts, or use a server). "
-        "`postgresql://user:password@host:5432/db`: reserved for a PostgreSQL server (gateway "
-        "replicas on several hosts); that store is not built yet and the gateway refuses to "
-        "start with it.",
+        "`postgresql://user@host:5432/db` (or `postgres://`, any libpq URI parameters such as "
+        "`?sslmode=require`): a PostgreSQL server shared by gateway replicas on several hosts; "
+        "the tables are created on first start. Leave the password out of the URI and set "
+        "PGPASSWORD in the gateway's environment instead: libpq reads it (and its other PG* "
+        "variables, and ~/.pgpass). With the Helm chart, add it to `head.env` and "
+        "`workerDefaults.env` with `valueFrom.secretKeyRef` naming a Secret.",
     )
     ttl_s: float = Field(
         30 * 24 * 3600.0,
@@ -814,6 +817,13 @@ class ClusterSpec(_Strict):
         default_factory=EmbeddingsSpec,
         description="The OpenAI embeddings endpoint, with or without RAG.",
     )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="More names for a request's `model`: each maps a name apps already send "
+        "(the OpenAI SDK's examples name `gpt-5.5`) to `auto`, a tier name, a served model "
+        "name or an adapter name, and the request is served as if it named that. An alias "
+        "may not be a name the spec already uses. /v1/embeddings takes any `model` anyway.",
+    )
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ClusterSpec:
@@ -832,6 +842,18 @@ class ClusterSpec(_Strict):
                     if key in seen:
                         raise ValueError(f"{owner}: name {key!r} is already used by {seen[key]}")
                     seen[key] = owner
+        for alias, target in self.model_aliases.items():
+            if not alias.strip():
+                raise ValueError("model_aliases: an alias may not be empty")
+            if alias == AUTO_MODEL or alias in seen:
+                owner = seen.get(alias, "the router")
+                raise ValueError(f"model_aliases: {alias!r} is already a name of {owner}")
+            if target != AUTO_MODEL and target not in seen:
+                known = ", ".join([AUTO_MODEL, *seen])
+                raise ValueError(
+                    f"model_aliases: {alias!r} -> {target!r}, which is not a model name "
+                    f"here (names: {known})"
+                )
         names = [t.name for t in self.tiers]
         refs = [
             ("router.default_tier", self.router.default_tier),
@@ -864,6 +886,10 @@ class ClusterSpec(_Strict):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+    def canonical_model(self, model: str) -> str:
+        """The name a request's `model` stands for: its alias target, or itself."""
+        return self.model_aliases.get(model, model)
 
     def resolve_model(self, model: str) -> TierSpec | None:
         """The tier a request's `model` field pins, by tier name or served model name, or

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 # match; otherwise it falls back to power of two choices.
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 
+# Skips Ray Serve LLM's per-node download task where it would download nothing (a local
+# path or a hub id); imported by path in the replica only
+ENGINE_INIT_CALLBACK = "tierline.deployments.engine_init:SkipLocalSourceInit"
+
 
 # Ray Serve settings for the replicas on the token path (engines and gateway), read by
 # Serve when the replica process starts. By default Serve runs user code and the handle
@@ -110,6 +114,8 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
         # batches stream chunks every 50 ms, which adds latency and bursts.
         "experimental_configs": {"stream_batching_interval_ms": 0},
         "log_engine_metrics": True,
+        # no per-node download task for a local path or a hub id (deployments.engine_init)
+        "callback_config": {"callback_class": ENGINE_INIT_CALLBACK},
     }
     lora = lora_config(tier)
     if lora is not None:  # Serve multiplexing: adapters load on demand, LRU per replica

@@ -183,6 +183,11 @@ class GatewayCore:
         return self.quotas.get(tenant, self.spec.gateway.default_quota)
 
     # -- the request's way in ------------------------------------------------------------------
+    def canonical(self, body: _Generation) -> _Generation:
+        """`body` with an aliased `model` (`model_aliases`) replaced by what it stands for."""
+        model = self.spec.canonical_model(body.model)
+        return body if model == body.model else body.model_copy(update={"model": model})
+
     def scope(self, body: _Generation, tenant: str, preference: str | None = None) -> Scope:
         """The cheap checks (400/403/404): which tiers the request may use."""
         learned = self.learned is not None
@@ -269,6 +274,7 @@ class GatewayCore:
     ) -> tuple[TierSpec, Decision]:
         """Scope, plan and decide in one blocking call, without admission (for tools and
         tests; requests go through `generate`)."""
+        body = self.canonical(body)
         where = self.scope(body, tenant, preference)
         counts = count_prompt_tokens(body, self.counters, where.names)
         decision = self.decide(where.plan(counts, body.text()), preference, quality)  # type: ignore[attr-defined]
@@ -298,6 +304,7 @@ class GatewayCore:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         ticket: int | None = None
+        body = self.canonical(body)
         try:
             cascade = cascade_for(self.spec, method, body, cascade_threshold)  # None: none
             if ground is not None:
@@ -572,6 +579,15 @@ class GatewayCore:
                 }
             )
         cards += adapter_cards(self.spec, self.created)
+        for card in cards:  # model_aliases, on the card of the name each stands for
+            listed = card.get("aliases")
+            own = [str(a) for a in listed] if isinstance(listed, list | tuple) else []
+            names = {card["id"], *own}
+            if card.get("type") == "chat" and card["tier"] is not None:
+                names.add(card["tier"])
+            extra = [a for a, target in self.spec.model_aliases.items() if target in names]
+            if extra:
+                card["aliases"] = [*own, *extra]
         if self.embeddings is not None:
             cards.append(self.embeddings.card(self.created))
         return cards

@@ -2,7 +2,8 @@
 
 - `body`: the request body (pydantic) and its translation to a chat-completions body;
 - `output`: a chat completion (whole or streamed) translated back into a Response;
-- `store`: stored responses and their conversations (`ResponseStore`: SQLite, memory);
+- `store`, `store_pg`, `records`: stored responses and their conversations (`ResponseStore`:
+  SQLite by default, PostgreSQL for gateway replicas on several hosts, memory);
 - `affinity`: the pure rule that keeps a conversation on the tier that served it;
 - `routes`: the FastAPI router the gateway includes.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from tierline.deployments.errors import APIError
 from tierline.deployments.schemas import ChatCompletionBody
 
@@ -91,6 +91,9 @@ class ResponsesBody(BaseModel):
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: StrictInt | None = Field(
+        None, description="tierline's addition: the engine's sampling seed, as in chat."
+    )
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
     parallel_tool_calls: StrictBool | None = None
@@ -212,7 +215,7 @@ def chat_body(
         data["stream_options"] = {"include_usage": True}
     if body.max_output_tokens is not None:
         data["max_tokens"] = body.max_output_tokens
-    for name in ("temperature", "top_p", "parallel_tool_calls", "user"):
+    for name in ("temperature", "top_p", "seed", "parallel_tool_calls", "user"):
         value = getattr(body, name)
         if value is not None:
             data[name] = value

@@ -8,28 +8,40 @@ tenant's response is indistinguishable from a missing one.
 Why SQLite by default: embedded (no server for a local run), durable, and one file that
 every gateway replica on the host opens at once (WAL mode: readers never block the one
 writer; each turn is one small insert). Gateway replicas on several hosts need a
-database server: the same two tables' SQL runs on PostgreSQL (`SQL_SCHEMA` uses only
-types both accept), so a `ResponseStore` over psycopg is the statements below with `%s`
-placeholders; it is not built yet (psycopg is not installed here), and `open_store`
-says so for a `postgresql://` URI.
+database server: `store_pg.PostgresResponseStore` runs the same statements on PostgreSQL
+(`records`: the portable SQL, the row codec and the purge schedule both stores share).
+`open_store` picks the store from the URI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tierline.cluster.spec import ClusterSpec, ResponsesSpec
+from tierline.deployments.responses.records import (
+    SQL_DELETE,
+    SQL_GET,
+    SQL_PURGE,
+    SQL_PUT,
+    SQL_SCHEMA,
+    Clock,
+    PurgeSchedule,
+    StoredResponse,
+    record_row,
+    row_record,
+)
+from tierline.deployments.responses.store_pg import PostgresResponseStore
 
 __all__ = [
+    "POSTGRES_SCHEMES",
     "MemoryResponseStore",
+    "PurgeSchedule",
     "ResponseStore",
     "SqliteResponseStore",
     "StoredResponse",
@@ -38,24 +50,7 @@ __all__ = [
     "with_absolute_store",
 ]
 
-Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    id: str
-    tenant: str
-    created_at: float
-    expires_at: float
-    tier: str
-    """The tier that answered (after any failover): the conversation's affinity."""
-    response: dict[str, Any]
-    items: list[dict[str, Any]] = field(default_factory=list)
-    """The conversation: every turn's input items and output items, this turn's last."""
-    replica: str | None = None
-
-    def size(self) -> int:
-        return len(json.dumps(self.response)) + len(json.dumps(self.items))
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class ResponseStore(Protocol):
@@ -110,32 +105,6 @@ class MemoryResponseStore:
         return True
 
 
-SQL_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS responses ("
-    " id TEXT PRIMARY KEY,"
-    " tenant TEXT NOT NULL,"
-    " created_at DOUBLE PRECISION NOT NULL,"
-    " expires_at DOUBLE PRECISION NOT NULL,"
-    " tier TEXT NOT NULL,"
-    " replica TEXT,"
-    " response TEXT NOT NULL,"
-    " items TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
-)
-SQL_PUT = (
-    "INSERT INTO responses (id, tenant, created_at, expires_at, tier, replica, response, items)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-SQL_GET = (
-    "SELECT id, tenant, created_at, expires_at, tier, replica, response, items"
-    " FROM responses WHERE id = ? AND tenant = ? AND expires_at > ?"
-)
-SQL_DELETE = "DELETE FROM responses WHERE id = ? AND tenant = ? AND expires_at > ?"
-SQL_PURGE = "DELETE FROM responses WHERE expires_at <= ?"
-
-PURGE_EVERY_S = 60.0
-
-
 def sqlite_path(uri: str) -> str:
     """The file of a SQLite store URI (`sqlite:///path` or a plain path)."""
     return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri
@@ -151,7 +120,7 @@ class SqliteResponseStore:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._purged = 0.0
+        self._purge = PurgeSchedule()
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -190,19 +159,8 @@ class SqliteResponseStore:
 
     async def put(self, record: StoredResponse) -> None:
         now = self._clock()
-        purge = now - self._purged > PURGE_EVERY_S
-        if purge:
-            self._purged = now
-        row = (
-            record.id,
-            record.tenant,
-            record.created_at,
-            record.expires_at,
-            record.tier,
-            record.replica,
-            json.dumps(record.response),
-            json.dumps(record.items),
-        )
+        purge = self._purge.due(now)
+        row = record_row(record)
 
         def work(db: sqlite3.Connection) -> None:
             if purge:
@@ -216,19 +174,7 @@ class SqliteResponseStore:
         row = await asyncio.to_thread(
             self._run, lambda db: db.execute(SQL_GET, (response_id, tenant, now)).fetchone()
         )
-        if row is None:
-            return None
-        rid, owner, created, expires, tier, replica, response, items = row
-        return StoredResponse(
-            id=rid,
-            tenant=owner,
-            created_at=created,
-            expires_at=expires,
-            tier=tier,
-            replica=replica,
-            response=json.loads(response),
-            items=json.loads(items),
-        )
+        return None if row is None else row_record(row)
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         now = self._clock()
@@ -241,11 +187,8 @@ class SqliteResponseStore:
 def open_store(spec: ResponsesSpec, clock: Clock = time.time) -> ResponseStore:
     """The store `spec.store_uri` names; nothing is opened until `start` (or first use)."""
     uri = spec.store_uri
-    if uri.startswith(("postgresql://", "postgres://")):
-        raise ValueError(
-            "gateway.responses.store_uri: a PostgreSQL store is not built yet (the SQL in "
-            "deployments/responses/store.py is portable); use a SQLite path for now"
-        )
+    if uri.startswith(POSTGRES_SCHEMES):
+        return PostgresResponseStore(uri, clock)
     return SqliteResponseStore(sqlite_path(uri), clock)
 
 

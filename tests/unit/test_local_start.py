@@ -104,3 +104,14 @@ def test_a_gateway_port_still_held_is_waited_for_then_named() -> None:
         with pytest.raises(RuntimeError, match=f"\\[{port}\\]"):
             wait_ports_free("127.0.0.1", range(port, port + 1), timeout_s=0.2)
     wait_ports_free("127.0.0.1", range(port, port + 1), timeout_s=5)  # released: returns
+
+
+def test_logical_cpus_leave_room_for_the_gateway_beside_every_engine_replica() -> None:
+    from tierline.cli.local import ENGINE_ACTOR_CPUS, logical_cpus
+
+    tier = {"model_source": "/m", "max_context_tokens": 512, "replicas": 2, "cpus_per_replica": 1}
+    spec = parse_spec(
+        {"tiers": [{"name": "a", **tier}, {"name": "b", **tier}], "gateway": {"replicas": 1}}
+    )
+    engines = 4 * (1 + ENGINE_ACTOR_CPUS)  # each replica: its bundle and its actor's CPU
+    assert logical_cpus(spec) >= engines + 1  # and the gateway replica still fits

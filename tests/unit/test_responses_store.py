@@ -1,13 +1,17 @@
-"""Stored responses: CRUD, tenancy, expiry, and one SQLite file shared by two stores (as
-two gateway replicas on one host share it)."""
+"""Stored responses: CRUD, tenancy, expiry and purging on every backend, and one database
+shared by two stores (as two gateway replicas share it): a SQLite file, and a real
+PostgreSQL server (tests/unit/pg_server.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import psycopg
 import pytest
 from tierline.cluster.spec import ClusterSpec, ResponsesSpec
 from tierline.deployments.responses.store import (
@@ -19,6 +23,20 @@ from tierline.deployments.responses.store import (
     sqlite_path,
     with_absolute_store,
 )
+from tierline.deployments.responses.store_pg import PostgresResponseStore
+
+from tests.unit.pg_server import new_database, running_server
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tmp_path_factory) as uri:
+        yield uri
+
+
+@pytest.fixture
+def pg_uri(pg_server: str) -> str:
+    return new_database(pg_server)
 
 
 class Clock:
@@ -41,17 +59,67 @@ def record(rid: str = "resp_1", tenant: str = "a", expires: float = 2000.0) -> S
     )
 
 
-Factory = Callable[[Path, Clock], ResponseStore]
-STORES: dict[str, Factory] = {
-    "sqlite": lambda tmp, clock: SqliteResponseStore(tmp / "r.db", clock),
-    "memory": lambda tmp, clock: MemoryResponseStore(clock),
-}
+class Backend(Protocol):
+    def store(self, clock: Callable[[], float]) -> ResponseStore:
+        """A new store on this backend's database (another gateway replica's)."""
+        ...
+
+    def ids(self) -> list[str]:
+        """The ids in the responses table, read beside the stores."""
+        ...
 
 
-@pytest.mark.parametrize("kind", STORES)
-def test_crud_tenancy_and_expiry(kind: str, tmp_path: Path) -> None:
+@dataclass
+class SqliteBackend:
+    path: Path
+
+    def store(self, clock: Callable[[], float]) -> ResponseStore:
+        return SqliteResponseStore(self.path, clock)
+
+    def ids(self) -> list[str]:
+        with sqlite3.connect(self.path) as db:
+            return sorted(r[0] for r in db.execute("SELECT id FROM responses"))
+
+
+@dataclass
+class PostgresBackend:
+    uri: str
+
+    def store(self, clock: Callable[[], float]) -> ResponseStore:
+        return PostgresResponseStore(self.uri, clock)
+
+    def ids(self) -> list[str]:
+        with psycopg.connect(self.uri) as db:
+            return sorted(r[0] for r in db.execute("SELECT id FROM responses"))
+
+
+class MemoryBackend:
+    """One process's store: nothing is shared, so only the CRUD test takes it."""
+
+    def store(self, clock: Callable[[], float]) -> ResponseStore:
+        return MemoryResponseStore(clock)
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+
+SHARED = ["sqlite", "postgres"]
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    kind: str = request.param
+    if kind == "sqlite":
+        return SqliteBackend(tmp_path / "deep" / "r.db")
+    if kind == "postgres":
+        return PostgresBackend(request.getfixturevalue("pg_uri"))
+    return MemoryBackend()
+
+
+@pytest.mark.parametrize("backend", [*SHARED, "memory"], indirect=True)
+def test_crud_tenancy_and_expiry(backend: Backend) -> None:
     clock = Clock()
-    store = STORES[kind](tmp_path, clock)
+    store = backend.store(clock)
 
     async def go() -> None:
         await store.start()
@@ -74,29 +142,50 @@ def test_crud_tenancy_and_expiry(kind: str, tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_sqlite_is_wal_and_shared_between_stores(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "r.db"
-    one, two = SqliteResponseStore(path, Clock()), SqliteResponseStore(path, Clock())
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+def test_two_stores_share_one_database(backend: Backend) -> None:
+    """Two gateway replicas: each sees the other's writes and deletes, also when both
+    write at once; neither needs `start` first (the first call opens the store)."""
+    one, two = backend.store(Clock()), backend.store(Clock())
 
     async def go() -> None:
         await one.put(record("resp_x"))
         assert await two.get("a", "resp_x") == record("resp_x")
+        assert await two.get("b", "resp_x") is None
         assert await two.delete("a", "resp_x")
         assert await one.get("a", "resp_x") is None
-        await asyncio.gather(*(one.put(record(f"r{i}")) for i in range(20)))
-        await asyncio.gather(*(two.put(record(f"s{i}")) for i in range(20)))
-        found = await asyncio.gather(*(one.get("a", f"s{i}") for i in range(20)))
+        await asyncio.gather(
+            *(one.put(record(f"r{i}")) for i in range(20)),
+            *(two.put(record(f"s{i}")) for i in range(20)),
+        )
+        found = await asyncio.gather(
+            *(one.get("a", f"s{i}") for i in range(20)),
+            *(two.get("a", f"r{i}") for i in range(20)),
+        )
         assert all(f is not None for f in found)
         await one.close()
         await two.close()
 
     asyncio.run(go())
+    assert len(backend.ids()) == 40
+
+
+def test_sqlite_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+
+    async def go() -> None:
+        store = SqliteResponseStore(path, Clock())
+        await store.start()
+        await store.close()
+
+    asyncio.run(go())
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_sqlite_purges_expired_rows_on_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+def test_expired_rows_are_purged_on_write(backend: Backend) -> None:
     clock = Clock()
-    store = SqliteResponseStore(tmp_path / "r.db", clock)
+    store = backend.store(clock)
 
     async def go() -> None:
         await store.put(record("old", expires=1500.0))
@@ -105,8 +194,7 @@ def test_sqlite_purges_expired_rows_on_write(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
-    ids = [r[0] for r in sqlite3.connect(tmp_path / "r.db").execute("SELECT id FROM responses")]
-    assert ids == ["new"]
+    assert backend.ids() == ["new"]
 
 
 def test_store_uri_forms(tmp_path: Path) -> None:
@@ -115,8 +203,9 @@ def test_store_uri_forms(tmp_path: Path) -> None:
     assert isinstance(
         open_store(ResponsesSpec(store_uri=str(tmp_path / "a.db"))), SqliteResponseStore
     )
-    with pytest.raises(ValueError, match="PostgreSQL"):
-        open_store(ResponsesSpec(store_uri="postgresql://u:p@db/tierline"))
+    for uri in ("postgresql://u@db:5432/tierline", "postgres://db/tierline?sslmode=require"):
+        store = open_store(ResponsesSpec(store_uri=uri))  # connects on start, not here
+        assert isinstance(store, PostgresResponseStore) and store.uri == uri
     with pytest.raises(ValueError, match="store_uri"):
         ResponsesSpec(store_uri="redis://x")
 

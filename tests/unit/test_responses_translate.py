@@ -108,6 +108,10 @@ def test_tools_and_tool_choice_become_chats_nested_shape() -> None:
     assert data["tool_choice"] == {"type": "function", "function": {"name": "get"}}
     assert data["max_tokens"] == 7
     assert data["stream_options"] == {"include_usage": True}
+    assert "seed" not in data
+    one = [{"role": "user", "content": "x"}]
+    seeded = chat_body(body(seed=7, temperature=1.0), one, stream=False).model_dump()
+    assert (seeded["seed"], seeded["temperature"]) == (7, 1.0)
     for choice in ("auto", "required", "none"):
         assert (
             chat_body(
@@ -128,6 +132,7 @@ def test_tools_and_tool_choice_become_chats_nested_shape() -> None:
         {"tool_choice": "sometimes"},
         {"max_output_tokens": 0},
         {"temperature": 3},
+        {"seed": "7"},
         {"store": "yes"},
         {"model": None},
     ],

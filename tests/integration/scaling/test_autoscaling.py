@@ -19,6 +19,10 @@ from tests.integration.conftest import ROOT
 from tests.integration.scaling.conftest import ScalingCluster
 
 FIGURES = ROOT / "bench" / "results" / "scaling.json"
+# Streams that keep tier `main` busy: three in flight on one replica is three times its
+# target_ongoing_requests (1), so Serve wants 2 replicas (its maximum). More streams only
+# slow the second engine's start on 2 cores (six took 129 s to bring it up).
+LOAD_STREAMS = 3
 _figures: dict[str, Any] = {}
 
 
@@ -114,7 +118,9 @@ def test_replicas_go_up_under_load_and_back_down(cluster: ScalingCluster) -> Non
     assert cluster.running("main") == 1
     stop = threading.Event()
     done: list[int] = []
-    workers = [threading.Thread(target=_load, args=(cluster, stop, done)) for _ in range(6)]
+    workers = [
+        threading.Thread(target=_load, args=(cluster, stop, done)) for _ in range(LOAD_STREAMS)
+    ]
     for w in workers:
         w.start()
     try:
