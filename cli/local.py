@@ -46,10 +46,11 @@ def logical_cpus(spec: ClusterSpec) -> int:
     # Autoscaled tiers may grow to max_replicas: leave room for every replica they may add.
     # Each engine replica holds its bundle (cpus_per_replica) and, merged into it by Ray
     # Serve LLM, its replica actor's CPU: without that one, four replicas took every
-    # logical CPU and the gateway was never scheduled.
-    most = [t.autoscaling.max_replicas if t.autoscaling else t.num_replicas for t in spec.tiers]
+    # logical CPU and the gateway was never scheduled. External tiers run no engine.
+    engines = [t for t in spec.tiers if not t.is_external]
+    most = [t.autoscaling.max_replicas if t.autoscaling else t.num_replicas for t in engines]
     need = sum(
-        (t.cpus_per_replica + ENGINE_ACTOR_CPUS) * n for t, n in zip(spec.tiers, most, strict=True)
+        (t.cpus_per_replica + ENGINE_ACTOR_CPUS) * n for t, n in zip(engines, most, strict=True)
     )
     need += spec.gateway.replicas
     return max(MIN_LOGICAL_CPUS, int(need) + 2)
@@ -132,10 +133,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Ray waits a fixed 30 s for a new node's raylet to register with the GCS; on a loaded
-# machine (a CI runner just after another cluster's teardown) that start can miss it.
+# Ray waits a fixed 30 s for a new node's raylet to register with the GCS, and a while for
+# the GCS to write its port file; on a loaded machine (a CI runner just after another
+# cluster's teardown) a start can miss either (the second seen once in CI, 2026-12-02).
 RAY_START_ATTEMPTS = 3
-RAY_START_TIMEOUT_TEXT = "timed out during startup"
+RAY_START_TIMEOUT_TEXTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def retry_ray_start(
@@ -144,15 +146,15 @@ def retry_ray_start(
     attempts: int = RAY_START_ATTEMPTS,
     on_retry: Callable[[int, Exception], None] | None = None,
 ) -> None:
-    """Run `init` (a Ray node start); when Ray reports that the node timed out during
-    startup, `cleanup` what it left and try again, up to `attempts` times in all. Any other
+    """Run `init` (a Ray node start); when Ray reports that the node or its GCS timed out
+    during startup, `cleanup` what it left and try again, up to `attempts` times in all. Any other
     error, or the last timeout, is raised as it is."""
     for attempt in range(1, attempts + 1):
         try:
             init()
             return
         except Exception as err:
-            if RAY_START_TIMEOUT_TEXT not in str(err):
+            if not any(text in str(err) for text in RAY_START_TIMEOUT_TEXTS):
                 raise
             cleanup()
             if attempt == attempts:

@@ -35,6 +35,15 @@ def test_a_start_timeout_is_cleaned_up_and_retried() -> None:
     assert (s.inits, s.cleanups, retried) == (2, 1, [1])
 
 
+def test_a_gcs_port_file_timeout_is_retried_too() -> None:
+    gcs = RuntimeError(
+        "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_84d3779c"
+    )  # as CI saw it, 2026-12-02
+    s = Starts([gcs])
+    retry_ray_start(s.init, s.cleanup, attempts=3)
+    assert (s.inits, s.cleanups) == (2, 1)
+
+
 def test_the_last_timeout_is_raised() -> None:
     s = Starts([TIMEOUT, TIMEOUT, TIMEOUT])
     with pytest.raises(Exception, match="timed out during startup"):
