@@ -194,6 +194,10 @@ def test_acknowledged_documents_survive_sigkill_mid_ingestion(rag_cluster: RagCl
     ACKED.update({d: d for d in acked})
 
 
+def _without_score(hit: dict) -> dict:
+    return {k: v for k, v in hit.items() if k != "score"}
+
+
 RANKING_QUERIES = [("capital of Zorbania", 5), ("filler text", 10), ("violet quartz mines", 3)]
 RANKED_BEFORE_RESTART: dict[tuple[str, int], list[dict]] = {}
 
@@ -220,7 +224,13 @@ def test_ranking_after_cluster_restart(rag_cluster: RagCluster) -> None:
         hits = search(http, "capital of Zorbania", top_k=1)
         assert hits[0]["document_id"] == "zorbania"
         for query, top_k in RANKED_BEFORE_RESTART:
-            assert search(http, query, top_k=top_k) == RANKED_BEFORE_RESTART[(query, top_k)]
+            before, after = RANKED_BEFORE_RESTART[(query, top_k)], search(http, query, top_k=top_k)
+            # the same hits in the same order; a score may differ in its last float32 bits (a
+            # fresh embeddings replica: 0.0348162183 before, 0.0348162146 after, seen in CI)
+            assert [_without_score(h) for h in after] == [_without_score(h) for h in before]
+            assert [h["score"] for h in after] == pytest.approx(
+                [h["score"] for h in before], rel=1e-5, abs=1e-9
+            )
     answer = rag_cluster.client().chat.completions.create(
         model="auto",
         messages=[{"role": "user", "content": "What is the capital of Zorbania?"}],
