@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 PKGS := cluster deployments router rag cli
 LINTED := $(PKGS) tools bench tests
 
-.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood
 
 # `make install`, `models` and `run` print one line per step with its time; each step's
 # output goes to a log under .tierline/logs/, and a failing step prints the log's last
@@ -124,9 +124,16 @@ bench-router: $(STAMP)
 # Serving benchmark: bare `vllm serve`, Ray Serve LLM's own OpenAI app (build_openai_app)
 # and tierline (configs/bench.yaml), same model and engine args, `vllm bench serve` at
 # concurrency 1 and 16, A B C A B C (one system at a time); writes
-# bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md.
+# bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md; first the
+# flood (bench/results/flood.json), last a py-spy pass over each system (profile.json).
 bench: models
-	$(BIN)/python -m bench.serve_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.flood_bench --out bench/results/flood.json
+	$(BIN)/python -m bench.serve_bench --profile $(BENCH_ARGS)
+
+# The flood alone: 160 concurrent requests against a capacity of 12, time to refuse
+# -> bench/results/flood.json (make bench runs it first and reports it)
+bench-flood: models
+	$(BIN)/python -m bench.flood_bench --out bench/results/flood.json
 
 # Replica routing benchmark: prefix-cache affinity vs power of two choices on two replicas
 # of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json

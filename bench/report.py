@@ -367,6 +367,52 @@ def _latency_line(
     )
 
 
+def flood_line(flood: Mapping[str, Any] | None) -> str:
+    """The flood target's bullet, from bench/results/flood.json (`bench.flood_bench`)."""
+    if not flood or not flood.get("time_to_refuse"):
+        return "- Flood, p99 time to refuse: no `bench/results/flood.json` yet."
+    refuse = flood["time_to_refuse"]
+    target = flood.get("target_p99_refuse_ms", 100)
+    return (
+        f"- **Flood of {flood['requests']} concurrent requests against a capacity of "
+        f"{flood['capacity']}, p99 time to refuse: {refuse['p99_ms']:.0f} ms** (p50 "
+        f"{refuse['p50_ms']:.0f} ms, {refuse['count']} refusals over {flood['rounds']} rounds; "
+        f"target <= {target} ms: {_met(bool(flood.get('target_met')))}; "
+        f"`python -m bench.flood_bench`, {flood['source']}, measured {flood['measured']})"
+    )
+
+
+def profile_md(profiles: Mapping[str, Any] | None, top: int = 5) -> str:
+    """Where each serving process's CPU goes (bench/results/profile.json): its CPU per
+    request in the profiled run and the packages its on-CPU samples were in."""
+    if not profiles or not profiles.get("systems"):
+        return ""
+    rows = [
+        "### Where the CPU goes (py-spy)",
+        "",
+        f"{profiles['what']}; measured {profiles['measured_at']}. The profiled run is not "
+        "one of the measured rounds (sampling takes CPU from the same cores).",
+        "",
+        "| system | process | CPU ms / request | GIL samples | self, by package (top "
+        f"{top}) | on the stack, by package (top {top}) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for system, processes in profiles["systems"].items():
+        for role, p in processes.items():
+            if not isinstance(p, Mapping):
+                continue
+
+            def shares(key: str, p: Mapping[str, Any] = p) -> str:
+                return ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.get(key, [])[:top])
+
+            rows.append(
+                f"| {SYSTEM_LABELS.get(system, system)} | {role} | "
+                f"{p.get('cpu_ms_per_request', '')} | {p.get('samples', 0)} | "
+                f"{shares('self_by_package')} | {shares('inclusive_by_package')} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 def other_benchmarks_md(others: Mapping[str, Mapping[str, Any]]) -> str:
     """Router decision latency and RAG query latency from their own result files."""
     return "\n".join(
@@ -458,6 +504,7 @@ def report_md(report: Mapping[str, Any], runs: Sequence[Run]) -> str:
         f"{_met(t['cpu_ratio_met'])})",
         "- ITL p50 of tierline above zero at every concurrency (no token batching): "
         + _met(t["itl_p50_nonzero_met"]),
+        flood_line(report.get("other_benchmarks", {}).get("flood")),
         "",
         markdown_table(report["ratios"], stats),
         "",
@@ -511,6 +558,7 @@ def report_md(report: Mapping[str, Any], runs: Sequence[Run]) -> str:
         "",
         cpu_table(cpu_per_request(runs)),
         "",
+        profile_md(report.get("profiles")),
         "### Rounds",
         "",
         rounds_table(runs),

@@ -30,11 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import report as rp
+from bench.pyspy import Recorder
 from bench.servers import BareVllm, ServeLlm, Tierline, bare_vllm_args, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
+PROFILE = RESULTS / "profile.json"
+FLOOD = RESULTS / "flood.json"
+
+
+def profiled(role: str) -> bool:
+    """The processes a system puts in front of vLLM's engine: bare vLLM's API server, the
+    Serve replicas (Ray Serve LLM's ingress and LLMServer; tierline's gateway and engine)."""
+    return role == "vllm api server" or role.endswith(" replica")
 
 
 def _git(*args: str) -> str:
@@ -123,6 +132,15 @@ def other_benchmarks() -> dict[str, Any]:
             "measured": measured_date(router_path, data),
             "setting": setting,
             "latency": latency,
+        }
+    if FLOOD.exists():
+        data = json.loads(FLOOD.read_text())
+        out["flood"] = {
+            "source": "bench/results/flood.json",
+            "measured": measured_date(FLOOD, data),
+            **{k: data.get(k) for k in ("what", "capacity", "requests", "rounds", "by_status")},
+            **{k: data.get(k) for k in ("time_to_refuse", "target_p99_refuse_ms", "target_met")},
+            "gateway_cpu_ms_per_request": data.get("gateway_cpu_ms_per_request"),
         }
     if rag_path.exists():
         data = json.loads(rag_path.read_text())
@@ -256,6 +274,78 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _server(
+    system: str, tier: Any, args: argparse.Namespace, port: int, log: Path, keys: Path
+) -> Any:
+    if system == "bare":
+        return BareVllm(tier, port, log)
+    if system == "serve-llm":
+        return ServeLlm(args.spec, tier.name, port, log)
+    return Tierline(args.spec, port, keys, log, _env_pairs(args.tierline_env))
+
+
+def profile_pass(
+    systems: list[str],
+    tier: Any,
+    args: argparse.Namespace,
+    work: Path,
+    keys_file: Path,
+    api_key: str,
+    t0: float,
+) -> dict[str, Any]:
+    """One run per system at the high concurrency with py-spy recording each serving
+    process (`profiled`); not pooled with the measured rounds, since sampling takes
+    CPU from the same two cores. `{"what", "measured_at", "systems": {system: {role: ...}}}`."""
+    out: dict[str, Any] = {
+        "what": f"py-spy record (100 Hz, the thread holding the GIL) of each serving process over "
+        f"one `vllm bench serve` run at c={args.high_concurrency} ({args.num_prompts_high} "
+        "prompts), after the measured rounds; shares are of the process's samples holding "
+        "the GIL (its Python work): the leaf frame's package (self) and every package on "
+        "the stack (inclusive)",
+        "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "systems": {},
+    }
+    for system in systems:
+        server = _server(system, tier, args, free_port(), work / f"{system}-profile.log", keys_file)
+        print(f"[{time.monotonic() - t0:5.0f}s] profile: starting {system}", flush=True)
+        try:
+            server.start()
+            before = server.cpu_sample()
+            recorder = Recorder(work / "profiles" / system, rate=100)
+            roles = {}
+            for pid, (cmdline, _) in before.items():
+                role = rp.process_role(cmdline)
+                if profiled(role) and recorder.start(role, pid):
+                    roles[role] = pid
+            c, n = args.high_concurrency, args.num_prompts_high
+            result = work / f"{system}-profile-c{c}.json"
+            data = run_client(
+                server.url,
+                tier.model_name,
+                str(tier.model_source),
+                c,
+                n,
+                args,
+                result,
+                api_key if system == "tierline" else None,
+            )
+            summaries = recorder.stop()
+            cpu = rp.cpu_by_role(before, server.cpu_sample())
+            done = max(int(data.get("completed", n)), 1)
+            out["systems"][system] = {
+                role: {
+                    "cpu_ms_per_request": round(1000 * cpu.get(role, 0.0) / done, 2),
+                    **summaries.get(role, {"samples": 0}),
+                }
+                for role in roles
+            }
+            if not roles or not summaries:
+                out["systems"][system]["note"] = "py-spy missing or failed: see the work folder"
+        finally:
+            server.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", type=Path, default=ROOT / "configs" / "bench.yaml")
@@ -287,6 +377,12 @@ def main() -> None:
         help="write the report from the saved results of an earlier run (its work folder)",
     )
     parser.add_argument("--note", default=None, help="a remark on the machine, for the report")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the measured rounds, one more run of each system at the high "
+        "concurrency with py-spy on its serving processes (bench/results/profile.json)",
+    )
     args = parser.parse_args()
 
     from tierline.cluster.specfile import load_spec
@@ -321,13 +417,7 @@ def main() -> None:
         for system in systems:
             port = free_port()
             log = work / f"{system}-r{round_}.server.log"
-            server: BareVllm | ServeLlm | Tierline
-            if system == "bare":
-                server = BareVllm(tier, port, log)
-            elif system == "serve-llm":
-                server = ServeLlm(args.spec, tier.name, port, log)
-            else:
-                server = Tierline(args.spec, port, keys_file, log, _env_pairs(args.tierline_env))
+            server = _server(system, tier, args, port, log, keys_file)
             print(f"[{time.monotonic() - t0:5.0f}s] round {round_}: starting {system}", flush=True)
             try:
                 server.start()
@@ -362,6 +452,14 @@ def main() -> None:
                 killed = server.stop()
                 if killed:
                     print(f"  {system}: had to kill {len(killed)} process(es): {killed}")
+    profiles: dict[str, Any] = {}
+    if args.profile and args.from_dir is None:
+        profiles = profile_pass(systems, tier, args, work, keys_file, api_key, t0)
+        profile_out = args.out.with_name("profile.json")
+        profile_out.write_text(json.dumps(profiles, indent=1) + "\n")
+        print(f"wrote {profile_out}")
+    elif PROFILE.exists():
+        profiles = json.loads(PROFILE.read_text())
     stats = rp.aggregate(runs)
     cpu_per_request = rp.cpu_per_request(runs)
     complete = all(
@@ -416,6 +514,8 @@ def main() -> None:
     }
     report["rounds"] = [r.summary() for r in runs]
     report["other_benchmarks"] = other_benchmarks()
+    if profiles:
+        report["profiles"] = profiles
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

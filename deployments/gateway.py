@@ -42,6 +42,13 @@ from tierline.deployments.admission import Slot, TierSlots
 from tierline.deployments.auth import KeyStore
 from tierline.deployments.board import TierBoard
 from tierline.deployments.cascade import cascade_for, escalate
+from tierline.deployments.edge import (
+    EDGE_PATHS,
+    draining_error,
+    edge_refusal,
+    every_tier_full,
+    tier_full,
+)
 from tierline.deployments.embeddings import (
     EMBEDDINGS_TIER,
     Embedder,
@@ -221,14 +228,14 @@ class GatewayCore:
                 raise self._at_capacity(name, {TIER_HEADER: name, REASON_HEADER: "pinned"})
             return slot
         if not self.board.room_for_auto(where.names):
-            raise APIError(
-                503,
-                "every tier this request may use is at capacity at this gateway replica; "
-                "retry shortly",
-                code="tier_at_capacity",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            raise every_tier_full()
         return None
+
+    def refusal_at_edge(self, raw: bytes, tenant: str) -> APIError | None:
+        """The 503 for a generation request with body `raw`, decided before it is parsed
+        (drain, a full pinned tier, no room for auto; `deployments.edge`); None: go on."""
+        quota = self.quota_for(tenant)
+        return edge_refusal(self.spec, self.board, quota, self.draining, raw)
 
     async def plan(self, body: _Generation, where: Scope) -> RequestPlan:
         """The request's plan: its prompt counted once per candidate tier, in one thread
@@ -297,12 +304,7 @@ class GatewayCore:
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.spec.gateway.request_timeout_s
         if self.draining:
-            raise APIError(
-                503,
-                "the gateway is draining for shutdown; retry shortly",
-                code="draining",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            raise draining_error()
         ticket: int | None = None
         body = self.canonical(body)
         try:
@@ -400,14 +402,7 @@ class GatewayCore:
         return tier, plan, headers, slot
 
     def _at_capacity(self, tier: str, headers: Mapping[str, str]) -> APIError:
-        load = self.board.load(tier)
-        return APIError(
-            503,
-            f"tier {tier!r} is at capacity ({load.in_flight} requests in flight at this "
-            "gateway replica); retry shortly",
-            code="tier_at_capacity",
-            headers={**headers, "Retry-After": str(RETRY_AFTER_S)},
-        )
+        return tier_full(tier, self.board.load(tier).in_flight, headers)
 
     def answered(
         self, headers: Mapping[str, str], tenant: str, status: int, t0: float | None
@@ -632,6 +627,19 @@ def create_app(
             replicas.cancel()
             await store.close()
 
+    def refused(err: APIError, tenant: str) -> None:
+        tier, reason = err.headers.get(TIER_HEADER, "none"), err.headers.get(REASON_HEADER, "none")
+        core.metrics.failed(err.status, err.code, tier, reason, tenant)
+        core.answered(err.headers, tenant, err.status, None)
+
+    def edge(raw: bytes, tenant: str) -> APIError | None:
+        err = core.refusal_at_edge(raw, tenant)
+        if err is not None:
+            err.headers.setdefault(TIER_HEADER, "none")
+            err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
+            refused(err, tenant)
+        return err
+
     app = FastAPI(title="tierline gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(
         GatewayMiddleware,
@@ -639,14 +647,13 @@ def create_app(
         keys=keys,
         on_reject=lambda err: core.metrics.failed(err.status, err.code, "none", "none", "none"),
         route_limits=upload_limits(core.spec.rag) if rag is not None else (),
+        edge=edge,
+        edge_paths=EDGE_PATHS,
     )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> Response:
-        tenant = tenant_of(request.state)
-        tier, reason = err.headers.get(TIER_HEADER, "none"), err.headers.get(REASON_HEADER, "none")
-        core.metrics.failed(err.status, err.code, tier, reason, tenant)
-        core.answered(err.headers, tenant, err.status, None)
+        refused(err, tenant_of(request.state))
         return error_response(err)
 
     @app.exception_handler(RequestValidationError)

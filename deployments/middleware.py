@@ -1,4 +1,6 @@
-"""The gateway's ASGI middleware: request ids, body-size limit and API-key authentication.
+"""The gateway's ASGI middleware: request ids, body-size limit, API-key authentication and
+admission at the edge (`deployments.edge`: a generation request that cannot be admitted
+is refused here, before FastAPI parses it).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which buffers and re-wraps
 streaming responses and adds latency to every token.
@@ -34,6 +36,8 @@ class BodyLimit:
 
 
 RouteLimit = tuple[re.Pattern[str], BodyLimit]
+Edge = Callable[[bytes, str], "APIError | None"]
+"""`(raw body, tenant)` -> the refusal of a generation request, or None to let it in."""
 
 
 def body_limit(path: str, default: BodyLimit, routes: Sequence[RouteLimit]) -> BodyLimit:
@@ -62,8 +66,12 @@ class GatewayMiddleware:
         keys: KeyStore | None,
         route_limits: Sequence[RouteLimit] = (),
         on_reject: Callable[[APIError], None] | None = None,
+        edge: Edge | None = None,
+        edge_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.edge = edge
+        self.edge_paths = edge_paths
         self.on_reject = on_reject  # metrics: auth and size rejections never reach the app
         self.default_limit = BodyLimit(max_body_bytes, "gateway.max_body_bytes")
         self.route_limits = tuple(route_limits)
@@ -99,6 +107,19 @@ class GatewayMiddleware:
 
         received = 0
         limit = body_limit(scope["path"], self.default_limit, self.route_limits)
+        if self.edge is not None and scope["method"] == "POST" and scope["path"] in self.edge_paths:
+            raw = await self._body(receive, limit)
+            if raw is None:  # the client went away before sending its body
+                return
+            if isinstance(raw, APIError):
+                await error_response(raw)(scope, receive, send_with_id)
+                return
+            refusal = self.edge(raw, state.get("tenant", ANONYMOUS_TENANT))
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send_with_id)
+                return
+            await self.app(scope, _replay(raw, receive), send_with_id)
+            return
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -110,6 +131,26 @@ class GatewayMiddleware:
             return message
 
         await self.app(scope, limited_receive, send_with_id)
+
+    async def _body(self, receive: Receive, limit: BodyLimit) -> bytes | APIError | None:
+        """The whole request body, the 413 when it passes `limit`, or None when the client
+        disconnected first."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit.bytes:
+                err = too_large(None, limit)
+                if self.on_reject is not None:
+                    self.on_reject(err)
+                return err
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _reject(self, scope: Scope, headers: Headers, state: dict[str, Any]) -> APIError | None:
         length = headers.get("content-length")
@@ -131,6 +172,21 @@ class GatewayMiddleware:
         state["tenant"] = principal.tenant
         state["operator"] = bool(getattr(principal, "operator", False))
         return None
+
+
+def _replay(raw: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the body already read, then the client's messages
+    (a disconnect, which streaming answers listen for)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def tenant_of(state: Any) -> str:

@@ -9,6 +9,7 @@ data, so it is unit-tested without Ray; `ServeReplicaWatcher` asks Serve's contr
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -59,21 +60,37 @@ def replica_counts(
     return out
 
 
-def _plain_status(app_name: str) -> dict[str, dict[str, Any]]:
-    from ray import serve
+def _value(x: Any) -> str:
+    """An enum member's value, or the thing itself, as text."""
+    return str(getattr(x, "value", x))
 
-    app = serve.status().applications.get(app_name)
-    if app is None:
+
+def deployment_states(details: Mapping[str, Any], app_name: str) -> dict[str, dict[str, Any]]:
+    """Serve's instance details (the controller's plain dict, in the shape of
+    `ray.serve.schema.ServeInstanceDetails`) reduced to what `replica_counts` reads: per
+    deployment of `app_name`, its status and how many of its replicas are in each state."""
+    app = (details.get("applications") or {}).get(app_name)
+    if not app:
         return {}
-    return {
-        name: {
-            "status": str(getattr(d.status, "value", d.status)),
-            "replica_states": {
-                str(getattr(k, "value", k)): int(v) for k, v in d.replica_states.items()
-            },
-        }
-        for name, d in app.deployments.items()
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, d in (app.get("deployments") or {}).items():
+        states = Counter(_value(r.get("state")) for r in d.get("replicas") or ())
+        out[str(name)] = {"status": _value(d.get("status", "")), "replica_states": dict(states)}
+    return out
+
+
+def _plain_status(app_name: str) -> dict[str, dict[str, Any]]:
+    # The controller's details as the plain dict it sends, read without building
+    # `serve.status()`'s pydantic models: those re-import and cloudpickle every
+    # deployment's request router class on each call, which took a sixth of a gateway
+    # replica's samples under a flood (bench/results/flood.json, py-spy). The client
+    # accessor is Ray Serve's own (`serve.status()` uses it); the version is pinned.
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return {}
+    return deployment_states(client.get_serve_details(), app_name)
 
 
 class ServeReplicaWatcher:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tierline.cluster.specfile import SpecError, load_spec_text
 from tierline.deployments.engine import PREFIX_ROUTER, llm_config_kwargs
 from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.replicas import ReplicaCount, replica_counts
+from tierline.deployments.replicas import ReplicaCount, deployment_states, replica_counts
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
 from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned
@@ -216,6 +216,48 @@ def test_replica_counts_from_serve_status() -> None:
         "main": ReplicaCount(running=1, starting=2, healthy=True),
         "gone": ReplicaCount(running=0, starting=0, healthy=False),
     }
+
+
+def test_deployment_states_from_the_controllers_details() -> None:
+    """The controller's plain details dict (ServeInstanceDetails' shape), enum members or
+    their values, reduced to what replica_counts reads."""
+    from ray.serve._private.common import DeploymentStatus, ReplicaState
+
+    def replicas(*states: object) -> list[dict[str, object]]:
+        return [{"replica_id": str(i), "state": s, "node_id": "n"} for i, s in enumerate(states)]
+
+    details = {
+        "controller_info": {},
+        "applications": {
+            "tierline": {
+                "status": "RUNNING",
+                "deployments": {
+                    "tier-main": {
+                        "status": DeploymentStatus.UPSCALING,
+                        "replicas": replicas(
+                            ReplicaState.RUNNING, ReplicaState.STARTING, ReplicaState.STARTING
+                        ),
+                        "deployment_config": {"request_router_config": {}},
+                    },
+                    "tier-cheap": {"status": "HEALTHY", "replicas": []},
+                    "gateway": {"status": "HEALTHY", "replicas": replicas("RUNNING")},
+                },
+            },
+            "other-app": {"deployments": {"tier-main": {"status": "UNHEALTHY", "replicas": []}}},
+        },
+    }
+    states = deployment_states(details, "tierline")
+    assert states == {
+        "tier-main": {"status": "UPSCALING", "replica_states": {"RUNNING": 1, "STARTING": 2}},
+        "tier-cheap": {"status": "HEALTHY", "replica_states": {}},
+        "gateway": {"status": "HEALTHY", "replica_states": {"RUNNING": 1}},
+    }
+    assert replica_counts(states, {"main": "tier-main", "cheap": "tier-cheap"}) == {
+        "main": ReplicaCount(running=1, starting=2, healthy=True),
+        "cheap": ReplicaCount(running=0, starting=0, healthy=True),
+    }
+    assert deployment_states(details, "missing") == {}
+    assert deployment_states({}, "tierline") == {}
 
 
 # -- the gateway follows replica counts ------------------------------------------------------
