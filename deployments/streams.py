@@ -13,10 +13,9 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import anyio
-from tierline.deployments.engine_client import EngineError, EngineItem
+from tierline.deployments.engine_client import EngineError, EngineItem, usage_of
 from tierline.deployments.errors import error_body
 
 __all__ = ["DEADLINE_MESSAGE", "finish_whole_answer", "sse_events", "total_tokens", "without_usage"]
@@ -45,20 +44,12 @@ def _sse_error(message: str) -> str:
     return f"data: {json.dumps(error_body(500, message, code='stream_error'))}\n\n"
 
 
-def total_tokens(body: dict[str, Any]) -> int | None:
-    usage = body.get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+def total_tokens(item: EngineItem) -> int | None:
+    """`usage.total_tokens` of a whole answer or a stream chunk (`usage_of`, the one place
+    usage is read), or None when it carries none."""
+    usage = usage_of(item)
+    if usage is not None and isinstance(usage.get("total_tokens"), int):
         return int(usage["total_tokens"])
-    return None
-
-
-def _usage_of_event(event: str) -> int | None:
-    for line in event.splitlines():
-        if line.startswith("data: {") and '"usage"' in line:
-            try:
-                return total_tokens(json.loads(line[6:]))
-            except ValueError:
-                return None
     return None
 
 
@@ -112,7 +103,7 @@ async def sse_events(
             return f"data: {json.dumps(item)}\n\n"
         if item.rstrip().endswith("data: [DONE]"):
             done = True
-        used = _usage_of_event(item) or used
+        used = total_tokens(item) or used
         return without_usage(item) if hide_usage else item
 
     try:
