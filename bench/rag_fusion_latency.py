@@ -7,9 +7,9 @@ The corpus is `bench.rag_bench`'s (python3-doc pages chunked at 64 tokens, toppe
 chunks and synthetic mixes of those for the rest (latency depends on the index sizes, not
 on what the vectors mean). The chunks go straight into `InProcessSearcher`'s indexes (what
 a RAG replica holds); each query runs `search` with its ready vector, so the query
-embedding is excluded, for `fusion: weighted` (shipped) and `fusion: rrf` (the old one),
-with and without a metadata filter, query by query in alternating order after a warm-up
-pass. Writes bench/results/rag_fusion_latency.json.
+embedding is excluded, for `fusion: confidence` (shipped), `fusion: weighted` (shipped
+before) and `fusion: rrf`, with and without a metadata filter, query by query in rotating
+order after a warm-up pass. Writes bench/results/rag_fusion_latency.json.
 """
 
 from __future__ import annotations
@@ -66,16 +66,17 @@ def main() -> None:
         "corpus": {**info, "chunks": len(chunks), "vectors_embedded": args.real_vectors},
         "index_build_s": round(build_s, 1),
     }
-    # Each query runs under both fusions, alternating which goes first, after one pass to
+    # Each query runs under every fusion, rotating which goes first, after one pass to
     # warm BM25's per-term arrays (built lazily on a term's first query): otherwise the
     # first setting measured pays for every cold term.
     for q, v in zip(queries, qvecs, strict=True):
         searcher.search("bench", q, v, 10)
-    fusions = {f: replace(settings, fusion=f) for f in ("weighted", "rrf")}
+    fusions = {f: replace(settings, fusion=f) for f in ("confidence", "weighted", "rrf")}
     for label, flt in (("", None), ("_filtered", {"src": "python-doc"})):
         lat: dict[str, list[float]] = {f: [] for f in fusions}
         for n, (q, v) in enumerate(zip(queries, qvecs, strict=True)):
-            order = list(fusions) if n % 2 == 0 else list(reversed(fusions))
+            names = list(fusions)
+            order = names[n % len(names) :] + names[: n % len(names)]
             for f in order:
                 searcher.settings = fusions[f]
                 t = time.perf_counter()

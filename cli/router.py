@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from tierline.cluster.specfile import SpecError, load_spec
+from tierline.router.bound import evaluate as bound_eval
+from tierline.router.bound import prompt_losses
 from tierline.router.data import LabelledSet, load_files
 from tierline.router.embedding import MINILM_NAME
 from tierline.router.evaluate import (
@@ -39,6 +41,12 @@ def train(
     embedder_name: str = typer.Option(
         STATIC_NAME, "--embedder", help=f"{STATIC_NAME} (default) or {MINILM_NAME}."
     ),
+    calibration_holdout: float = typer.Option(
+        0.3,
+        min=0.0,
+        max=0.9,
+        help="Share of each file held out of training and shipped for max_quality_loss.",
+    ),
 ) -> None:
     """Embed the prompts (cached under .cache/), fit the head, save it."""
     from tierline.router.embedders import open_embedder
@@ -60,11 +68,19 @@ def train(
     x = proto.features(np.concatenate(embs), np.asarray([prompt_words(p) for p in allset.prompts]))
     with err.status(f"training the {kind} head (5 folds for calibration, then all rows)"):
         head = train_artifact(
-            x, np.stack([weak, strong], axis=1), groups, HeadParams(kind=kind), seed
+            x,
+            np.stack([weak, strong], axis=1),
+            groups,
+            HeadParams(kind=kind),
+            seed,
+            calibration_holdout=calibration_holdout,
         )
     head = replace(head, embedder=embedder.name, meta={**head.meta, "probe": probe(embedder)})
     head.save(out)
-    err.print(f"wrote {out} ({out.stat().st_size // 1024} KiB, {kind}, {len(x)} prompts)")
+    err.print(
+        f"wrote {out} ({out.stat().st_size // 1024} KiB, {kind}, {head.meta['rows']} prompts "
+        f"trained on, {head.meta['calibration_rows']} held out for calibration)"
+    )
 
 
 def _concat(sets: list[LabelledSet]) -> LabelledSet:
@@ -78,8 +94,9 @@ def _concat(sets: list[LabelledSet]) -> LabelledSet:
 
 def _router_scores(
     data: LabelledSet, artifact: Path | None, spec_path: Path
-) -> tuple[str, np.ndarray]:
-    """Scores of the router under test: an artifact, or the one the spec routes with."""
+) -> tuple[str, np.ndarray, Head | None]:
+    """Scores of the router under test (an artifact, or the one the spec routes with), and
+    its head (None for the rules policy)."""
     if artifact is None:
         try:
             spec = load_spec(spec_path)
@@ -87,7 +104,7 @@ def _router_scores(
             err.print(f"[red]{e}[/]")
             raise typer.Exit(1) from None
         if spec.router.policy == "rules":
-            return f"rules ({spec_path})", _rules_scores(data, spec_path)
+            return f"rules ({spec_path})", _rules_scores(data, spec_path), None
         from tierline.deployments.routing import artifact_path
 
         artifact = artifact_path(spec.router.learned)
@@ -99,7 +116,7 @@ def _router_scores(
     with err.status(f"embedding prompts with {head.embedder}"):
         emb = cached_embeddings(open_embedder(head.embedder), data.prompts, CACHE)
     x = head.features(emb, np.asarray([prompt_words(p) for p in data.prompts]))
-    return f"learned ({artifact})", gap_scores(head, x)
+    return f"learned ({artifact})", gap_scores(head, x), head
 
 
 def _rules_scores(data: LabelledSet, spec_path: Path) -> np.ndarray:
@@ -118,6 +135,9 @@ def _rules_scores(data: LabelledSet, spec_path: Path) -> np.ndarray:
     return np.asarray(scores)
 
 
+SWEEP = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
 @app.command("eval")
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Labelled JSONL file."),
@@ -125,12 +145,42 @@ def evaluate(
     spec: Path = typer.Option(DEFAULT_SPEC, "--spec", help="Spec whose router is evaluated."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Write the PGR curves as a PNG."),
+    max_quality_loss: float | None = typer.Option(
+        None,
+        "--max-quality-loss",
+        help="Calibrate the quality-loss bound at this loss and route the test split with it.",
+    ),
+    confidence: float = typer.Option(0.9, help="The bound's confidence, in (0, 1)."),
+    calibration_share: float = typer.Option(
+        0.5,
+        min=0.0,
+        max=0.9,
+        help="Share of the file that calibrates the bound (the rest is the test split); 0: "
+        "calibrate on the held-out rows shipped in the artifact, as the gateway does, and "
+        "test on the whole file.",
+    ),
+    seed: int = typer.Option(0, help="Seed of the calibration/test split."),
+    decisions: Path | None = typer.Option(
+        None,
+        "--decisions",
+        help='With --max-quality-loss: write {"id", "tier": "cheap"|"strong"} per test prompt.',
+    ),
 ) -> None:
     """APGR and CPT(50%/80%) of a router on a labelled file, next to random, the
-    prompt-length heuristic and the oracle."""
+    prompt-length heuristic and the oracle; the quality-loss bound's realised loss and
+    cheap share on a held-out split, for one --max-quality-loss or a sweep."""
+    if max_quality_loss is not None and not 0.0 < max_quality_loss < 1.0:
+        err.print("[red]--max-quality-loss must be in (0, 1)[/]")
+        raise typer.Exit(2)
+    if not 0.0 < confidence < 1.0:
+        err.print("[red]--confidence must be in (0, 1)[/]")
+        raise typer.Exit(2)
+    if decisions is not None and max_quality_loss is None:
+        err.print("[red]--decisions needs --max-quality-loss[/]")
+        raise typer.Exit(2)
     raw = load_files([data])
     weak, strong = raw.normalised()
-    name, scores = _router_scores(raw, router, spec)
+    name, scores, head = _router_scores(raw, router, spec)
     curves = {
         "router": curve(scores, weak, strong),
         "length": curve(length_scores(raw.prompts), weak, strong),
@@ -148,6 +198,21 @@ def evaluate(
             "oracle": summary(curves["oracle"]),
         },
     }
+    bound_rows: list[dict[str, object]] = []
+    if head is not None:
+        cal, test, test_idx = _bound_split(head, scores, weak, strong, calibration_share, seed)
+        alphas = SWEEP if max_quality_loss is None else (max_quality_loss,)
+        bound_rows = [dict(bound_eval(cal, test, a, 1.0 - confidence)) for a in alphas]
+        result["bound_calibration"] = "artifact" if calibration_share == 0 else "split"
+        if max_quality_loss is None:
+            result["bound_sweep"] = bound_rows
+        else:
+            result.update(bound_rows[0])
+            if decisions is not None:
+                _write_decisions(decisions, raw, test_idx, bound_rows[0]["threshold"], scores)
+    elif max_quality_loss is not None:
+        err.print("[red]the quality-loss bound calibrates the learned router's scores[/]")
+        raise typer.Exit(2)
     if plot is not None:
         write_plot(plot, curves)
     if as_json:
@@ -160,6 +225,58 @@ def evaluate(
     for label, figures in rows.items():
         table.add_row(label, *(f"{figures[k]:.3f}" for k in ("apgr", "apgr_10", "cpt50", "cpt80")))
     Console().print(table)
+    if bound_rows:
+        bt = Table(
+            title=f"quality-loss bound at confidence {confidence} ({result['bound_calibration']})"
+        )
+        for col in ("max loss", "realised loss", "cheap share", "held"):
+            bt.add_column(col)
+        for r in bound_rows:
+            bt.add_row(
+                f"{r['max_quality_loss']}",
+                f"{r['realised_loss']:.4f}",
+                f"{r['cheap_share']:.3f}",
+                "yes" if r["held"] else "no",
+            )
+        Console().print(bt)
+
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def _bound_split(
+    head: Head,
+    scores: np.ndarray,
+    weak: np.ndarray,
+    strong: np.ndarray,
+    calibration_share: float,
+    seed: int,
+) -> tuple[Split, Split, np.ndarray]:
+    """(calibration, test) as (scores, losses), and the test rows' indices."""
+    losses = prompt_losses(weak, strong)
+    everything = np.arange(len(scores))
+    if calibration_share == 0:
+        if len(head.calibration_probs) == 0:
+            err.print("[red]the artifact has no held-out calibration rows[/]")
+            raise typer.Exit(2)
+        i_w, i_s = head.outputs.index("weak"), head.outputs.index("strong")
+        p, y = head.calibration_probs, head.calibration_labels
+        cal = (p[:, i_s] - p[:, i_w], prompt_losses(y[:, i_w], y[:, i_s]))
+        return cal, (scores, losses), everything
+    perm = np.random.default_rng(seed).permutation(len(scores))
+    k = round(calibration_share * len(scores))
+    c, t = np.sort(perm[:k]), np.sort(perm[k:])
+    return (scores[c], losses[c]), (scores[t], losses[t]), t
+
+
+def _write_decisions(
+    path: Path, raw: LabelledSet, rows: np.ndarray, threshold: object, scores: np.ndarray
+) -> None:
+    limit = float("-inf") if threshold is None else float(threshold)  # type: ignore[arg-type]
+    with path.open("w", encoding="utf-8") as f:
+        for i in rows:
+            tier = "cheap" if scores[i] <= limit else "strong"
+            f.write(json.dumps({"id": raw.ids[i], "tier": tier}) + "\n")
 
 
 def write_plot(path: Path, curves: dict[str, RoutingCurve]) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from tierline.cli import quiet
+from tierline.cli import examples, quiet
 from tierline.cli.progress import StepBoard, apply_deployments, failure_report, output_to, shown
 from tierline.cli.sample import Sample, ensure_sample
 from tierline.cli.startup import DeploymentState
@@ -180,7 +180,6 @@ def _banner(
     took: float,
     sample: Sample | None = None,
 ) -> None:
-    from tierline.cli import local
 
     p = console.print
     p(f"[green]ready[/] in {took:.0f}s: tiers {', '.join(t.name for t in spec.tiers)}")
@@ -204,15 +203,16 @@ def _banner(
         )
     for name, value in rows:
         p(f"  {name:<9} {value}", highlight=False, markup=False, soft_wrap=True)
-    p("try:\n  " + local.sample_curl(run.endpoint, key_file=key), highlight=False, soft_wrap=True)
-    if sample is not None:
-        grounded = local.sample_curl(
-            run.endpoint,
-            key_file=key,
-            question="How do I turn retrieval on?",
-            collection=sample.collection,
-        )
-        p("a grounded answer, with citations:\n  " + grounded, highlight=False, soft_wrap=True)
+    # Real answers first: the banner asks both example questions and shows what came back.
+    api_key = key.read_text().strip() if key is not None else None
+    for ex in examples.examples(sample.collection if sample is not None else None):
+        command = examples.curl(run.endpoint, ex.body, _rel(key) if key else None)
+        p(f"{ex.title}:\n  {command}", highlight=False, markup=False, soft_wrap=True)
+        try:
+            shown_answer = examples.describe(examples.ask(run.endpoint, api_key, ex.body))
+        except Exception as err:  # the cluster is up: say why, and go on serving
+            shown_answer = f"(no answer: {str(err)[:200]})"
+        p("  " + shown_answer, highlight=False, markup=False, soft_wrap=True)
     p("Ctrl-C stops the cluster.")
 
 

@@ -118,12 +118,14 @@ def check_spec_for_kubernetes(spec: ClusterSpec) -> None:
 def helm_values(spec: ClusterSpec, gpus_per_node: int = DEFAULT_GPUS_PER_NODE) -> dict[str, Any]:
     """Chart values that run this spec: the whole spec (every field, as `render serve`
     writes it) plus its worker groups. The chart takes `spec` as given: its default is
-    empty, so Helm's merging of values has nothing to mix into it."""
+    empty, so Helm's merging of values has nothing to mix into it. One field is left out
+    unless the spec sets it: `gateway.responses.store_uri`, whose default is a file on
+    one host; the chart puts its shared PostgreSQL store there (values `responses`)."""
     check_spec_for_kubernetes(spec)
-    return {
-        "spec": spec.model_dump(mode="json"),
-        "workerGroups": worker_groups(spec, gpus_per_node),
-    }
+    data = spec.model_dump(mode="json")
+    if "store_uri" not in spec.gateway.responses.model_fields_set:
+        del data["gateway"]["responses"]["store_uri"]
+    return {"spec": data, "workerGroups": worker_groups(spec, gpus_per_node)}
 
 
 def local_model_paths(spec: ClusterSpec) -> list[str]:

@@ -456,6 +456,34 @@ class RouterSpec(_Strict):
         300.0, gt=0, description="How long a request sent to a tier at zero replicas waits."
     )
     cascade: CascadeSpec = Field(default_factory=CascadeSpec)
+    max_quality_loss: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Learned policy: among auto requests kept on a cheaper tier, the most "
+        "quality loss allowed (for right/wrong labels: the share the next tier up would have "
+        "answered right and the cheaper one wrong), held with probability `confidence` on "
+        "prompts like the scorer's calibration set. Instead of learned.strong_share.",
+    )
+    confidence: float = Field(
+        0.9,
+        gt=0.0,
+        lt=1.0,
+        description="Probability with which max_quality_loss holds, per pair of tiers.",
+    )
+
+    @model_validator(mode="after")
+    def _bound_needs_learned(self) -> RouterSpec:
+        if self.max_quality_loss is None:
+            return self
+        if self.policy != "learned":
+            raise ValueError("max_quality_loss needs policy: learned")
+        if self.learned.strong_share is not None or self.learned.quality_target is not None:
+            raise ValueError(
+                "set either max_quality_loss or learned.strong_share/learned.quality_target, "
+                "not both"
+            )
+        return self
 
 
 class AuthSpec(_Strict):
@@ -503,13 +531,13 @@ class ResponsesSpec(_Strict):
         min_length=1,
         description="Where stored responses live. A SQLite file path (relative to the working "
         "directory) or `sqlite:///path`: embedded, WAL mode, shared by the gateway replicas of "
-        "one host (on Kubernetes put it on a volume every gateway pod mounts, or use a server). "
+        "one host only (SQLite's WAL does not work on a network filesystem). "
         "`postgresql://user@host:5432/db` (or `postgres://`, any libpq URI parameters such as "
         "`?sslmode=require`): a PostgreSQL server shared by gateway replicas on several hosts; "
         "the tables are created on first start. Leave the password out of the URI and set "
         "PGPASSWORD in the gateway's environment instead: libpq reads it (and its other PG* "
-        "variables, and ~/.pgpass). With the Helm chart, add it to `head.env` and "
-        "`workerDefaults.env` with `valueFrom.secretKeyRef` naming a Secret.",
+        "variables, and ~/.pgpass). The Helm chart defaults to a PostgreSQL server (values "
+        "`responses.postgresql`: its URI, and the Secret PGPASSWORD comes from).",
     )
     ttl_s: float = Field(
         30 * 24 * 3600.0,
@@ -540,6 +568,44 @@ class ResponsesSpec(_Strict):
         return self
 
 
+class RequestLimitsSpec(_Strict):
+    """Per-request bounds on what a client may ask of an engine, checked before any work
+    (400 naming the setting). They bound the shared CPU one request can take: the JSON
+    parser, the grammar compiler, the sampler."""
+
+    max_json_depth: int = Field(
+        64,
+        ge=8,
+        le=512,
+        description="Deepest nesting of arrays and objects in a JSON request body; deeper "
+        "bodies get 400 before they are parsed.",
+    )
+    max_stop_sequences: PositiveInt = Field(4, description="Strings in `stop` at most.")
+    max_stop_chars: PositiveInt = Field(256, description="Characters in one `stop` string.")
+    max_logit_bias: PositiveInt = Field(300, description="Entries in `logit_bias` at most.")
+    max_bad_words: PositiveInt = Field(
+        64, description="Strings in vLLM's `bad_words` at most (each at most max_stop_chars)."
+    )
+    max_token_ids: PositiveInt = Field(
+        1024, description="Ids in `stop_token_ids` or `allowed_token_ids` at most."
+    )
+    max_top_logprobs: int = Field(
+        20, ge=0, description="Upper bound on `top_logprobs` (and completions' `logprobs`)."
+    )
+    max_tools: PositiveInt = Field(128, description="Function tools in one request at most.")
+    max_grammar_bytes: PositiveInt = Field(
+        32 << 10,
+        description="Largest output constraint, as JSON bytes: `response_format`'s schema, "
+        "vLLM's `structured_outputs` and `guided_*` fields, and the tools when `tool_choice` "
+        "forces a call (the engine compiles each into a grammar).",
+    )
+    image_reserve_tokens: PositiveInt = Field(
+        1024,
+        description="Prompt tokens the quota reserves per image part until the engine reports "
+        "the real count (raise it for models whose images take more).",
+    )
+
+
 class GatewaySpec(_Strict):
     host: str = Field("127.0.0.1", description="Address the gateway replicas bind.")
     port: int = Field(
@@ -555,6 +621,16 @@ class GatewaySpec(_Strict):
         1,
         description="Gateway replicas (Serve deployment). On a cluster at most one per Ray "
         "node, so at most the number of nodes.",
+    )
+    engine_path: Literal["relay", "serve"] = Field(
+        "relay",
+        description="How generation requests reach an engine tier. relay: the gateway picks "
+        "the replica and sends the request to the replica's own vLLM app on a port of its "
+        "node, then passes the answer's bytes on (no Ray Serve handle, no per-token Python "
+        "objects outside vLLM's API layer). serve: through Ray Serve handles to Ray Serve "
+        "LLM's LLMServer (the earlier path). Autoscaled tiers, and a tier whose replicas "
+        "have not published a relay yet, always take the serve path (Serve's autoscaler "
+        "counts the requests it routes; a tier at zero replicas is started by one).",
     )
     max_body_bytes: PositiveInt = Field(1 << 20, description="Larger request bodies get 413.")
     max_tokens_limit: PositiveInt = Field(4096, description="Upper bound on max_tokens.")
@@ -594,6 +670,10 @@ class GatewaySpec(_Strict):
     )
     responses: ResponsesSpec = Field(
         default_factory=ResponsesSpec, description="The Responses API's store and affinity."
+    )
+    limits: RequestLimitsSpec = Field(
+        default_factory=RequestLimitsSpec,
+        description="Bounds on engine fields (stop, logit_bias, grammars, tools, images).",
     )
 
     @model_validator(mode="before")
@@ -702,11 +782,34 @@ class RagSpec(_Strict):
     max_documents_per_request: PositiveInt = Field(256, description="Documents per ingest call.")
     default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
     max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
-    fusion: Literal["weighted", "rrf"] = Field(
-        "weighted",
-        description="How dense and BM25 results are merged: weighted (normalised scores, "
-        "BM25's share raised for queries with a rare term) or rrf (reciprocal rank fusion). "
-        "Figures: README, RAG.",
+    fusion: Literal["confidence", "weighted", "rrf"] = Field(
+        "confidence",
+        description="How dense and BM25 results are merged: confidence (the two rankings "
+        "interleaved, BM25's share of the places read from BM25's own margin on the query: "
+        "large when its best document stands far above the next, as for a name or code), "
+        "weighted (normalised scores added, BM25's share raised for queries with a rare "
+        "term; the default before) or rrf (reciprocal rank fusion). Figures: BENCHMARKS.md, "
+        "RAG.",
+    )
+    bm25_margin: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="fusion: confidence. BM25 counts as confident when its best document's "
+        "score is at least this fraction above the next document's: (s1 - s2) / s1.",
+    )
+    bm25_share_confident: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="fusion: confidence. BM25's share of the places when it is confident "
+        "(0.8: 4 of the first 5); dense has the rest.",
+    )
+    bm25_share_unsure: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="fusion: confidence. BM25's share of the places otherwise (0.4: 2 of 5).",
     )
     bm25_weight: float = Field(0.4, ge=0, le=1, description="BM25's share in weighted fusion.")
     bm25_weight_rare: float = Field(

@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from tierline.cluster.render import GATEWAY_DEPLOYMENT, REQUEST_PATH_PROCESS_ENV
-from tierline.cluster.spec import ClusterSpec, deployment_name
+from tierline.cluster.spec import ClusterSpec, TierSpec, deployment_name
 from tierline.cluster.specfile import parse_spec
 from tierline.deployments.adapters import adapter_sources
 from tierline.deployments.auth import load_key_store
@@ -35,6 +35,8 @@ from tierline.deployments.metrics import GatewayMetrics, RayRecorder, RouterMetr
 from tierline.deployments.plan import spec_capabilities
 from tierline.deployments.quota import QuotaService, ServeQuota, is_limited
 from tierline.deployments.rag import ServeRagClient, build_embeddings_app, build_rag_apps
+from tierline.deployments.relay import RelayDirectory, RelayEngineClient
+from tierline.deployments.relay_registry import GcsKV, cluster_token, fetch_relays
 from tierline.deployments.replicas import ServeReplicaWatcher
 from tierline.deployments.responses.store import open_store, with_absolute_store
 from tierline.deployments.routing import LearnedRouter
@@ -64,6 +66,7 @@ class Gateway:
         self._embeddings = embeddings
         self._core: GatewayCore | None = None
         self._gauges: asyncio.Task[None] | None = None  # keeps metric gauges fresh
+        self._relays: asyncio.Task[None] | None = None  # keeps the relay directory current
 
     async def __serve_build_asgi_app__(self) -> Any:
         check_direct_ingress()
@@ -76,18 +79,42 @@ class Gateway:
             else external_counter(t)
             for t in self._spec.tiers
         }
-        # External tiers: an HTTP client (its API key read now); the rest: Serve handles.
-        clients: dict[str, EngineClient] = {
-            t.name: external_client(t)
-            if t.is_external
-            else ServeEngineClient(
+        # External tiers: an HTTP client (its API key read now); engine tiers: the relay
+        # to the replicas' own vLLM apps, over Serve handles until a replica has published
+        # its relay (and always for autoscaled tiers: `relayed_tiers`).
+        directory = RelayDirectory()
+        relayed = {t.name for t in relayed_tiers(self._spec)}
+        clients: dict[str, EngineClient] = {}
+        for t in self._spec.tiers:
+            if t.is_external:
+                clients[t.name] = external_client(t)
+                continue
+            handle_path = ServeEngineClient(
                 self._engines[t.name],
                 t.model_name,
                 adapter_sources(t),
                 queue_wait_s=self._spec.gateway.failover_timeout_s,
             )
-            for t in self._spec.tiers
-        }
+            clients[t.name] = (
+                RelayEngineClient(
+                    t.name,
+                    handle_path,
+                    directory,
+                    adapter_sources(t),
+                    prefix_affinity=t.replica_routing == "prefix",
+                    imbalance=t.prefix_imbalanced_threshold,
+                )
+                if t.name in relayed
+                else handle_path
+            )
+        if relayed:
+            app_name = serve.get_replica_context().app_name
+            deployments = {
+                t.name: deployment_name(t) for t in self._spec.tiers if t.name in relayed
+            }
+            self._relays = asyncio.get_running_loop().create_task(
+                watch_relays(directory, app_name, deployments)
+            )
         auth = self._spec.gateway.auth
         keys = load_key_store(auth) if auth.enabled else None
         if keys is not None and len(keys) == 0:
@@ -149,6 +176,39 @@ class Gateway:
             return replica, 0
         window = self._spec.gateway.drain_timeout_s if timeout_s is None else timeout_s
         return replica, await self._core.drain(window)
+
+
+def relayed_tiers(spec: ClusterSpec) -> list[TierSpec]:
+    """The engine tiers whose requests take the relay (`gateway.engine_path`): all but
+    autoscaled ones, whose scaling reads the requests Serve's handles route."""
+    if spec.gateway.engine_path != "relay":
+        return []
+    return [t for t in spec.engine_tiers if t.autoscaling is None]
+
+
+async def watch_relays(
+    directory: RelayDirectory, app: str, deployments: dict[str, str], period_s: float = 1.0
+) -> None:
+    """Keep `directory` current: the cluster's relay token, and each relayed tier's live
+    relays (published by its replicas, filtered by Serve's replica list)."""
+    kv = GcsKV()
+
+    def fetch() -> dict[str, dict[str, str]]:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        details = client.get_serve_details() if client is not None else {}
+        return fetch_relays(kv, details, app, deployments)
+
+    while True:
+        try:
+            if directory.token is None:
+                directory.token = await asyncio.to_thread(cluster_token, kv)
+            for tier, urls in (await asyncio.to_thread(fetch)).items():
+                directory.set(tier, urls)
+        except Exception as err:  # the controller or GCS busy: keep what is known
+            logger.warning("relay directory refresh failed: %r", err)
+        await asyncio.sleep(period_s)
 
 
 def direct_ingress_on() -> bool:

@@ -10,6 +10,8 @@ answered there. What it refuses, and only that:
   tenant may use and that has no free slot at this replica (503 `tier_at_capacity`);
 - an `auto` request when no tier the tenant may use has room left (503, as the full path
   would answer it: the request's own candidates are a subset of those).
+Before those, a body nested deeper than `gateway.limits.max_json_depth` is refused with
+400 (`bounds.too_deep`): parsing it would recurse once per level, here and in FastAPI.
 Anything else, a body that does not parse included, goes on to the full path, which
 checks it again on the state it finds then and answers 400/403/404 where due. So a request
 that is both invalid and bound for a full tier is told 503 (retry later) before 400.
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec
 from tierline.deployments.board import TierBoard
+from tierline.deployments.bounds import too_deep
 from tierline.deployments.errors import APIError
 from tierline.deployments.plan import REASON_HEADER, RETRY_AFTER_S, TIER_HEADER
 
@@ -61,7 +64,7 @@ def requested_model(raw: bytes) -> str | None:
     """The `model` of a JSON body, or None when the body is not a JSON object naming one."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else None
@@ -74,6 +77,9 @@ def edge_refusal(
     from the board's state now; None: let it through."""
     if is_draining:
         return draining_error()
+    deep = too_deep(raw, spec.gateway.limits.max_json_depth)
+    if deep is not None:
+        return deep
     model = requested_model(raw)
     if model is None:
         return None

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from tierline.cluster.spec import ClusterSpec
 from tierline.deployments.errors import APIError
 from tierline.deployments.middleware import tenant_of
-from tierline.deployments.quota import Charge, no_charge
+from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
 from tierline.deployments.tokens import EstimatingCounter
 
 if TYPE_CHECKING:
@@ -115,10 +115,14 @@ def embeddings_router(
     card: EmbeddingsCard,
     charge: Charge = no_charge,
     metered: Metered = _unmetered,
+    hold: Hold | None = None,
 ) -> APIRouter:
-    """The `/v1/embeddings` route. `charge` (`GatewayCore.charge`) runs before the model
-    with the estimated tokens and raises 429 when the tenant is over its quota."""
+    """The `/v1/embeddings` route. `hold` (`quota.QuotaHold`) reserves the estimated
+    tokens before the model runs (429 when the tenant is over its quota), holds one of the
+    tenant's concurrent requests while it runs, and settles to the model's own token
+    count; without one, `charge` (`GatewayCore.charge`) charges the estimate up front."""
     router = APIRouter()
+    held = hold if hold is not None else charge_hold(charge)
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
@@ -135,8 +139,9 @@ def embeddings_router(
             )
         tenant = tenant_of(request.state)
         t0 = time.perf_counter()
-        await charge(tenant, sum(EstimatingCounter().text(t) for t in texts))
-        vectors, tokens = await embedder.embed(texts)
+        async with held(tenant, sum(EstimatingCounter().text(t) for t in texts)) as settle:
+            vectors, tokens = await embedder.embed(texts)
+            settle(tokens)
         metered(tenant, tokens, time.perf_counter() - t0)
         encode = _base64 if body.encoding_format == "base64" else list
         return {

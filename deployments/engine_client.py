@@ -31,7 +31,7 @@ class EngineError:
     type: str = "invalid_request_error"
 
 
-EngineItem = EngineError | dict[str, Any] | str
+EngineItem = EngineError | dict[str, Any] | str | bytes
 
 
 class EngineUnavailable(Exception):
@@ -209,11 +209,20 @@ class ServeEngineClient:
         return True
 
 
+USAGE_MARK = b'"usage":{'
+"""How a relayed event with a usage object starts it (vLLM writes compact JSON); events
+without it are not parsed at all."""
+
+
 def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
     """The `usage` object of a whole answer or of a stream chunk, if it carries one."""
     if isinstance(item, dict):
         u = item.get("usage")
         return u if isinstance(u, dict) else None
+    if isinstance(item, bytes):
+        if USAGE_MARK not in item:
+            return None
+        item = item.decode()
     if isinstance(item, str) and '"usage"' in item:
         for line in item.splitlines():
             if line.startswith("data: {"):

@@ -76,6 +76,7 @@ tier's `external.forward_fields` adds more."""
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_ACCOUNT = re.compile(r"\b(?:org|proj|user)[-_][A-Za-z0-9]{6,}\b")
 
 
 def forwarded_body(body: Mapping[str, Any], extra: Iterable[str] = ()) -> dict[str, Any]:
@@ -89,11 +90,13 @@ def forwarded_body(body: Mapping[str, Any], extra: Iterable[str] = ()) -> dict[s
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` without URLs or any of `secrets` (the upstream's base URL, its key)."""
+    """`text` without URLs, any of `secrets` (the upstream's base URL, its host, its key),
+    or the upstream account's organisation and project ids (`org-...`, `proj_...`), which
+    providers put in their rate-limit and quota messages."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
-    return _URL.sub("[url]", text)
+    return _ACCOUNT.sub("[account]", _URL.sub("[url]", text))
 
 
 class ExternalKeyError(ValueError):
@@ -170,7 +173,8 @@ class ExternalEngineClient:
         self.tier = tier
         self.ext = tier.external
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._secrets = (api_key, self.ext.base_url, self.ext.base_url.rstrip("/"))
+        host = httpx.URL(self.ext.base_url).host or None
+        self._secrets = (api_key, self.ext.base_url, self.ext.base_url.rstrip("/"), host)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self.in_flight = 0

@@ -34,6 +34,7 @@ from typing import Any
 from tierline.cluster.spec import ClusterSpec, TierSpec
 from tierline.deployments.admission import Slot
 from tierline.deployments.board import TierBoard
+from tierline.deployments.bounds import ENGINE_FIELDS
 from tierline.deployments.engine_client import (
     OVERLOADED,
     EngineClient,
@@ -115,6 +116,12 @@ async def until_first(
             await asyncio.gather(first, return_exceptions=True)
 
 
+def _fields(tier: TierSpec) -> frozenset[str] | None:
+    """The request fields sent to `tier`: the engine allow-list, or all of them for an
+    external tier, whose client keeps its own (`external.forwarded_body`)."""
+    return None if tier.is_external else ENGINE_FIELDS
+
+
 def fallback_within(
     spec: ClusterSpec, tier: TierSpec, allowed: Collection[str] | None
 ) -> TierSpec | None:
@@ -187,7 +194,7 @@ class Failover:
                 timeout = min(timeout, policy.cold_start_timeout_s)
             model = adapter_id if adapter_id is not None else target.model_name
             stream = self.engines[target.name].generate(
-                method, dump_for_engine(body, model, force_usage=True)
+                method, dump_for_engine(body, model, True, _fields(target))
             )
             give_up_s = policy.failover_timeout_s if failover and i > 0 else None
             down = board.down_waiter(target.name) if failover else None

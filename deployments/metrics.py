@@ -158,6 +158,12 @@ DEFINITIONS: dict[str, MetricDef] = {
             "tier",
             "replica",
         ),
+        _c(
+            "tierline_responses_store_failures",
+            "Responses answered but not stored (the store write failed; the answer says "
+            "store: false)",
+            "tenant",
+        ),
         # -- router --------------------------------------------------------------------------
         _c("tierline_router_requests", "Routing decisions by tier and reason", "tier", "reason"),
         _g(
@@ -408,6 +414,10 @@ class GatewayMetrics:
         r = self.recorder
         r.inc("tierline_gateway_prompt_tokens", tokens, {"tier": tier, "tenant": tenant})
         r.inc("tierline_gateway_estimated_cost_usd", cost_usd, {"tier": tier, "tenant": tenant})
+
+    def store_failed(self, tenant: str) -> None:
+        """A Responses answer that was given but could not be stored."""
+        self.recorder.inc("tierline_responses_store_failures", 1, {"tenant": tenant})
 
     def active(self, n: int) -> None:
         self.recorder.set("tierline_gateway_active_requests", n, {"replica": self.replica})

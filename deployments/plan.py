@@ -14,18 +14,27 @@ Pure functions of plain data, besides the learned router's calibration state, wh
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
+from tierline.deployments.bounds import check_engine_fields
 from tierline.deployments.errors import APIError
 from tierline.deployments.responses.affinity import Affinity, sticky_decision
 from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
 from tierline.deployments.tokens import EstimatingCounter, TokenCounter
 from tierline.router import Decision, RequestFeatures, RoutingError, RulesPolicy, TierState, decide
-from tierline.router.capabilities import Capabilities, Needs, capable, needs_of, refusal
+from tierline.router.capabilities import (
+    IMAGE_PART_TYPES,
+    Capabilities,
+    Needs,
+    capable,
+    needs_of,
+    refusal,
+)
 from tierline.router.capabilities import tier_capabilities as _tier_capabilities
 from tierline.router.learned import PREFERENCES
 
@@ -38,6 +47,7 @@ __all__ = [
     "count_prompt_tokens",
     "count_prompts",
     "decide_route",
+    "image_parts",
     "needs_tokenizer",
     "prompt_count",
     "request_needs",
@@ -143,10 +153,22 @@ class Scope:
     needs: str | None = None
     """What the request needs that some tier lacks (e.g. `tools`), when that narrowed
     its tiers; None otherwise. The route reason carries it (`+needs-tools`)."""
+    image_tokens: int = 0
+    """Tokens reserved for the request's image parts (`gateway.limits.image_reserve_tokens`
+    each): a tokenizer counts an image as a placeholder, the engine bills its pixels."""
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
+
+    def _with_images(
+        self, longest: Mapping[str, int], total: Mapping[str, int] | None
+    ) -> dict[str, int] | None:
+        """All prompts' tokens with the images' reservation added (None: as `longest`)."""
+        if not self.image_tokens:
+            return None if total is None else dict(total)
+        base = longest if total is None else total
+        return {name: n + self.image_tokens for name, n in base.items()}
 
     def plan(
         self,
@@ -163,7 +185,7 @@ class Scope:
             text=text,
             prompts=self.prompts,
             n=self.n,
-            prompt_total=None if prompt_total is None else dict(prompt_total),
+            prompt_total=self._with_images(prompt_tokens, prompt_total),
             context={t.name: t.max_context_tokens for t in self.tiers},
             allowed=self.allowed,
         )
@@ -197,6 +219,7 @@ def _check_limits(spec: ClusterSpec, body: _Generation, budget: int | None) -> N
             code="too_many_messages",
             param="messages",
         )
+    check_engine_fields(g.limits, body.model_extra or {})
 
 
 def spec_capabilities(
@@ -310,6 +333,20 @@ def scope(
         body.n,
         allowed_names,
         needs if narrowed and pinned is None else None,
+        image_parts(body) * spec.gateway.limits.image_reserve_tokens,
+    )
+
+
+def image_parts(body: _Generation) -> int:
+    """Image content parts in a chat request's messages."""
+    if not isinstance(body, ChatCompletionBody):
+        return 0
+    return sum(
+        1
+        for m in body.messages
+        if isinstance(m.content, list)
+        for p in m.content
+        if p.type in IMAGE_PART_TYPES
     )
 
 
@@ -330,7 +367,10 @@ def _prompt_counter(body: _Generation) -> Callable[[TokenCounter], tuple[int, in
     longest prompt (for context fit) and all of them (for the quota)."""
     if isinstance(body, ChatCompletionBody):
         messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in body.messages]
-        return lambda counter: _both(counter.chat(messages))
+        rendered = _rendered_fields(body)
+        if rendered is None:
+            return lambda counter: _both(counter.chat(messages))
+        return lambda counter: _both(counter.chat(messages) + counter.text(rendered))
     assert isinstance(body, CompletionBody)
     prompt = body.prompt
     if isinstance(prompt, str):
@@ -346,6 +386,20 @@ def _prompt_counter(body: _Generation) -> Callable[[TokenCounter], tuple[int, in
         return max(each, default=0), sum(each)
 
     return count
+
+
+RENDERED_FIELDS = ("tools", "tool_choice", "response_format")
+"""Chat fields the engine renders into the prompt (the chat template writes out the tool
+definitions; a JSON-schema format adds its instructions), so the quota reserves them."""
+
+
+def _rendered_fields(body: ChatCompletionBody) -> str | None:
+    """The chat fields rendered into the prompt, as the JSON text counted for them."""
+    extra = body.model_extra or {}
+    present = {k: extra[k] for k in RENDERED_FIELDS if extra.get(k) is not None}
+    if not present:
+        return None
+    return json.dumps(present, separators=(",", ":"), ensure_ascii=False)
 
 
 def _token_ids(body: _Generation) -> bool:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tierline.cluster.spec import GatewaySpec, QuotaSpec
+from tierline.deployments.errors import APIError
 
 WINDOW_S = 60.0
 
@@ -48,7 +51,12 @@ class _Tenant:
 
 
 class QuotaLedger:
-    """Rolling-window quota accounting for every tenant."""
+    """Rolling-window quota accounting for every tenant.
+
+    Safe to call from several threads at once (`QuotaService`'s sync methods run in Ray
+    Serve's thread pool): each call holds the ledger's lock, so a check and the
+    reservation it allows are one step, and no deque is changed while another call reads
+    it."""
 
     def __init__(self, quotas: Mapping[str, QuotaSpec], default: QuotaSpec) -> None:
         self._quotas = dict(quotas)
@@ -56,12 +64,34 @@ class QuotaLedger:
         self._tenants: dict[str, _Tenant] = {}
         self._tickets = itertools.count(1)
         self._open: dict[int, str] = {}
+        self._lock = threading.Lock()
 
     def quota(self, tenant: str) -> QuotaSpec:
         return self._quotas.get(tenant, self._default)
 
     def admit(self, tenant: str, tokens: int, now: float) -> Admission:
         """Admit a request that may use up to `tokens` (prompt + max completion)."""
+        with self._lock:
+            return self._admit(tenant, tokens, now)
+
+    def resize(self, ticket: int, tokens: int, now: float) -> Admission:
+        """Make an open request's reservation `tokens` (a grounded chat is admitted before
+        retrieval, and reserves its final prompt once it is known). Refused, the old
+        reservation kept, when the tenant's window has no room for the difference."""
+        with self._lock:
+            return self._resize(ticket, tokens, now)
+
+    def release(self, ticket: int, used_tokens: int | None, now: float) -> None:
+        """End a request; `used_tokens` replaces its reservation when known."""
+        with self._lock:
+            self._release(ticket, used_tokens, now)
+
+    def in_flight(self, tenant: str) -> int:
+        with self._lock:
+            st = self._tenants.get(tenant)
+            return 0 if st is None else st.in_flight
+
+    def _admit(self, tenant: str, tokens: int, now: float) -> Admission:
         q = self.quota(tenant)
         st = self._tenants.setdefault(tenant, _Tenant())
         st.expire(now)
@@ -80,10 +110,7 @@ class QuotaLedger:
         self._open[ticket] = tenant
         return Admission(True, ticket=ticket)
 
-    def resize(self, ticket: int, tokens: int, now: float) -> Admission:
-        """Make an open request's reservation `tokens` (a grounded chat is admitted before
-        retrieval, and reserves its final prompt once it is known). Refused, the old
-        reservation kept, when the tenant's window has no room for the difference."""
+    def _resize(self, ticket: int, tokens: int, now: float) -> Admission:
         tenant = self._open.get(ticket)
         if tenant is None:
             return Admission(False, reason="unknown ticket")
@@ -100,8 +127,7 @@ class QuotaLedger:
             st.tokens[at] = (st.tokens[at][0], ticket, tokens)
         return Admission(True, ticket=ticket)
 
-    def release(self, ticket: int, used_tokens: int | None, now: float) -> None:
-        """End a request; `used_tokens` replaces its reservation when known."""
+    def _release(self, ticket: int, used_tokens: int | None, now: float) -> None:
         tenant = self._open.pop(ticket, None)
         if tenant is None:
             return
@@ -113,10 +139,6 @@ class QuotaLedger:
                     st.tokens[i] = (t, tk, used_tokens)
                     break
         st.expire(now)
-
-    def in_flight(self, tenant: str) -> int:
-        st = self._tenants.get(tenant)
-        return 0 if st is None else st.in_flight
 
 
 def _over_tokens(
@@ -152,6 +174,55 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+Settle = Callable[[int], None]
+"""Records the tokens a held request really used (the model's own count)."""
+
+
+class Hold(Protocol):
+    """`async with hold(tenant, tokens) as settle:` reserves `tokens` against the tenant's
+    quota and holds one of its concurrent requests (`max_concurrent`) while the block
+    runs; raises the 429 `APIError` when over. The request is charged what the block
+    `settle`d, or the reservation when it settled nothing."""
+
+    def __call__(self, tenant: str, tokens: int) -> AbstractAsyncContextManager[Settle]: ...
+
+
+class QuotaHold:
+    """`Hold` over a `QuotaClient` (None: no quotas kept) and the tenants' quotas."""
+
+    def __init__(self, quota: QuotaClient | None, quota_for: Callable[[str], QuotaSpec]) -> None:
+        self._quota = quota
+        self._quota_for = quota_for
+
+    @asynccontextmanager
+    async def __call__(self, tenant: str, tokens: int) -> AsyncIterator[Settle]:
+        if self._quota is None or not is_limited(self._quota_for(tenant)):
+            yield _ignore
+            return
+        admission = await self._quota.admit(tenant, tokens)
+        if not admission.ok:
+            raise APIError(
+                429,
+                f"tenant {tenant!r} is over its quota ({admission.reason}); retry later",
+                code="quota_exceeded",
+                headers={"Retry-After": retry_after_header(admission.retry_after_s)},
+            )
+        used = tokens
+
+        def settle(n: int) -> None:
+            nonlocal used
+            used = n
+
+        try:
+            yield settle
+        finally:
+            await self._quota.release(admission.ticket, used)
+
+
+def _ignore(tokens: int) -> None:
+    """The `Settle` of a request no quota counts."""
+
+
 Charge = Callable[[str, int], Awaitable[None]]
 """Counts one request and N embedded tokens against a tenant's quota; raises the 429
 `APIError` when over (`GatewayCore.charge`). The RAG routes call it before their work."""
@@ -159,6 +230,18 @@ Charge = Callable[[str, int], Awaitable[None]]
 
 async def no_charge(tenant: str, tokens: int) -> None:
     """The `Charge` of a gateway without quotas (and of unit tests)."""
+
+
+def charge_hold(charge: Charge) -> Hold:
+    """A `Hold` that only `charge`s up front: it holds no concurrent request and settles
+    nothing (the routes' behaviour when the gateway gives them no `Hold`)."""
+
+    @asynccontextmanager
+    async def hold(tenant: str, tokens: int) -> AsyncIterator[Settle]:
+        await charge(tenant, tokens)
+        yield _ignore
+
+    return hold
 
 
 class QuotaClient(Protocol):

@@ -13,20 +13,21 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import PurePath
 from typing import Any, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from tierline.cluster.spec import RagSpec
 from tierline.deployments.errors import APIError
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import RagMetrics
 from tierline.deployments.middleware import BodyLimit, RouteLimit, is_operator, tenant_of
-from tierline.deployments.quota import Charge, no_charge
+from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
 from tierline.rag.embed import Embedder
@@ -157,7 +158,30 @@ def parse_limits(spec: RagSpec) -> ParseLimits:
     )
 
 
-async def _documents_from_request(request: Request, parser: UploadParser) -> list[dict[str, Any]]:
+Admit = Callable[[int, int], Awaitable[None]]
+"""(documents, estimated tokens) of an upload, before any is parsed: raises when refused."""
+
+
+async def _no_admit(documents: int, tokens: int) -> None:
+    """The `Admit` of callers that check nothing before parsing."""
+
+
+def _file_tokens(f: Any, max_document_bytes: int) -> int:
+    """A file's tokens before it is parsed: its text is at most its size (and at most
+    `max_document_bytes`), at the estimator's 4 bytes a token."""
+    size = getattr(f, "size", None)
+    return (min(size if isinstance(size, int) else max_document_bytes, max_document_bytes) + 3) // 4
+
+
+async def _documents_from_request(
+    request: Request,
+    parser: UploadParser,
+    admit: Admit = _no_admit,
+    max_document_bytes: int = RagSpec().max_document_bytes,
+) -> list[dict[str, Any]]:
+    """The upload's documents. `admit` gets their number and estimated tokens before any
+    file is parsed (parsing takes a shared worker for up to `rag.parse_timeout_s` a file),
+    so a request over its count or its tenant's quota costs no parse."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
@@ -173,6 +197,7 @@ async def _documents_from_request(request: Request, parser: UploadParser) -> lis
             raise APIError(400, "metadata must be a JSON object", param="metadata") from None
         if not isinstance(metadata, dict):
             raise APIError(400, "metadata must be a JSON object", param="metadata")
+        await admit(len(files), sum(_file_tokens(f, max_document_bytes) for f in files))
         docs = []
         for i, f in enumerate(files):
             name = getattr(f, "filename", None) or "upload"
@@ -184,24 +209,36 @@ async def _documents_from_request(request: Request, parser: UploadParser) -> lis
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise APIError(400, "the request body is not valid JSON", code="invalid_request") from None
+    except RecursionError:  # Python's parser recurses once per level
+        raise APIError(400, "the request body nests too deeply", code="json_too_deep") from None
     if not isinstance(body, dict) or set(body) != {"documents"}:
         raise APIError(400, 'the body must be {"documents": [{"id", "text", "metadata"}]}')
-    return body["documents"]
+    documents = body["documents"]
+    if isinstance(documents, list):
+        await admit(len(documents), _estimated_tokens(documents))
+    return documents
 
 
 def rag_router(
-    client: RagClient, spec: RagSpec | None = None, charge: Charge = no_charge
+    client: RagClient,
+    spec: RagSpec | None = None,
+    charge: Charge = no_charge,
+    hold: Hold | None = None,
 ) -> APIRouter:
-    """`charge`: the tenant's quota (`GatewayCore.charge`), called before each route's
-    work with the tokens it will embed (estimated); it raises 429 when over."""
+    """`hold` (`quota.QuotaHold`): the tenant's quota, entered before each route's work
+    with the tokens it will embed (estimated; 429 when over) and holding one of the
+    tenant's concurrent requests until the work is done. Without one, `charge`
+    (`GatewayCore.charge`) charges the estimate up front and holds nothing."""
     router = APIRouter()
-    parser = UploadParser(parse_limits(spec or RagSpec()))  # starts nothing yet
+    held = hold if hold is not None else charge_hold(charge)
+    settings = spec or RagSpec()
+    parser = UploadParser(parse_limits(settings))  # starts nothing yet
 
     # The tenant is the caller's key's (set by the gateway middleware), never the request's.
     @router.post("/v1/rag/collections")
     async def create_collection(body: CollectionBody, request: Request) -> Response:
-        await charge(tenant_of(request.state), 0)
-        out = await _guard(client.create_collection(tenant_of(request.state), body.name))
+        async with held(tenant_of(request.state), 0):
+            out = await _guard(client.create_collection(tenant_of(request.state), body.name))
         return JSONResponse(out, status_code=201 if out.get("created") else 200)
 
     @router.get("/v1/rag/collections")
@@ -218,12 +255,30 @@ def rag_router(
 
     @router.post("/v1/rag/collections/{name}/documents")
     async def ingest(name: str, request: Request) -> dict[str, Any]:
-        try:
-            docs = await _documents_from_request(request, parser)
-        except RagError as err:
-            raise api_error(err) from None
-        await charge(tenant_of(request.state), _estimated_tokens(docs))
-        return await _guard(client.ingest(tenant_of(request.state), name, docs))
+        tenant = tenant_of(request.state)
+
+        async with AsyncExitStack() as stack:  # the hold lasts through parse and ingest
+
+            async def admit(documents: int, tokens: int) -> None:
+                most = settings.max_documents_per_request
+                if documents > most:
+                    raise APIError(
+                        400,
+                        f"{documents} documents; at most {most} per request "
+                        "(rag.max_documents_per_request)",
+                        code="too_many_documents",
+                        param="documents",
+                    )
+                await stack.enter_async_context(held(tenant, tokens))
+
+            try:
+                docs = await _documents_from_request(
+                    request, parser, admit, settings.max_document_bytes
+                )
+            except RagError as err:
+                raise api_error(err) from None
+            result: dict[str, Any] = await _guard(client.ingest(tenant, name, docs))
+        return result
 
     @router.delete("/v1/rag/collections/{name}/documents/{document_id}")
     async def delete(name: str, document_id: str, request: Request) -> dict[str, Any]:
@@ -232,8 +287,8 @@ def rag_router(
     @router.post("/v1/rag/collections/{name}/search")
     async def search(name: str, body: SearchBody, request: Request) -> dict[str, Any]:
         tenant = tenant_of(request.state)
-        await charge(tenant, EstimatingCounter().text(body.query))
-        hits = await _guard(client.search(tenant, name, body.query, body.top_k, body.filter))
+        async with held(tenant, EstimatingCounter().text(body.query)):
+            hits = await _guard(client.search(tenant, name, body.query, body.top_k, body.filter))
         return {"results": hits}
 
     return router
@@ -296,73 +351,34 @@ async def ground_chat(
         metrics.retrieval(seconds, len(hits))
     fields = {"collection": opts.collection, "hits": len(hits), "duration_s": round(seconds, 4)}
     event(_logger, "retrieve", fields)
-    grounded = grounded_messages(messages, hits)
     if fits is not None:
         found = len(hits)
-        while hits and not await fits(grounded):
-            hits = hits[:-1]
-            grounded = grounded_messages(messages, hits)
+        hits = await _most_that_fit(messages, hits, fits)
         if len(hits) < found:
             event(_logger, "retrieve_trimmed", {"found": found, "kept": len(hits)})
+    grounded = grounded_messages(messages, hits)
     data = body.model_dump(exclude_unset=True)
     data.pop("rag", None)
     data["messages"] = grounded
     return type(body).model_validate(data), citation_list(hits)
 
 
-def _inject(event: str, cites: list[dict[str, Any]]) -> str:
-    """Add `citations` to the first `data: {...}` event of an SSE text block."""
-    lines = event.split("\n")
-    for i, line in enumerate(lines):
-        if line.startswith("data: {"):
-            try:
-                obj = json.loads(line[6:])
-            except json.JSONDecodeError:
-                return event
-            obj["citations"] = cites
-            lines[i] = "data: " + json.dumps(obj)
-            return "\n".join(lines)
-    return event
-
-
-async def _cited_stream(
-    body: AsyncIterable[Any], cites: list[dict[str, Any]]
-) -> AsyncIterator[str | bytes]:
-    first = True
-    try:
-        async for item in body:
-            if first:
-                text = item.decode() if isinstance(item, bytes) else str(item)
-                injected = _inject(text, cites)
-                first = injected == text
-                yield injected
-            else:
-                yield item
-    finally:
-        # A client that leaves ends the inner stream now (its slot and quota ticket with
-        # it), not whenever garbage collection gets to it.
-        close = getattr(body, "aclose", None)
-        if close is not None:
-            await close()
-
-
-def with_citations(response: Response, cites: list[dict[str, Any]] | None) -> Response:
-    """The answer with top-level `citations`: in the JSON body, or in the first stream event."""
-    if cites is None:
-        return response
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    if isinstance(response, StreamingResponse):
-        return StreamingResponse(
-            _cited_stream(response.body_iterator, cites),
-            status_code=response.status_code,
-            media_type=response.media_type,
-            headers=headers,
-            background=response.background,
-        )
-    try:
-        data = json.loads(bytes(response.body))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response
-    if isinstance(data, dict) and "error" not in data:
-        data["citations"] = cites
-    return JSONResponse(data, status_code=response.status_code, headers=headers)
+async def _most_that_fit(
+    messages: list[dict[str, Any]], hits: list[dict[str, Any]], fits: Fits
+) -> list[dict[str, Any]]:
+    """The best-ranked hits whose grounded prompt fits, found by binary search over how
+    many are kept (fitting only gets easier with fewer): every hit fits in one count; a
+    conversation too long even without any is found in two, and anything else in about
+    log2(len(hits)) more, where trimming one hit at a time counted the prompt per hit."""
+    if not hits or await fits(grounded_messages(messages, hits)):
+        return hits
+    if not await fits(messages):
+        return []  # too long without context: the request's own 400 says so
+    lo, hi = 0, len(hits) - 1  # lo hits fit; hi is the most that may
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if await fits(grounded_messages(messages, hits[:mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return hits[:lo]

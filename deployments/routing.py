@@ -25,7 +25,14 @@ from tierline.router.embedding import Embedder, check_probe
 from tierline.router.head import Head, prompt_words
 from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
 from tierline.router.profile import load_ttft_priors
-from tierline.router.scorer import SHIPPED_ARTIFACT, output_weights, share_for_quality, tier_quality
+from tierline.router.scorer import (
+    CALIBRATED_ARTIFACT,
+    SHIPPED_ARTIFACT,
+    head_loss_bound,
+    output_weights,
+    share_for_quality,
+    tier_quality,
+)
 from tierline.router.types import Decision, RequestFeatures, TierState
 
 PREFERENCE_HEADER = "x-tierline-preference"
@@ -33,8 +40,12 @@ DEFAULT_STRONG_SHARE = 0.3
 TTFT_SMOOTHING = 0.2
 
 
-def artifact_path(params: LearnedParams) -> Path:
-    return Path(params.artifact).expanduser() if params.artifact else SHIPPED_ARTIFACT
+def artifact_path(params: LearnedParams, bounded: bool = False) -> Path:
+    """The head to load: the spec's, else the shipped one (with a quality-loss bound, the
+    shipped head that keeps held-out rows to calibrate it on)."""
+    if params.artifact:
+        return Path(params.artifact).expanduser()
+    return CALIBRATED_ARTIFACT if bounded else SHIPPED_ARTIFACT
 
 
 def learned_policy(spec: ClusterSpec, head: Head) -> LearnedPolicy:
@@ -45,6 +56,12 @@ def learned_policy(spec: ClusterSpec, head: Head) -> LearnedPolicy:
         share = share_for_quality(head, p.quality_target)
     else:
         share = DEFAULT_STRONG_SHARE
+    bound = None
+    if spec.router.max_quality_loss is not None:  # thresholds from the head's held-out rows
+        names = [t.name for t in spec.tiers]
+        bound = head_loss_bound(
+            head, names, p.tier_outputs, spec.router.max_quality_loss, spec.router.confidence
+        )
     return LearnedPolicy(
         strong_share=share,
         prior_quantiles=tuple(float(q) for q in head.calibration_quantiles),
@@ -59,6 +76,7 @@ def learned_policy(spec: ClusterSpec, head: Head) -> LearnedPolicy:
         min_window=min(p.min_window_requests, p.window_requests),
         spill=p.spill_when_overloaded,
         cold_start=spec.router.cold_start,
+        bound=bound,
     )
 
 
@@ -87,7 +105,8 @@ class LearnedRouter:
         self.state = CalibrationState()
         self.load = {n: _TierLoad() for n in names}
         self.metrics = metrics or RouterMetrics()
-        self.metrics.target(self.policy.strong_share)
+        if self.policy.bound is None:  # under a bound, the share is what the bound keeps
+            self.metrics.target(self.policy.strong_share)
 
     @classmethod
     def start(
@@ -95,7 +114,8 @@ class LearnedRouter:
     ) -> LearnedRouter:
         """Replica start-up: load the scorer and the embedder it names (about a second;
         the static MiniLM table is distilled first, about 20 s, if it is not cached)."""
-        head = Head.load(artifact_path(spec.router.learned))
+        bounded = spec.router.max_quality_loss is not None
+        head = Head.load(artifact_path(spec.router.learned, bounded))
         embedder = open_embedder(head.embedder, threads)
         if "probe" in head.meta:
             check_probe(embedder, head.meta["probe"])

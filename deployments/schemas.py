@@ -80,15 +80,23 @@ def wants_usage(body: _Generation) -> bool:
     return body.stream_options is not None and body.stream_options.include_usage is True
 
 
-def dump_for_engine(body: _Generation, model: str, force_usage: bool) -> dict[str, Any]:
+def dump_for_engine(
+    body: _Generation,
+    model: str,
+    force_usage: bool,
+    allowed: frozenset[str] | None = None,
+) -> dict[str, Any]:
     """The body as the engine gets it: the served model name in place of what was asked.
 
     With `force_usage` a stream always asks the engine for its usage line, whatever the
     client sent (`include_usage: false` included): the gateway charges the tenant's quota
     from it, and strips it from the client's stream when the client did not ask for it
     (`streams.sse_events`). A client that asked for no usage gets no per-chunk usage
-    (`continuous_usage_stats`) either."""
+    (`continuous_usage_stats`) either. `allowed`: the only fields sent (an engine tier's
+    `bounds.ENGINE_FIELDS`); None sends them all (an external tier filters its own)."""
     data = body.model_dump(exclude_unset=True, exclude_none=True)
+    if allowed is not None:
+        data = {k: v for k, v in data.items() if k in allowed}
     data["model"] = model
     if body.stream and force_usage:
         opts = dict(data.get("stream_options") or {}) if wants_usage(body) else {}

@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
-from tierline.deployments.engine_client import EngineError, EngineItem, usage_of
+from tierline.deployments.engine_client import USAGE_MARK, EngineError, EngineItem, usage_of
 from tierline.deployments.errors import error_body
 
 __all__ = ["DEADLINE_MESSAGE", "finish_whole_answer", "sse_events", "total_tokens", "without_usage"]
@@ -73,6 +73,13 @@ def without_usage(item: str) -> str:
     return "\n\n".join(e for e in item.split("\n\n") if not _usage_only(e))
 
 
+def _without_usage_bytes(item: bytes) -> bytes:
+    """`without_usage` for relayed bytes (only events that carry a usage object are read)."""
+    if USAGE_MARK not in item:
+        return item
+    return without_usage(item.decode()).encode()
+
+
 DEADLINE_MESSAGE = "the request ran past its deadline (gateway.request_timeout_s) and was cut"
 
 
@@ -83,7 +90,7 @@ async def sse_events(
     *,
     hide_usage: bool = False,
     deadline: float | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     """The engine's stream as SSE, always ending in `data: [DONE]`, errors included.
 
     `on_end` gets the total tokens from the stream's usage chunk, however the stream ends
@@ -95,8 +102,15 @@ async def sse_events(
     done = False
     used: int | None = None
 
-    def emit(item: EngineItem) -> str:
+    def emit(item: EngineItem) -> str | bytes:
         nonlocal done, used
+        if isinstance(item, bytes):  # relayed: the engine's own SSE bytes
+            if USAGE_MARK in item:
+                used = total_tokens(item) or used
+                item = _without_usage_bytes(item) if hide_usage else item
+            if item.endswith(b"data: [DONE]\n\n"):
+                done = True
+            return item
         if isinstance(item, EngineError):
             return _sse_error(item.message)
         if isinstance(item, dict):

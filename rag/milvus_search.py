@@ -1,12 +1,15 @@
 """Search run by a Milvus server: the `Searcher` for `rag.uri` = http(s)/tcp URI.
 
 Each collection (schema in `rag.store`) has an HNSW index on `dense` and a sparse field
-that Milvus's BM25 function fills from `text`. A query is one `hybrid_search`: an ANN
-request on each field, both with the filter expression (`rag.milvus_filter`), fused by
-Milvus's `WeightedRanker` (weights `1 - bm25_weight`, `bm25_weight`; Milvus normalises the
-scores itself, arctan for BM25) or `RRFRanker(rrf_k)` when `fusion: rrf`. The replica
-keeps no index and no chunks: it starts in the time a connection takes, and any number
-of replicas serve one server.
+that Milvus's BM25 function fills from `text`. With `fusion: confidence` (the default) a
+query is two searches, dense and BM25, both with the filter expression
+(`rag.milvus_filter`), fused here by `rag.fusion.confidence_fusion`: the same rule as the
+embedded path, on Milvus's own scores (the rule reads only each list's shape, not its
+scale). With `fusion: weighted` or `rrf` it is one `hybrid_search` fused by Milvus's
+`WeightedRanker` (weights `1 - bm25_weight`, `bm25_weight`; Milvus normalises the scores
+itself, arctan for BM25; no rare-term boost) or `RRFRanker(rrf_k)`. The replica keeps no
+index and no chunks: it starts in the time a connection takes, and any number of
+replicas serve one server.
 
 Versions (`rag.versions`): a re-ingest writes the new version before deleting the old
 one, and a write can die half-way, so the store may hold several versions of a document
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tierline.rag.fusion import confidence_fusion
 from tierline.rag.milvus_filter import literal, to_expression
 from tierline.rag.records import Chunk, Hit
 from tierline.rag.searcher import SearchSettings
@@ -79,6 +83,7 @@ def check_server(version: str) -> ServerInfo:
 
 
 def ranker_of(settings: SearchSettings) -> Any:
+    """Milvus's ranker for `hybrid_search` (fusion: weighted or rrf)."""
     from pymilvus import RRFRanker, WeightedRanker
 
     if settings.fusion == "rrf":
@@ -91,6 +96,42 @@ def current_hits(hits: Sequence[Hit], refs: Sequence[ChunkRef]) -> list[Hit]:
     """Hits of each document's newest complete version, given all its stored chunk ids."""
     keep, _ = resolve(refs)
     return [h for h in hits if h.chunk.chunk_id in keep]
+
+
+def _bm25_score(distance: Any) -> float:
+    """A BM25 hit's score: a Milvus server reports it as is (>= 0), the Milvus Lite 3
+    server negated (-1.4 for a score of 1.4), best first either way."""
+    return abs(float(distance))
+
+
+def fused_hits(
+    dense_rows: Sequence[dict[str, Any]],
+    sparse_rows: Sequence[dict[str, Any]],
+    settings: SearchSettings,
+    limit: int,
+) -> list[Hit]:
+    """The rows of a dense and a BM25 search (Milvus's result rows), fused by
+    `confidence_fusion` as on the embedded path."""
+    chunks: dict[str, Chunk] = {}
+    lists: list[list[tuple[str, float]]] = []
+    for rows, score in ((dense_rows, float), (sparse_rows, _bm25_score)):
+        ranked = []
+        for r in rows:
+            c = _chunk(r)
+            chunks[c.chunk_id] = c
+            ranked.append((c.chunk_id, score(r["distance"])))
+        lists.append(ranked)
+    dense, sparse = lists
+    fused = confidence_fusion(
+        dense,
+        sparse,
+        {i: chunks[i].document_id for i, _ in sparse},
+        settings.bm25_margin,
+        settings.bm25_share_confident,
+        settings.bm25_share_unsure,
+        limit=limit,
+    )
+    return [Hit(chunks[i], score) for i, score in fused]
 
 
 def _chunk(row: dict[str, Any]) -> Chunk:
@@ -200,6 +241,33 @@ class MilvusServerSearcher:
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(s.hnsw_ef_search, n)}}
         vec = np.asarray(vector, dtype=np.float32).tolist()
         c = self._client
+        if self._full_text[name] and s.fusion == "confidence":
+            dense_rows = c.search(
+                name,
+                [vec],
+                anns_field="dense",
+                limit=n,
+                filter=expr,
+                search_params=dense_params,
+                output_fields=OUTPUT_FIELDS,
+            )
+            sparse_rows = c.search(
+                name,
+                [query],
+                anns_field=SPARSE_FIELD,
+                limit=n,
+                filter=expr,
+                search_params={"metric_type": "BM25"},
+                output_fields=OUTPUT_FIELDS,
+            )
+            hits = fused_hits(
+                dense_rows[0] if dense_rows else [],
+                sparse_rows[0] if sparse_rows else [],
+                s,
+                n,
+            )
+            refs = self._refs(name, [h.chunk.document_id for h in hits])
+            return current_hits(hits, refs)[:top_k]
         if self._full_text[name]:
             requests = [
                 AnnSearchRequest([vec], "dense", dense_params, limit=n, expr=expr),

@@ -5,10 +5,12 @@ searcher. Two implementations:
 
 - `InProcessSearcher` (here): the replica holds an HNSW (`rag.dense`) and a BM25
   (`rag.bm25`) index per collection, rebuilt from the store at start-up and fused by
-  `rag.fusion`. Used with an embedded Milvus Lite file, which one process owns.
+  `rag.fusion` (by default `confidence_fusion`: BM25 leads only when its best document
+  stands far above the next). Used with an embedded Milvus Lite file, which one process owns.
 - `MilvusServerSearcher` (`rag.milvus_search`): Milvus searches (HNSW, its BM25 function,
-  `hybrid_search` with a ranker, filter expressions); the replica holds no index, so
-  several replicas can serve one server.
+  filter expressions), fused in the replica by the same rule (or by `hybrid_search` with
+  Milvus's ranker for `fusion: weighted` / `rrf`); the replica holds no index, so several
+  replicas can serve one server.
 
 Methods are synchronous and may block on I/O; `RagCore` calls them off the event loop and
 serialises writes per collection.
@@ -25,7 +27,7 @@ import numpy as np
 from tierline.rag.bm25 import BM25Index
 from tierline.rag.dense import DenseIndex
 from tierline.rag.filters import parse_filter
-from tierline.rag.fusion import reciprocal_rank_fusion, weighted_fusion
+from tierline.rag.fusion import confidence_fusion, reciprocal_rank_fusion, weighted_fusion
 from tierline.rag.records import Chunk, Hit
 from tierline.rag.store import ChunkStore
 from tierline.rag.versions import ChunkRef, resolve
@@ -38,7 +40,10 @@ class SearchSettings:
     dim: int = 384
     candidates: int = 50
     rrf_k: int = 60
-    fusion: str = "weighted"
+    fusion: str = "confidence"
+    bm25_margin: float = 0.5
+    bm25_share_confident: float = 0.8
+    bm25_share_unsure: float = 0.4
     bm25_weight: float = 0.4
     bm25_weight_rare: float = 0.8
     rare_term_max_chunks: int = 3
@@ -178,7 +183,8 @@ class InProcessSearcher:
     def search(
         self, name: str, query: str, vector: np.ndarray, top_k: int, filter: Any = None
     ) -> list[Hit]:
-        """Dense + BM25 in memory, fused by weight (rare-term aware) or by RRF (no I/O)."""
+        """Dense + BM25 in memory, fused by BM25's confidence (default), by weight
+        (rare-term aware) or by RRF (no I/O)."""
         col = self.collections[name]
         pred = parse_filter(filter)
         allow: Callable[[str], bool] | None = None
@@ -193,7 +199,18 @@ class InProcessSearcher:
         n = max(s.candidates, top_k)
         dense = col.dense.search(vector, n, allow)
         sparse = col.sparse.search(query, n, allow)
-        if s.fusion == "rrf":
+        if s.fusion == "confidence":
+            group = {i: col.chunks[i].document_id for i, _ in sparse if i in col.chunks}
+            fused = confidence_fusion(
+                dense,
+                sparse,
+                group,
+                s.bm25_margin,
+                s.bm25_share_confident,
+                s.bm25_share_unsure,
+                limit=top_k,
+            )
+        elif s.fusion == "rrf":
             ranked = [[i for i, _ in dense], [i for i, _ in sparse]]
             fused = reciprocal_rank_fusion(ranked, k=s.rrf_k, limit=top_k)
         else:

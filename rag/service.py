@@ -50,7 +50,10 @@ class RagSettings:
     max_top_k: int = 50
     candidates: int = 50
     rrf_k: int = 60
-    fusion: str = "weighted"
+    fusion: str = "confidence"
+    bm25_margin: float = 0.5
+    bm25_share_confident: float = 0.8
+    bm25_share_unsure: float = 0.4
     bm25_weight: float = 0.4
     bm25_weight_rare: float = 0.8
     rare_term_max_chunks: int = 3

@@ -5,7 +5,13 @@ if __name__ != "tierline.router":  # the folder router/ installs as tierline.rou
         f"import tierline.router, not {__name__} (`pip install -e .` maps router/ to it)"
     )
 
-from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
+from tierline.router.learned import (
+    CalibrationState,
+    LearnedPolicy,
+    LossBound,
+    decide_learned,
+    recalibrate,
+)
 from tierline.router.rules import RulesPolicy, decide
 from tierline.router.types import Decision, RequestFeatures, RoutingError, TierState
 
@@ -13,6 +19,7 @@ __all__ = [
     "CalibrationState",
     "Decision",
     "LearnedPolicy",
+    "LossBound",
     "RequestFeatures",
     "RoutingError",
     "RulesPolicy",

@@ -21,6 +21,8 @@ class LabelledSet:
     weak: np.ndarray
     strong: np.ndarray
     sources: tuple[str, ...]
+    ids: tuple[str | int, ...] = ()
+    """Each row's `id` (its line number where the file has none); empty when not read."""
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -32,6 +34,7 @@ class LabelledSet:
             self.weak[ix],
             self.strong[ix],
             tuple(self.sources[i] for i in ix),
+            tuple(self.ids[i] for i in ix) if self.ids else (),
         )
 
     def normalised(self) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +54,7 @@ def parse_rows(lines: Iterable[str], origin: str) -> LabelledSet:
     weak: list[float] = []
     strong: list[float] = []
     sources: list[str] = []
+    ids: list[str | int] = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -65,11 +69,13 @@ def parse_rows(lines: Iterable[str], origin: str) -> LabelledSet:
         weak.append(w)
         strong.append(s)
         sources.append(str(row.get("source", origin)))
+        ids.append(row["id"] if isinstance(row.get("id"), (str, int)) else n)
     return LabelledSet(
         tuple(prompts),
         np.asarray(weak, dtype=np.float64),
         np.asarray(strong, dtype=np.float64),
         tuple(sources),
+        tuple(ids),
     )
 
 
@@ -80,4 +86,5 @@ def load_files(paths: Sequence[Path]) -> LabelledSet:
         np.concatenate([s.weak for s in sets]) if sets else np.zeros(0),
         np.concatenate([s.strong for s in sets]) if sets else np.zeros(0),
         tuple(x for s in sets for x in s.sources),
+        tuple(i for s in sets for i in s.ids),
     )

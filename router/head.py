@@ -40,6 +40,11 @@ class Head:
     embedder: str = "all-MiniLM-L6-v2"
     calibration_quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """Quantiles 0..1 (101 points) of the routing score on held-out calibration prompts."""
+    calibration_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """Held-out prompts this head never trained on: its predictions (rows, outputs)..."""
+    calibration_labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """...and their labels on a 0..1 scale (rows, outputs), for the quality-loss bound
+    (`router/bound.py`). Empty in heads trained without a held-out part."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,6 +85,9 @@ class Head:
             "calibration_quantiles": self.calibration_quantiles.astype(np.float64),
             "meta_json": np.array(json.dumps(meta, sort_keys=True)),
         }
+        if len(self.calibration_probs):
+            arrays["calibration_probs"] = self.calibration_probs.astype(np.float32)
+            arrays["calibration_labels"] = self.calibration_labels.astype(np.float32)
         if self.w_hidden is not None and self.b_hidden is not None:
             arrays["w_hidden"] = self.w_hidden.astype(np.float32)
             arrays["b_hidden"] = self.b_hidden.astype(np.float32)
@@ -106,5 +114,13 @@ class Head:
                 b_hidden=np.asarray(z["b_hidden"]) if hidden else None,
                 embedder=str(meta["embedder"]),
                 calibration_quantiles=np.asarray(z["calibration_quantiles"]),
+                calibration_probs=_rows(z, "calibration_probs", len(meta["outputs"])),
+                calibration_labels=_rows(z, "calibration_labels", len(meta["outputs"])),
                 meta=rest,
             )
+
+
+def _rows(z: Any, name: str, outputs: int) -> np.ndarray:
+    if name not in z.files:
+        return np.zeros((0, outputs))
+    return np.asarray(z[name], dtype=np.float64)

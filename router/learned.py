@@ -15,18 +15,36 @@ the `1 - s` quantile of recent scores: first of the calibration set's scores shi
 the scorer, then of a rolling window of live traffic, plus an integral correction that
 pulls the realised share onto the target when other rules (context, health, load) move
 requests.
+
+With a quality-loss bound (`LossBound`), the thresholds are instead fixed per pair of
+tiers, calibrated offline so that the loss among prompts kept on the cheaper tier stays at
+most `max_quality_loss` with probability `confidence` (`router/bound.py`); a prompt climbs
+the chain of tiers while the next tier's predicted gain is above the pair's threshold.
+Live traffic does not move these thresholds (that would void the bound); it is only counted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from tierline.router.bound import chain_start
 from tierline.router.fallback import pinned, unusable, walk
 from tierline.router.types import Decision, RequestFeatures, RoutingError, TierState
 
 PREFERENCES = ("cost", "balanced", "quality", "latency")
+
+
+@dataclass(frozen=True)
+class LossBound:
+    """A quality-loss bound in force: per (cheaper, costlier) tier pair, the calibrated
+    threshold on the predicted gain at or below which a prompt stays on the cheaper tier
+    (`router.bound.pair_thresholds`; a pair not listed counts as `-inf`: go up)."""
+
+    max_quality_loss: float
+    confidence: float
+    thresholds: Mapping[tuple[str, str], float]
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,8 @@ class LearnedPolicy:
     """Send a request one tier up when its tier is overloaded."""
     cold_start: str = "skip"
     """Tiers scaled to zero: `skip` them while another tier fits, or `wait` for them."""
+    bound: LossBound | None = None
+    """Instead of the share: fixed thresholds that bound the quality loss."""
 
     def share(self, preference: str) -> float:
         return float(min(max(self.strong_share * self.share_factors[preference], 0.0), 1.0))
@@ -137,10 +157,22 @@ def decide_learned(
             f"preference {preference!r} is not one of {', '.join(PREFERENCES)}",
             param="x-tierline-preference",
         )
-    share = policy.share(preference)
-    tol = tolerance(policy, state, share)
     score = score_of(features.quality, tiers)
-    meets, start = _ideal(features.quality, tiers, tol)
+    share: float | None = None
+    if policy.bound is None:
+        share = policy.share(preference)
+        tol = tolerance(policy, state, share)
+        meets, start = _ideal(features.quality, tiers, tol)
+    else:
+        names = [t.name for t in tiers]
+        start = chain_start(features.quality, names, policy.bound.thresholds)
+        # Only tiers from the start up may be taken (the latency preference's choice).
+        meets = list(range(start, len(tiers)))
+        tol = (
+            policy.bound.thresholds.get((names[0], names[1]), float("-inf"))
+            if len(names) > 1
+            else float("inf")
+        )
 
     steps: list[str] = []
     if preference == "latency":
@@ -178,6 +210,7 @@ def decide_learned(
         threshold=tol,
         preference=preference,
         target_share=share,
+        max_quality_loss=None if policy.bound is None else policy.bound.max_quality_loss,
     )
 
 
@@ -187,12 +220,17 @@ def recalibrate(
     cheapest: str,
     policy: LearnedPolicy,
 ) -> CalibrationState:
-    """The calibration state after one auto decision (pinned decisions leave it as is)."""
-    if decision.target_share is None:
-        return state
+    """The calibration state after one auto decision (pinned decisions leave it as is;
+    under a quality-loss bound only the counts and scores move)."""
     score = decision.score
     went_up = decision.tier != cheapest
     scores = (*state.scores, score)[-policy.window :]
+    if decision.target_share is None:
+        if decision.max_quality_loss is None:
+            return state
+        return replace(
+            state, scores=scores, seen=state.seen + 1, sent_up=state.sent_up + int(went_up)
+        )
     correction = state.correction + policy.gain * (decision.target_share - float(went_up))
     correction = min(max(correction, -policy.max_correction), policy.max_correction)
     return CalibrationState(

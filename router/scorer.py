@@ -10,9 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tierline.router.bound import Bound, pair_thresholds
 from tierline.router.head import Head
+from tierline.router.learned import LossBound
 
 SHIPPED_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "minilm-static-router.npz"
+CALIBRATED_ARTIFACT = SHIPPED_ARTIFACT.with_name("minilm-static-router-calibrated.npz")
+"""The head for `router.max_quality_loss`: trained on 70% of the rows, the other 30% kept
+in it to calibrate the bound on."""
 
 
 def output_weights(
@@ -80,3 +85,53 @@ def share_for_quality(head: Head, quality_target: float) -> float:
     shares = np.linspace(0.0, 1.0, len(q))
     hit = np.nonzero(cum / total >= quality_target - 1e-12)[0]
     return float(shares[hit[0]]) if len(hit) else 1.0
+
+
+def tier_matrix(rows: np.ndarray, weights: Mapping[str, tuple[int, int, float]]) -> np.ndarray:
+    """`tier_quality` for many rows at once: (rows, outputs) -> (rows, tiers), tiers in
+    the order of `weights`."""
+    p = np.asarray(rows, dtype=np.float64)
+    return np.stack(
+        [(1.0 - t) * p[:, low] + t * p[:, high] for low, high, t in weights.values()], axis=1
+    )
+
+
+def head_bounds(
+    head: Head,
+    tiers: Sequence[str],
+    mapping: Mapping[str, str],
+    max_quality_loss: float,
+    confidence: float,
+) -> dict[tuple[str, str], Bound]:
+    """The quality-loss bound's threshold for every pair of `tiers` (cheapest first),
+    calibrated on the held-out rows shipped in the head: both their predictions and their
+    labels are read onto the tiers the way the gateway reads predictions
+    (`output_weights`)."""
+    if len(head.calibration_probs) == 0:
+        raise ValueError(
+            "the scorer carries no held-out calibration rows; retrain it with "
+            "`tierline router train --calibration-holdout 0.3` to use max_quality_loss"
+        )
+    weights = output_weights(tiers, head.outputs, mapping)
+    return pair_thresholds(
+        tier_matrix(head.calibration_probs, weights),
+        tier_matrix(head.calibration_labels, weights),
+        list(tiers),
+        max_quality_loss,
+        1.0 - confidence,
+    )
+
+
+def head_loss_bound(
+    head: Head,
+    tiers: Sequence[str],
+    mapping: Mapping[str, str],
+    max_quality_loss: float,
+    confidence: float,
+) -> LossBound:
+    """The learned policy's `bound` for `router.max_quality_loss`: `head_bounds`'
+    thresholds, by tier pair."""
+    bounds = head_bounds(head, tiers, mapping, max_quality_loss, confidence)
+    return LossBound(
+        max_quality_loss, confidence, {pair: b.threshold for pair, b in bounds.items()}
+    )

@@ -172,6 +172,21 @@ def out_of_fold(
     return scores
 
 
+def holdout_mask(groups: Sequence[str], share: float, seed: int) -> np.ndarray:
+    """Rows held out of training, `share` of each source (at least one row of a source
+    with two or more), chosen at random."""
+    rng = np.random.default_rng(seed + 7919)
+    g = np.asarray(groups)
+    held = np.zeros(len(g), dtype=bool)
+    if share <= 0.0:
+        return held
+    for name in np.unique(g):
+        rows = np.nonzero(g == name)[0]
+        k = min(len(rows) - 1, max(1, round(share * len(rows)))) if len(rows) > 1 else 0
+        held[rng.permutation(rows)[:k]] = True
+    return held
+
+
 def train_artifact(
     x: np.ndarray,
     y: np.ndarray,
@@ -179,15 +194,30 @@ def train_artifact(
     params: HeadParams,
     seed: int = 0,
     calibration_folds: int = 5,
+    calibration_holdout: float = 0.0,
 ) -> Head:
-    """The shipped head: fit on everything; its calibration quantiles come from
-    out-of-fold scores, so they describe prompts the head has not seen."""
-    oof = out_of_fold(x, y, groups, params, folds=calibration_folds, seed=seed)
-    head = fit_head(x, y, sample_weights(groups, params.balance_sources), params, seed=seed)
+    """The shipped head: fit on everything but a held-out share of each source
+    (`calibration_holdout`); its calibration quantiles come from out-of-fold scores, so
+    they describe prompts the head has not seen. The held-out rows' predictions and labels
+    go into the artifact for the quality-loss bound (`router/bound.py`)."""
+    held = holdout_mask(groups, calibration_holdout, seed)
+    fit = ~held
+    fit_groups = [g for g, keep in zip(groups, fit, strict=True) if keep]
+    oof = out_of_fold(x[fit], y[fit], fit_groups, params, folds=calibration_folds, seed=seed)
+    head = fit_head(
+        x[fit], y[fit], sample_weights(fit_groups, params.balance_sources), params, seed=seed
+    )
     quantiles = np.quantile(oof, np.linspace(0.0, 1.0, QUANTILE_POINTS))
     meta = {
         "params": {k: v for k, v in params.__dict__.items()},
-        "rows": len(x),
+        "rows": int(fit.sum()),
+        "calibration_rows": int(held.sum()),
         "sources": sorted(set(groups)),
     }
-    return replace(head, calibration_quantiles=quantiles, meta=meta)
+    return replace(
+        head,
+        calibration_quantiles=quantiles,
+        calibration_probs=head.predict(x[held]) if held.any() else np.zeros((0, y.shape[1])),
+        calibration_labels=y[held] if held.any() else np.zeros((0, y.shape[1])),
+        meta=meta,
+    )

@@ -69,6 +69,8 @@ class Decision:
     """Learned policy: the preference applied."""
     target_share: float | None = None
     """Learned policy: the share of traffic above the cheapest tier this preference aims for."""
+    max_quality_loss: float | None = None
+    """Learned policy under a quality-loss bound: the bound in force (then no target share)."""
 
 
 class RoutingError(Exception):

@@ -56,7 +56,9 @@ class FunctionCallOutputItem(BaseModel):
 
 
 class ReasoningItem(BaseModel):
-    """A previous answer's reasoning: kept in the item list, not sent to the engine."""
+    """A previous answer's reasoning, sent back by the client: dropped (`input_items`).
+    It is never sent to the engine, so it is neither charged nor stored; the model's own
+    reasoning output is stored with its answer (charged as completion tokens)."""
 
     model_config = ConfigDict(extra="allow")
     type: Literal["reasoning"]
@@ -127,10 +129,15 @@ def check_supported(body: ResponsesBody) -> None:
 
 
 def input_items(body: ResponsesBody) -> list[dict[str, Any]]:
-    """The request's input as a list of item dicts (text input: one user message)."""
+    """The request's input as a list of item dicts (text input: one user message), less
+    the client's reasoning items: the engine never sees them, so they are not kept."""
     if isinstance(body.input, str):
         return [{"type": "message", "role": "user", "content": body.input}]
-    return [item.model_dump(exclude_none=True) for item in body.input]
+    return [
+        item.model_dump(exclude_none=True)
+        for item in body.input
+        if not isinstance(item, ReasoningItem)
+    ]
 
 
 def _part(part: dict[str, Any], where: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ __all__ = [
     "StreamTranslator",
     "new_id",
     "response_object",
-    "usage_of",
+    "responses_usage",
     "whole_output",
 ]
 
@@ -47,7 +47,7 @@ class ResponseShell:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-def usage_of(chat_usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def responses_usage(chat_usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Chat usage (prompt/completion tokens) as Responses usage (input/output tokens)."""
     if not chat_usage:
         return None
@@ -158,7 +158,7 @@ def whole_output(
         )
     if not output:
         output.append(_message_item(new_id("msg"), "", item_status))
-    return output, status, incomplete, usage_of(completion.get("usage"))
+    return output, status, incomplete, responses_usage(completion.get("usage"))
 
 
 @dataclass
@@ -199,7 +199,7 @@ class StreamTranslator:
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         if chunk.get("usage"):
-            self.usage = usage_of(chunk["usage"])
+            self.usage = responses_usage(chunk["usage"])
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue

@@ -20,8 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from tierline.cluster.spec import ClusterSpec
+from tierline.deployments.answer import Answer, StreamAnswer
 from tierline.deployments.engine_client import Method
 from tierline.deployments.errors import APIError
+from tierline.deployments.metrics import GatewayMetrics
 from tierline.deployments.middleware import tenant_of
 from tierline.deployments.plan import TIER_HEADER
 from tierline.deployments.responses.affinity import Affinity
@@ -45,10 +47,11 @@ from tierline.deployments.schemas import ChatCompletionBody, _Generation
 
 
 class Answerer(Protocol):
-    """What the routes need of the gateway (`GatewayCore`): its spec, and an answer to a
-    chat request through the whole request path."""
+    """What the routes need of the gateway (`GatewayCore`): its spec, its metrics, and an
+    answer to a chat request through the whole request path."""
 
     spec: ClusterSpec
+    metrics: GatewayMetrics
 
     async def generate(
         self,
@@ -59,12 +62,15 @@ class Answerer(Protocol):
         cascade_threshold: str | None = ...,
         ground: Any = ...,
         affinity: Affinity | None = ...,
-    ) -> Response: ...
+    ) -> Answer: ...
 
 
-__all__ = ["Answerer", "responses_router", "sse"]
+__all__ = ["STORE_HEADER", "Answerer", "responses_router", "sse"]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
+
+STORE_HEADER = "x-tierline-store"
+"""`failed` on a whole answer that could not be stored (its body says `store: false`)."""
 
 
 def sse(event: Mapping[str, Any]) -> str:
@@ -123,7 +129,9 @@ async def translated(
     on_done: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[str]:
     """The gateway's chat stream as Responses events. `on_done` gets the final Response
-    of a stream that ended (completed or incomplete), to store it."""
+    of a stream that ended (completed or incomplete), to store it, before its last event
+    is sent: a client that has the completed event can continue the conversation, and
+    `on_done` may still mark the Response (`store: false` when it could not be stored)."""
     try:
         for event in translator.start():
             yield sse(event)
@@ -142,10 +150,11 @@ async def translated(
             if failed:
                 break
         if not failed:
-            for event in translator.finish(int(time.time())):
-                yield sse(event)
+            final = translator.finish(int(time.time()))
             assert translator.response is not None
             await on_done(translator.response)
+            for event in final:
+                yield sse(event)
     finally:
         close = getattr(chat_stream, "aclose", None)
         if close is not None:
@@ -195,42 +204,49 @@ def responses_router(core: Answerer, store: ResponseStore) -> APIRouter:
         model = core.spec.tier(tier).model_name if tier != "none" else body.model
         shell = _shell(body, new_id("resp"), model)
 
-        async def keep(response: dict[str, Any], output: list[dict[str, Any]]) -> None:
+        async def keep(response: dict[str, Any], output: list[dict[str, Any]]) -> bool:
+            """Store the answer; False (logged, counted, and the answer marked `store:
+            false`) when the store fails: an answer already generated and charged is
+            given to the client whether or not its copy could be kept."""
             if not body.store:
-                return
+                return True
             now = time.time()
-            await store.put(
-                StoredResponse(
-                    id=response["id"],
-                    tenant=tenant,
-                    created_at=now,
-                    expires_at=now + settings.ttl_s,
-                    tier=tier,
-                    response=response,
-                    items=[*items, *output],
-                )
+            record = StoredResponse(
+                id=response["id"],
+                tenant=tenant,
+                created_at=now,
+                expires_at=now + settings.ttl_s,
+                tier=tier,
+                response=dict(response),
+                items=[*items, *output],
             )
+            try:
+                await store.put(record)
+            except Exception:
+                logger.exception("could not store response %s", response["id"])
+                core.metrics.store_failed(tenant)
+                response["store"] = False
+                return False
+            return True
 
-        if isinstance(answer, StreamingResponse):
+        if isinstance(answer, StreamAnswer):
             translator = StreamTranslator(shell)
 
             async def stored(response: dict[str, Any]) -> None:
-                try:
-                    await keep(response, response["output"])
-                except Exception:
-                    logger.exception("could not store response %s", response["id"])
+                await keep(response, response["output"])
 
             return StreamingResponse(
-                translated(answer.body_iterator, translator, stored),
+                translated(answer.events, translator, stored),
                 media_type="text/event-stream",
                 headers=headers,
             )
-        completion = json.loads(bytes(answer.body))
+        completion = answer.body
         output, status, incomplete, usage = whole_output(completion)
         response = response_object(
             shell, output, status, usage, incomplete, completed_at=int(time.time())
         )
-        await keep(response, output)
+        if not await keep(response, output):
+            headers[STORE_HEADER] = "failed"
         return JSONResponse(response, headers=headers)
 
     @router.get("/v1/responses/{response_id}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+from tierline.cluster.real_models import ensure_real_models
 from tierline.cluster.reaper import ProcFs, ProcInfo
 from tierline.cluster.spec import ClusterSpec, RouterSpec
 from tierline.cluster.specfile import load_spec
@@ -143,21 +144,27 @@ TENANT_KEYS = {t: add_key(KEYS_FILE, t) for t in ("metered", "strict", "trickle"
 
 
 def one_tier(spec: ClusterSpec) -> ClusterSpec:
-    """`spec` with its first tier (local.yaml's `small`) alone, routed by the rules policy:
+    """`spec` with its first tier (tiny.yaml's `small`) alone, routed by the rules policy:
     one engine to start, for clusters whose tests are not about choosing a tier."""
     small = spec.tiers[0].model_copy(update={"fallback_tier": None})
     router = RouterSpec(policy="rules", default_tier=small.name)
     return spec.model_copy(update={"tiers": [small], "router": router})
 
 
-def local_spec(port: int, rag: bool = False, **gateway: Any) -> ClusterSpec:
-    """configs/local.yaml on `port`, with this session's API key (see `AUTH`).
+def local_spec(
+    port: int, rag: bool = False, config: str = "tiny.yaml", **gateway: Any
+) -> ClusterSpec:
+    """configs/tiny.yaml (the tiny random models: most tests need only the plumbing), or
+    `config`, on `port`, with this session's API key (see `AUTH`).
 
-    RAG and the embeddings deployment, on in local.yaml, stay on only with `rag=True`
+    RAG and the embeddings deployment, on in tiny.yaml, stay on only with `rag=True`
     (tests/integration/local), the store in a fresh folder; elsewhere they would only slow
     each cluster's start."""
-    ensure_tiny_models(ROOT / "models")
-    spec = load_spec(ROOT / "configs" / "local.yaml")
+    if config == "tiny.yaml":
+        ensure_tiny_models(ROOT / "models")
+    else:  # configs/local.yaml: the real models (tests/integration/real)
+        ensure_real_models(ROOT / "models", ROOT / ".cache" / "gguf")
+    spec = load_spec(ROOT / "configs" / config)
     uri = str(Path(tempfile.mkdtemp(prefix="tierline-test-rag-")) / "milvus.db")
     update = {
         "rag": spec.rag.model_copy(update={"enabled": rag, "uri": uri}),

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
+from tierline.cluster.spec import ClusterSpec
 
 from tools.helm import (
     CHART,
@@ -37,6 +38,7 @@ from tools.helm import (
 
 __all__ = [
     "CHART",
+    "CHART_RESPONSES_URI",
     "CI_VALUES",
     "CRDS",
     "HELM",
@@ -47,6 +49,7 @@ __all__ = [
     "ROOT",
     "HelmError",
     "Obj",
+    "as_deployed",
     "crd_schemas",
     "deep_copy",
     "helm",
@@ -233,6 +236,20 @@ def release_restricted_problems(objects: list[Obj]) -> list[str]:
             add = extra if where == "head" else []
             out += [f"{obj['kind']} {where}: {p}" for p in restricted_problems(template, add)]
     return out
+
+
+CHART_RESPONSES_URI = "postgresql://tierline@tierline-postgresql:5432/tierline"
+"""The chart's default Responses store (values `responses.postgresql.uri`)."""
+
+
+def as_deployed(spec: ClusterSpec) -> ClusterSpec:
+    """The spec the chart deploys for a values spec: the same, with the shared Responses
+    store (`CHART_RESPONSES_URI`) where the spec leaves `store_uri` unset."""
+    if "store_uri" in spec.gateway.responses.model_fields_set:
+        return spec
+    responses = spec.gateway.responses.model_copy(update={"store_uri": CHART_RESPONSES_URI})
+    gateway = spec.gateway.model_copy(update={"responses": responses})
+    return spec.model_copy(update={"gateway": gateway})
 
 
 def deep_copy(obj: Obj) -> Obj:

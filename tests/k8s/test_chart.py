@@ -16,6 +16,7 @@ from tests.k8s.manifests import (
     HELM3,
     HelmError,
     Obj,
+    as_deployed,
     deep_copy,
     helm,
     helm_template,
@@ -87,7 +88,7 @@ def test_serve_config_passes_rays_own_schema(rendered: tuple[Path | None, list[O
     # The application carries the values' spec, and everything around it is what
     # `tierline render serve` writes for that spec.
     spec = parse_spec(app.args["spec"], "serveConfigV2")
-    assert spec == parse_spec(values_spec(path))
+    assert spec == as_deployed(parse_spec(values_spec(path)))
     expected = serve_config(spec)
     for cfg in (config, expected):
         cfg["applications"][0]["args"].pop("spec")
@@ -98,7 +99,7 @@ def test_default_values_run_the_h100_config(root: Path) -> None:
     """Defaults: the same tiers as configs/h100-single-node.yaml."""
     config = serve_config_of(helm_template())
     spec = parse_spec(config["applications"][0]["args"]["spec"])
-    assert spec == load_spec(root / "configs" / "h100-single-node.yaml")
+    assert spec == as_deployed(load_spec(root / "configs" / "h100-single-node.yaml"))
 
 
 def test_restricted_pod_security(rendered: tuple[Path | None, list[Obj]]) -> None:

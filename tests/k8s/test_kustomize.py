@@ -10,6 +10,7 @@ from tierline.cluster.specfile import load_spec, parse_spec
 
 from tests.k8s.manifests import (
     KUBECTL,
+    as_deployed,
     parse_docs,
     release_restricted_problems,
     run,
@@ -52,4 +53,4 @@ def test_overlay_builds_the_charts_objects(root: Path, overlay: str) -> None:
     assert [p for obj in built for p in validate_object(obj)] == []
     assert release_restricted_problems(built) == []
     app = serve_config_of(built)["applications"][0]
-    assert parse_spec(app["args"]["spec"]) == load_spec(root / OVERLAYS[overlay])
+    assert parse_spec(app["args"]["spec"]) == as_deployed(load_spec(root / OVERLAYS[overlay]))

@@ -22,7 +22,14 @@ from tierline.cluster.render import serve_config
 from tierline.cluster.specfile import load_spec, parse_spec
 from typer.testing import CliRunner
 
-from tests.k8s.manifests import CHART, CI_VALUES, helm_template, serve_config_of
+from tests.k8s.manifests import (
+    CHART,
+    CHART_RESPONSES_URI,
+    CI_VALUES,
+    as_deployed,
+    helm_template,
+    serve_config_of,
+)
 
 SCHEMA_PATH = CHART / "values.schema.json"
 
@@ -107,9 +114,12 @@ def test_chart_renders_exactly_what_render_serve_writes(
     assert res.exit_code == 0, res.output
     assert yaml.safe_load(out.read_text()) == helm_values(load_spec(spec_path))
     rendered = serve_config_of(helm_template([out]))
-    assert rendered == serve_config(load_spec(spec_path))
-    cli = CliRunner().invoke(app, ["render", "serve", str(spec_path)])
-    assert rendered == yaml.safe_load(cli.output)
+    # The same, but for the chart's shared Responses store (`as_deployed`).
+    assert rendered == serve_config(as_deployed(load_spec(spec_path)))
+    cli = yaml.safe_load(CliRunner().invoke(app, ["render", "serve", str(spec_path)]).output)
+    cli_spec = cli["applications"][0]["args"]["spec"]
+    cli_spec["gateway"]["responses"]["store_uri"] = CHART_RESPONSES_URI
+    assert rendered == cli
 
 
 def test_a_change_in_the_spec_shows_in_the_chart(root: Path, tmp_path: Path) -> None:

@@ -167,8 +167,8 @@ def body(model: str = "auto", stream: bool = False) -> ChatCompletionBody:
 
 
 async def drain_response(resp: Any) -> None:
-    if hasattr(resp, "body_iterator"):
-        async for _ in resp.body_iterator:
+    if hasattr(resp, "events"):
+        async for _ in resp.events:
             pass
 
 

@@ -1,10 +1,10 @@
 """The benchmark's profile summaries (bench/pyspy.py) and the flood and profile lines of
-the generated BENCHMARKS.md section (bench/report.py)."""
+the generated BENCHMARKS.md section (bench/report_md.py)."""
 
 from __future__ import annotations
 
 from bench.pyspy import package_of, parse_frame, summarise
-from bench.report import flood_line, profile_md
+from bench.report_md import flood_line, profile_md
 
 RAW = "\n".join(
     [

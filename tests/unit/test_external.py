@@ -373,3 +373,20 @@ def test_a_refused_upstream_is_tried_once_and_marked_down() -> None:
         # Readiness is about the cluster's own tiers: a provider outage does not gate it.
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["tiers"]["frontier"] is False
+
+
+def test_upstream_account_ids_and_host_do_not_reach_the_client() -> None:
+    """Providers name the account in quota messages; before, they reached the client."""
+    message = (
+        "Rate limit reached for gpt-x in organization org-AbC123xyz789 on tokens per min "
+        "(project proj_9Fh2kLm3Qx) at upstream.test; see upstream.test/docs"
+    )
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": message}})
+
+    items = asyncio.run(collect(client_for(limited), CHAT))
+    (err,) = items
+    assert isinstance(err, EngineError) and "Rate limit reached" in err.message
+    for leaked in ("org-AbC123xyz789", "proj_9Fh2kLm3Qx", "upstream.test"):
+        assert leaked not in err.message

@@ -144,7 +144,7 @@ def test_drain_refuses_new_and_waits_for_in_flight() -> None:
             refused = 0
         except Exception as e:
             refused = getattr(e, "status", 0)
-        async for _ in resp.body_iterator:  # the in-flight stream completes
+        async for _ in resp.events:  # the in-flight stream completes
             pass
         left = await drain
         return refused, left, core.active

@@ -9,11 +9,13 @@ import pytest
 from pydantic import ValidationError
 from tierline.cluster.spec import MILVUS_SERVER_SCHEMES, RagSpec
 from tierline.rag.filters import MAX_LIST_VALUES, parse_filter
+from tierline.rag.fusion import confidence_fusion
 from tierline.rag.milvus_filter import literal, to_expression
 from tierline.rag.milvus_search import (
     ServerFeatureError,
     check_server,
     current_hits,
+    fused_hits,
     ranker_of,
     server_info,
 )
@@ -155,6 +157,47 @@ def test_the_ranker_mirrors_the_fusion_settings() -> None:
     assert weighted.dict()["params"]["weights"] == pytest.approx([0.7, 0.3])
     rrf = ranker_of(SearchSettings(fusion="rrf", rrf_k=42))
     assert rrf.dict() == {"strategy": "rrf", "params": {"k": 42}}
+
+
+def _rows(items: list[tuple[str, str, float]]) -> list[dict[str, Any]]:
+    """Milvus search result rows: the entity's fields and the score as `distance`."""
+    return [
+        {
+            "id": cid,
+            "distance": x,
+            "entity": {"chunk_id": cid, "document_id": d, "position": 0, "text": cid},
+        }
+        for cid, d, x in items
+    ]
+
+
+def test_server_rows_are_fused_by_the_embedded_rule() -> None:
+    settings = SearchSettings()
+    assert settings.fusion == "confidence"
+    dense = [("remote#0", "remote", 0.61), ("leave#0", "leave", 0.42), ("park#0", "park", 0.2)]
+    # Milvus's BM25 scores: two chunks of one page hold the rare code, nothing else close.
+    sparse = [("park#0", "park", 9.0), ("park#1", "park", 8.7), ("leave#0", "leave", 1.0)]
+    hits = fused_hits(_rows(dense), _rows(sparse), settings, 10)
+    want = confidence_fusion(
+        [(c, x) for c, _, x in dense],
+        [(c, x) for c, _, x in sparse],
+        {c: d for c, d, _ in sparse},
+        settings.bm25_margin,
+        settings.bm25_share_confident,
+        settings.bm25_share_unsure,
+    )
+    assert [(h.chunk.chunk_id, h.score) for h in hits] == want
+    assert hits[0].chunk.document_id == "park"  # BM25 confident: its page leads
+    assert {h.chunk.document_id for h in hits} == {"remote", "leave", "park"}
+    # BM25 unsure (two pages alike): dense's clear best leads.
+    sparse = [("park#0", "park", 6.0), ("leave#0", "leave", 5.5)]
+    assert fused_hits(_rows(dense), _rows(sparse), settings, 2)[0].chunk.chunk_id == "remote#0"
+    assert fused_hits([], [], settings, 5) == []
+    # The Milvus Lite 3 server reports BM25 negated, best (most negative) first.
+    lite = [("park#0", "park", -9.0), ("park#1", "park", -8.7), ("leave#0", "leave", -1.0)]
+    assert [h.chunk.chunk_id for h in fused_hits(_rows(dense), _rows(lite), settings, 10)] == [
+        h.chunk.chunk_id for h in hits
+    ]
 
 
 def _hit(chunk_id: str, document_id: str) -> Hit:

@@ -19,7 +19,7 @@ from tierline.deployments.responses.body import (
 from tierline.deployments.responses.output import (
     ResponseShell,
     StreamTranslator,
-    usage_of,
+    responses_usage,
     whole_output,
 )
 
@@ -195,7 +195,7 @@ def test_a_length_stop_is_incomplete_for_max_output_tokens() -> None:
 
 
 def test_usage_maps_cached_tokens() -> None:
-    u = usage_of(
+    u = responses_usage(
         {"prompt_tokens": 9, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 4}}
     )
     assert u is not None

@@ -312,7 +312,7 @@ def test_a_trickling_stream_is_cut_at_its_deadline_and_frees_slot_and_ticket() -
         t0 = loop.time()
         response = await core.generate("chat", stream_body())
         assert core.slots.in_flight["small"] == 1 and quota.ledger.in_flight("default") == 1
-        events = [str(e) async for e in response.body_iterator]  # type: ignore[attr-defined]
+        events = [str(e) async for e in response.events]  # type: ignore[attr-defined]
         return events, loop.time() - t0
 
     events, took = asyncio.run(run())
@@ -329,7 +329,7 @@ def test_a_client_that_leaves_frees_slot_and_ticket() -> None:
 
     async def run() -> None:
         response = await core.generate("chat", stream_body())
-        body = response.body_iterator  # type: ignore[attr-defined]
+        body = response.events  # type: ignore[union-attr]
         await anext(body)
         await anext(body)
         await body.aclose()  # the client went away
@@ -455,13 +455,17 @@ def test_rag_routes_and_embeddings_count_against_the_tenant() -> None:
     rag = EmbeddingRag()
     client = client_of(core, rag=rag)  # type: ignore[arg-type]
     ok = client.post("/v1/embeddings", json={"input": ["a" * 200], "model": "embedder"})
-    assert ok.status_code == 200 and quota.released == [50]  # 200 bytes: 50 tokens charged
+    # reserved as 200 bytes / 4 = 50 tokens, then charged what the model reported (1)
+    assert ok.status_code == 200 and quota.released == [1]
     search = client.post("/v1/rag/collections/kb/search", json={"query": "q" * 200})
     assert search.status_code == 200 and rag.searches == 1 and quota.released[-1] == 50
     over = client.post("/v1/embeddings", json={"input": ["a" * 200], "model": "embedder"})
     assert assert_openai_error(over, 429)["code"] == "quota_exceeded"
     assert rag.embedded == 1  # refused before embedding
-    assert client.post("/v1/rag/collections/kb/search", json={"query": "q" * 8}).status_code == 429
+    # 51 tokens used of 100: a search that would embed 50 more is refused before its work
+    assert (
+        client.post("/v1/rag/collections/kb/search", json={"query": "q" * 200}).status_code == 429
+    )
     assert rag.searches == 1
 
 
@@ -472,7 +476,7 @@ def test_a_client_that_leaves_under_a_cancelled_task_group_frees_slot_and_ticket
 
     async def run() -> None:
         response = await core.generate("chat", stream_body())
-        body = response.body_iterator  # type: ignore[attr-defined]
+        body = response.events  # type: ignore[union-attr]
 
         async def consume() -> None:
             async for _ in body:

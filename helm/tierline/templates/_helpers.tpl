@@ -54,6 +54,12 @@ The Serve config, built from the spec as cluster/render.py's serve_config builds
 */}}
 {{- define "tierline.serveConfig" -}}
 {{- $spec := include "tierline.specYaml" . | fromYaml -}}
+{{- /* The one setting the chart adds: the shared Responses store (tierline.responsesStoreUri). */ -}}
+{{- $gw := dig "gateway" dict $spec -}}
+{{- $responses := dig "responses" dict $gw -}}
+{{- $_ := set $responses "store_uri" (include "tierline.responsesStoreUri" .) -}}
+{{- $_ = set $gw "responses" $responses -}}
+{{- $_ = set $spec "gateway" $gw -}}
 {{- $host := dig "gateway" "host" "" $spec -}}
 {{- if not (has $host (list "0.0.0.0" "::")) -}}
 {{- fail (printf "spec.gateway.host is %q: on Kubernetes the Serve proxy must bind 0.0.0.0 (or ::) so the gateway Service can reach it" $host) -}}
@@ -105,6 +111,9 @@ tierline.rayProcessEnv); Serve's proxy, which carries no traffic, takes the next
 {{- fail (printf "spec.rag.uri %q: Milvus Lite's data must be on the PVC, so the path must lie inside rag.persistence.mountPath %q (e.g. %s/milvus.db), or give a Milvus server URI" $uri .Values.rag.persistence.mountPath .Values.rag.persistence.mountPath) -}}
 {{- end -}}
 {{- end -}}
+{{- if and (not (include "tierline.responsesPostgres" .)) (not .Values.responses.allowPodLocalStore) -}}
+{{- fail (printf "spec.gateway.responses.store_uri %q is a SQLite file, one per gateway pod: a stored response would be found only on the pod that stored it, and lost with it. Use a PostgreSQL server (responses.postgresql.uri, or a postgresql:// store_uri), or set responses.allowPodLocalStore" (include "tierline.responsesStoreUri" .)) -}}
+{{- end -}}
 {{- if eq .Values.upgradeStrategy.type "NewClusterWithIncrementalUpgrade" -}}
 {{- if not .Values.upgradeStrategy.clusterUpgradeOptions.gatewayClassName -}}
 {{- fail "upgradeStrategy.type NewClusterWithIncrementalUpgrade needs upgradeStrategy.clusterUpgradeOptions (gatewayClassName, stepSizePercent, intervalSeconds)" -}}
@@ -137,6 +146,22 @@ tierline.rayProcessEnv); Serve's proxy, which carries no traffic, takes the next
 {{- regexFind "[0-9]+$" (regexFind ":[0-9]+$" $host) | default "19530" -}}
 {{- end -}}
 
+{{/* The Responses store: the spec's store_uri, else the chart's PostgreSQL server. */}}
+{{- define "tierline.responsesStoreUri" -}}
+{{- $spec := include "tierline.specYaml" . | fromYaml -}}
+{{- dig "gateway" "responses" "store_uri" "" $spec | default .Values.responses.postgresql.uri -}}
+{{- end -}}
+
+{{- define "tierline.responsesPostgres" -}}
+{{- if regexMatch "^postgres(ql)?://" (include "tierline.responsesStoreUri" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The PostgreSQL server's port (5432 unless the URI names one). */}}
+{{- define "tierline.responsesPort" -}}
+{{- $host := (urlParse (include "tierline.responsesStoreUri" .)).host -}}
+{{- regexFind "[0-9]+$" (regexFind ":[0-9]+$" $host) | default "5432" -}}
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "tierline.env" -}}
 - name: RAY_TMPDIR
@@ -157,6 +182,13 @@ tierline.rayProcessEnv); Serve's proxy, which carries no traffic, takes the next
 # replica must ask for it.
 - name: TIERLINE_RAG_STORE_RESOURCE
   value: tierline_rag_store
+{{- end }}
+{{- if and (include "tierline.responsesPostgres" .) .Values.responses.postgresql.passwordSecret.name }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.responses.postgresql.passwordSecret.name }}
+      key: {{ .Values.responses.postgresql.passwordSecret.key }}
 {{- end }}
 {{- if and (include "tierline.ragEnabled" .) .Values.rag.tokenSecret.name }}
 - name: TIERLINE_MILVUS_TOKEN

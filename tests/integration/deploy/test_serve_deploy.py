@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,20 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, spec: ClusterSpec) -> Ite
     assert not leaked, "the Ray head left processes behind:\n" + "\n".join(leaked)
 
 
+def _relay_record(request_id: str, timeout_s: float) -> bool:
+    """Whether an engine replica of any local Ray session logged a relayed request with
+    this (unique) id."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for log in Path("/tmp/ray").glob("session_*/logs/serve/replica_*tier-*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if request_id in line and '"event": "relay"' in line:
+                    return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def _listener(port: int) -> str:
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
@@ -163,6 +178,19 @@ def test_rendered_config_deploys_and_serves(
     )
     assert raw.headers["x-tierline-tier"] == "small"
     assert raw.parse().usage.completion_tokens <= 4
+    # the relay path: a streamed chat goes to the engine replica's own vLLM app, and the
+    # replica's access record for its request id says so
+    rid = f"deploy-relay-{uuid.uuid4().hex[:10]}"
+    stream = client.chat.completions.create(
+        model="small",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=5,
+        stream=True,
+        extra_headers={"x-request-id": rid},
+    )
+    chunks = list(stream)
+    assert chunks and chunks[-1].choices[0].finish_reason is not None
+    assert _relay_record(rid, timeout_s=30), f"no relay access record for {rid}"
     # the fast path: the gateway replica itself holds the spec's port, not Serve's proxy
     owner = _listener(spec.gateway.port)
     assert "ServeReplica" in owner and "gateway" in owner, owner

@@ -53,7 +53,7 @@ def serve_log_records() -> list[dict[str, Any]]:
 def cluster() -> Iterator[Cluster]:
     # Two metered tenants for test_quotas.py (the rest of the package uses tenant `tests`,
     # unlimited); with a quota set, the cluster runs the `quota` deployment too. RAG is on,
-    # as in configs/local.yaml.
+    # as in configs/tiny.yaml.
     tenants = [
         TenantSpec(name="metered", tokens_per_min=600),
         TenantSpec(name="strict", tokens_per_min=300),

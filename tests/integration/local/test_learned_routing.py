@@ -1,9 +1,9 @@
 """The learned router on the local cluster: the real (static) MiniLM embedder in the
 gateway replica, real tiers.
 
-configs/local.yaml routes `auto` with the learned policy (strong_share 0.5). Easy lookups
-land on the small tier and hard multi-step problems on the large one; the preference
-header shows in the route reason.
+configs/tiny.yaml (as local.yaml) routes `auto` with the learned policy (strong_share
+0.5). Easy lookups land on the small tier and hard multi-step problems on the large one;
+the preference header shows in the route reason.
 """
 
 from __future__ import annotations

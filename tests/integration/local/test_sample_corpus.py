@@ -1,7 +1,7 @@
-"""RAG is on in configs/local.yaml, and `make run` (`tierline up --sample docs`) ingests
-tierline's own docs/ on first start: the first grounded answer a new user asks for cites
-them. Through the gateway's API with the official `openai` client, on this package's
-cluster (the default spec)."""
+"""RAG is on in configs/local.yaml (and tiny.yaml, which these tests start), and `make run`
+(`tierline up --sample docs`) ingests tierline's own docs/ on first start: the first
+grounded answer a new user asks for cites them. Through the gateway's API with the
+official `openai` client, on this package's cluster (the default spec)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 live default cluster: the client configured only by the environment (`OpenAI()`), the
 Responses call with `instructions`, the chat call with a `developer` message, a function
 tool through Responses, and an embeddings call naming OpenAI's embedding model. The
-default spec routes `gpt-5.5` like `auto` (`model_aliases` in configs/local.yaml)."""
+default spec routes `gpt-5.5` like `auto` (`model_aliases` in configs/tiny.yaml, as in
+local.yaml)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Tool calls, embeddings and capability-aware routing through the official openai client.
 
-local.yaml gives the large tier a tool call parser (hermes) and a tool-aware chat
+tiny.yaml gives the large tier a tool call parser (hermes) and a tool-aware chat
 template; the small tier has none. The tiny models' weights are random, so tool calls
 are asserted only where vLLM constrains the output to a valid call (`required`, a named
-function; local.yaml asks for compact JSON there, or a random model fills its budget
+function; tiny.yaml asks for compact JSON there, or a random model fills its budget
 with whitespace); what `auto` must show is where the request lands.
 """
 

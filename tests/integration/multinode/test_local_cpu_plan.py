@@ -15,10 +15,10 @@ import pytest
 from tierline.cli import local
 from tierline.cluster.inventory import inventory_from_live_cluster
 from tierline.cluster.planner import plan_cluster
+from tierline.cluster.real_models import ensure_real_models
 from tierline.cluster.sizing import model_size, read_checkpoint_config
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec
-from tierline.cluster.tiny_models import ensure_tiny_models
 from tierline.deployments.engine import llm_config_kwargs
 
 from tests.integration.multinode.test_placement import create_and_wait, landed, remove_all
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def local_ray() -> Iterator[ClusterSpec]:
     import ray
 
-    ensure_tiny_models(ROOT / "models")
+    ensure_real_models(ROOT / "models", ROOT / ".cache" / "gguf")  # local.yaml serves them
     spec = load_spec(ROOT / "configs" / "local.yaml")
     ray.init(
         address="local",

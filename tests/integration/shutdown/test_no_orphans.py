@@ -48,7 +48,7 @@ DRAIN_S = 10.0
 
 
 def one_tier_spec() -> ClusterSpec:
-    """configs/local.yaml's small tier alone: one engine, so each start is quick."""
+    """configs/tiny.yaml's small tier alone: one engine, so each start is quick."""
     return one_tier(local_spec(free_port(), drain_timeout_s=DRAIN_S))
 
 

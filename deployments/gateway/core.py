@@ -28,22 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
-from tierline.deployments.adapters import adapter_cards
 from tierline.deployments.admission import Slot, TierSlots
-from tierline.deployments.auth import KeyStore
+from tierline.deployments.answer import Answer, StreamAnswer, WholeAnswer
 from tierline.deployments.board import TierBoard
 from tierline.deployments.cascade import cascade_for, escalate
 from tierline.deployments.edge import (
-    EDGE_PATHS,
     draining_error,
     edge_refusal,
     every_tier_full,
@@ -51,20 +45,17 @@ from tierline.deployments.edge import (
 )
 from tierline.deployments.embeddings import (
     EMBEDDINGS_TIER,
-    Embedder,
-    EmbeddingsCard,
     embeddings_card,
-    embeddings_router,
 )
 from tierline.deployments.engine_client import EngineClient, Method
-from tierline.deployments.errors import APIError, error_response
+from tierline.deployments.errors import APIError
 from tierline.deployments.failover import Failover
+from tierline.deployments.gateway.cards import model_cards
+from tierline.deployments.gateway.tickets import Tickets
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import GatewayMetrics, PromRecorder, metered
-from tierline.deployments.middleware import GatewayMiddleware, tenant_of
 from tierline.deployments.plan import (
     REASON_HEADER,
-    RETRY_AFTER_S,
     TIER_HEADER,
     RequestPlan,
     Scope,
@@ -76,21 +67,11 @@ from tierline.deployments.plan import (
     scope,
     spec_capabilities,
 )
-from tierline.deployments.quota import Admission, QuotaClient, is_limited, retry_after_header
-from tierline.deployments.rag_routes import (
-    RagClient,
-    ground_chat,
-    rag_router,
-    upload_limits,
-    with_citations,
-)
+from tierline.deployments.quota import QuotaClient
 from tierline.deployments.replicas import ReplicaWatcher
-from tierline.deployments.responses import Affinity, MemoryResponseStore, ResponseStore
-from tierline.deployments.responses.routes import responses_router
-from tierline.deployments.routing import PREFERENCE_HEADER, LearnedRouter
+from tierline.deployments.responses import Affinity
+from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.schemas import (
-    ChatCompletionBody,
-    CompletionBody,
     _Generation,
     wants_usage,
 )
@@ -99,16 +80,8 @@ from tierline.deployments.tokens import TokenCounter
 from tierline.deployments.watch import readiness, watch_health, watch_replicas
 from tierline.router import Decision
 from tierline.router.capabilities import Capabilities
-from tierline.router.cascade import THRESHOLD_HEADER
 
-__all__ = [
-    "REASON_HEADER",
-    "RETRY_AFTER_S",
-    "TIER_HEADER",
-    "GatewayCore",
-    "create_app",
-    "rules_policy",
-]
+__all__ = ["GatewayCore", "Grounder"]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 
@@ -153,6 +126,7 @@ class GatewayCore:
         self.created = int(time.time())
         self.quota = quota
         self.quotas = {t.name: t for t in spec.gateway.tenants}
+        self.tickets = Tickets(quota, self.quota_for)
         # Health, replicas, warm-up, admission slots and down-waiters of every tier.
         self.board = TierBoard(spec.tiers, spec.gateway.replicas)
         self.failover = Failover(spec, self.engines, self.board)
@@ -297,10 +271,11 @@ class GatewayCore:
         cascade_threshold: str | None = None,
         ground: Grounder | None = None,
         affinity: Affinity | None = None,
-    ) -> Response:
-        """Answer a generation request. `ground` (a grounded RAG chat) rewrites the body
-        before it is planned; it runs only once the request is past the drain check, the
-        cheap checks and the tenant's quota, so a refused request does no retrieval."""
+    ) -> Answer:
+        """Answer a generation request, typed (the route encodes it). `ground` (a grounded
+        RAG chat) rewrites the body before it is planned; it runs only once the request is
+        past the drain check, the cheap checks and the tenant's quota, so a refused request
+        does no retrieval."""
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.spec.gateway.request_timeout_s
         if self.draining:
@@ -350,8 +325,8 @@ class GatewayCore:
             await finish_whole_answer(stream)
             await finish(total_tokens(first))
             self.answered(headers, tenant, 200, t0)
-            return JSONResponse(first, headers=headers)
-        return StreamingResponse(
+            return WholeAnswer(first, headers)
+        return StreamAnswer(
             sse_events(
                 first,
                 stream,
@@ -359,8 +334,7 @@ class GatewayCore:
                 hide_usage=not wants_usage(body),
                 deadline=deadline,
             ),
-            media_type="text/event-stream",
-            headers=headers,
+            headers,
         )
 
     async def _route(
@@ -444,72 +418,26 @@ class GatewayCore:
             self.metrics.active(self.active)
             if slot is not None:
                 slot.release()
-            if ticket is not None and self.quota is not None:
-                await self.quota.release(ticket, used_tokens)
+            await self.tickets.release(ticket, used_tokens)
 
         return finish
 
     async def _admit(self, tenant: str, tokens: int, headers: dict[str, str]) -> int | None:
-        """The tenant's quota: reserve `tokens` (the plan's worst case on the tier); 429
-        with Retry-After when over. None when the tenant has no quota to keep."""
-        if self.quota is None or not is_limited(self.quota_for(tenant)):
-            return None
-        admission = await self.quota.admit(tenant, tokens)
-        if not admission.ok:
-            raise self._over_quota(tenant, tokens, admission, headers)
-        return admission.ticket
+        return await self.tickets.admit(tenant, tokens, headers)
 
     async def _resize(self, tenant: str, ticket: int, tokens: int, headers: dict[str, str]) -> None:
-        """Reserve `tokens` on a ticket taken earlier (a grounded chat's, before retrieval)."""
-        assert self.quota is not None
-        admission = await self.quota.resize(ticket, tokens)
-        if not admission.ok:
-            raise self._over_quota(tenant, tokens, admission, headers)
+        await self.tickets.resize(tenant, ticket, tokens, headers)
 
     async def _release_ticket(self, ticket: int | None) -> None:
-        if ticket is not None and self.quota is not None:
-            await self.quota.release(ticket, None)
-
-    def _over_quota(
-        self, tenant: str, tokens: int, admission: Admission, headers: Mapping[str, str]
-    ) -> APIError:
-        limit = self.quota_for(tenant).tokens_per_min
-        if limit is not None and tokens > limit:
-            message = (
-                f"this request may cost up to {tokens} tokens (its prompts x n plus the "
-                "completion budget: max_tokens, or the tier's remaining context when "
-                f"max_tokens is unset), more than tenant {tenant!r}'s tokens_per_min "
-                f"({limit}); set a smaller max_tokens"
-            )
-        else:
-            message = f"tenant {tenant!r} is over its quota ({admission.reason}); retry later"
-        return APIError(
-            429,
-            message,
-            code="quota_exceeded",
-            headers={**headers, "Retry-After": retry_after_header(admission.retry_after_s)},
-        )
+        await self.tickets.release(ticket, None)
 
     async def charge(self, tenant: str, tokens: int = 0) -> None:
-        """Count one request and `tokens` embedded tokens against `tenant`'s quota, for
-        work that is not a generation (RAG ingestion, search, collection creation,
-        /v1/embeddings). Call it before the work, with the tokens it will embed (an
-        estimate is fine, e.g. `EstimatingCounter().text`); raises `APIError` 429 (with
-        Retry-After) when the tenant is over its quota, so the work is never started."""
-        ticket = await self._admit(tenant, tokens, {})
-        if ticket is not None and self.quota is not None:
-            await self.quota.release(ticket, tokens)
+        """`Tickets.charge`: count work that is not a generation, before it is done."""
+        await self.tickets.charge(tenant, tokens)
 
-    @asynccontextmanager
-    async def charged(self, tenant: str, tokens: int = 0) -> AsyncIterator[None]:
-        """`charge`, holding one of the tenant's concurrent requests (`max_concurrent`)
-        while the block runs: `async with core.charged(tenant, n): ...`."""
-        ticket = await self._admit(tenant, tokens, {})
-        try:
-            yield
-        finally:
-            if ticket is not None and self.quota is not None:
-                await self.quota.release(ticket, tokens)
+    def charged(self, tenant: str, tokens: int = 0) -> AbstractAsyncContextManager[None]:
+        """`Tickets.charged`: `charge`, holding one of the tenant's concurrent requests."""
+        return self.tickets.charged(tenant, tokens)
 
     def embedded(self, tenant: str, tokens: int, seconds: float) -> None:
         """Metrics and the log line of an answered /v1/embeddings request."""
@@ -545,212 +473,4 @@ class GatewayCore:
         return await readiness(self.spec, self.board, self.engines, timeout_s)
 
     def model_cards(self) -> list[dict[str, Any]]:
-        cards = [
-            {
-                "id": AUTO_MODEL,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "tierline",
-                "tier": None,
-                "description": "routed: the router picks a tier per request",
-            }
-        ]
-        for t in self.spec.tiers:
-            cards.append(
-                {
-                    "id": t.model_name,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "tierline",
-                    "tier": t.name,
-                    "type": "chat",
-                    "max_model_len": t.max_context_tokens,
-                    "capabilities": self.capabilities[t.name].card(),
-                    "pricing": {
-                        "input_per_1m_tokens": t.price_per_1m_input_tokens,
-                        "output_per_1m_tokens": t.price_per_1m_output_tokens,
-                    },
-                    **({"external": True} if t.is_external else {}),
-                }
-            )
-        cards += adapter_cards(self.spec, self.created)
-        for card in cards:  # model_aliases, on the card of the name each stands for
-            listed = card.get("aliases")
-            own = [str(a) for a in listed] if isinstance(listed, list | tuple) else []
-            names = {card["id"], *own}
-            if card.get("type") == "chat" and card["tier"] is not None:
-                names.add(card["tier"])
-            extra = [a for a, target in self.spec.model_aliases.items() if target in names]
-            if extra:
-                card["aliases"] = [*own, *extra]
-        if self.embeddings is not None:
-            cards.append(self.embeddings.card(self.created))
-        return cards
-
-
-def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
-    errors = err.errors()
-    if not errors:
-        return "invalid request body", None
-    e = errors[0]
-    loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-    if e.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    where = ".".join(loc)
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return (f"{where}: {e.get('msg')}{more}" if where else f"{e.get('msg')}{more}"), (
-        loc[0] if loc else None
-    )
-
-
-def create_app(
-    core: GatewayCore,
-    keys: KeyStore | None = None,
-    rag: RagClient | None = None,
-    embedder: Embedder | None = None,
-    responses: ResponseStore | None = None,
-) -> FastAPI:
-    """The gateway's HTTP app. `keys` None means authentication is off; `rag` None, no RAG.
-    `/v1/embeddings` is served by `embedder`, or without one by the RAG client's.
-    `responses` None: stored responses live in this process only (`MemoryResponseStore`)."""
-    store: ResponseStore = responses if responses is not None else MemoryResponseStore()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await store.start()
-        watcher = asyncio.create_task(core.watch_health())
-        replicas = asyncio.create_task(core.watch_replicas())
-        try:
-            yield
-        finally:
-            watcher.cancel()
-            replicas.cancel()
-            await store.close()
-
-    def refused(err: APIError, tenant: str) -> None:
-        tier, reason = err.headers.get(TIER_HEADER, "none"), err.headers.get(REASON_HEADER, "none")
-        core.metrics.failed(err.status, err.code, tier, reason, tenant)
-        core.answered(err.headers, tenant, err.status, None)
-
-    def edge(raw: bytes, tenant: str) -> APIError | None:
-        err = core.refusal_at_edge(raw, tenant)
-        if err is not None:
-            err.headers.setdefault(TIER_HEADER, "none")
-            err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
-            refused(err, tenant)
-        return err
-
-    app = FastAPI(title="tierline gateway", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(
-        GatewayMiddleware,
-        max_body_bytes=core.spec.gateway.max_body_bytes,
-        keys=keys,
-        on_reject=lambda err: core.metrics.failed(err.status, err.code, "none", "none", "none"),
-        route_limits=upload_limits(core.spec.rag) if rag is not None else (),
-        edge=edge,
-        edge_paths=EDGE_PATHS,
-    )
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, err: APIError) -> Response:
-        refused(err, tenant_of(request.state))
-        return error_response(err)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError) -> Response:
-        message, param = _validation_message(err)
-        core.metrics.failed(400, "invalid_request", "none", "none", tenant_of(request.state))
-        return error_response(APIError(400, message, code="invalid_request", param=param))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, err: StarletteHTTPException) -> Response:
-        core.metrics.failed(err.status_code, None, "none", "none", tenant_of(request.state))
-        return error_response(APIError(err.status_code, str(err.detail)))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception) -> Response:
-        logger.exception("unhandled error")
-        core.metrics.failed(500, "internal_error", "none", "none", tenant_of(request.state))
-        return error_response(APIError(500, "internal error", code="internal_error"))
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> Response:
-        # Public, so it says only ready or not; a valid key (or auth off) also gets each
-        # tier's state. External tiers are never probed here (`watch.readiness`).
-        tiers = await core.ready()
-        # An external tier's outage is not the gateway's: it is listed, it does not gate.
-        ok = all(up for name, up in tiers.items() if not core.spec.tier(name).is_external)
-        body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
-        detail = keys is None or keys.authenticate(request.headers.get("authorization")) is not None
-        if detail:
-            body["tiers"] = tiers
-            if any(r is not None for r in core.replicas.values()):  # autoscaled: running now
-                body["replicas"] = {n: r for n, r in core.replicas.items() if r is not None}
-        return JSONResponse(
-            body,
-            status_code=200 if ok else 503,
-            headers=None if ok else {"Retry-After": str(RETRY_AFTER_S)},
-        )
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": core.model_cards()}
-
-    @app.get("/v1/models/{model:path}")
-    async def model(model: str) -> dict[str, Any]:
-        for card in core.model_cards():
-            if model in (card["id"], card["tier"], *card.get("aliases", ())):
-                return card
-        raise APIError(
-            404, f"model {model!r} does not exist", code="model_not_found", param="model"
-        )
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionBody, request: Request) -> Response:
-        preference = request.headers.get(PREFERENCE_HEADER)
-        threshold = request.headers.get(THRESHOLD_HEADER)
-        tenant = tenant_of(request.state)
-        citations: list[dict[str, Any]] | None = None
-
-        async def ground(plain: _Generation) -> _Generation:
-            # RAG hook: retrieved context goes into the messages before routing sees
-            # them. `generate` calls it after the drain, cheap and quota checks.
-            nonlocal citations
-            assert isinstance(plain, ChatCompletionBody)
-
-            def fits(messages: list[dict[str, Any]]) -> Awaitable[bool]:
-                return core.fits_context(plain, tenant, messages)
-
-            grounded, citations = await ground_chat(
-                rag, plain, tenant, core.spec.rag.default_top_k, core.metrics.rag, fits
-            )
-            return grounded
-
-        wants_rag = "rag" in (body.model_extra or {})
-        response = await core.generate(
-            "chat", body, tenant, preference, threshold, ground if wants_rag else None
-        )
-        return with_citations(response, citations)
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request) -> Response:
-        preference = request.headers.get(PREFERENCE_HEADER)
-        threshold = request.headers.get(THRESHOLD_HEADER)
-        return await core.generate(
-            "completions", body, tenant_of(request.state), preference, threshold
-        )
-
-    app.include_router(responses_router(core, store))
-    if rag is not None:
-        app.include_router(rag_router(rag, core.spec.rag, core.charge))
-    source = embedder if embedder is not None else rag
-    if source is not None:
-        card = core.embeddings or EmbeddingsCard(
-            getattr(source, "model", core.spec.embedding_model_name), core.spec.rag.embedding_dim
-        )
-        app.include_router(embeddings_router(source, card, core.charge, core.embedded))
-    return app
+        return model_cards(self.spec, self.capabilities, self.embeddings, self.created)
