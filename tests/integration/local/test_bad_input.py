@@ -32,8 +32,13 @@ CASES = [
     ),
     ("bad-temperature", json.dumps({**OK, "temperature": "hot"}).encode(), 400),
     (
-        "engine-rejects-param",
+        "over-top-logprobs-cap",
         json.dumps({**OK, "model": "small", "logprobs": True, "top_logprobs": 10_000}).encode(),
+        400,
+    ),
+    (  # within the gateway's caps; only the engine knows its vocabulary
+        "engine-rejects-token-id",
+        json.dumps({**OK, "model": "small", "logit_bias": {"99999": 5}}).encode(),
         400,
     ),
 ]

@@ -116,12 +116,13 @@ def traffic(cluster: Cluster, metrics_url: str) -> dict[str, Any]:
             model="tiny-small", messages=[{"role": "user", "content": "x"}], max_tokens=10**6
         )
     with pytest.raises(openai.BadRequestError):  # refused by the engine: an engine error
+        # within the gateway's caps (`gateway.limits`), but a token id out of the tiny
+        # model's 512-token vocabulary, which only the engine knows
         client.chat.completions.create(
             model="tiny-small",
             messages=[{"role": "user", "content": "x"}],
             max_tokens=2,
-            logprobs=True,
-            top_logprobs=10_000,
+            logit_bias={"99999": 5},
         )
     bad = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
