@@ -8,10 +8,11 @@ A request flows through the gateway once, each concern in its own module:
 3. the plan (`plan.RequestPlan`): the prompt counted once per candidate tier, off the
    event loop, alongside the learned scorer's quality call;
 4. the route (`plan.decide_route`, a pure call), the tier's slot, the tenant's quota;
-5. the engine call with retries and failover (`failover.Failover`), then the cascade
+5. the engine call with retries and failover (`failover.Failover`), over the relay to
+   the chosen engine replica's own vLLM app (`relay`), then the cascade
    (`cascade.escalate`) for an unsure whole answer;
-6. the answer on the wire (`streams`): SSE for streams, the usage read once, the stream
-   cut at the request's deadline.
+6. the typed answer (`answer`), encoded once by the route: SSE for streams (the engine's
+   bytes passed on, the usage read once, the stream cut at the request's deadline).
 
 A grounded RAG chat is admitted (drain, cheap checks, the tenant's quota) before its
 retrieval runs, and reserves its final prompt once it is known (`QuotaLedger.resize`).

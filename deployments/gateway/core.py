@@ -1,27 +1,6 @@
-"""The gateway: one OpenAI-compatible HTTP surface over every tier.
-
-A request flows through the gateway once, each concern in its own module:
-
-1. the cheap checks (`plan.scope`): limits, the model, the tenant's tiers;
-2. admission at the edge (`board.TierBoard`): a request no tier can take now is refused
-   with 503 and Retry-After before it is tokenised or scored;
-3. the plan (`plan.RequestPlan`): the prompt counted once per candidate tier, off the
-   event loop, alongside the learned scorer's quality call;
-4. the route (`plan.decide_route`, a pure call), the tier's slot, the tenant's quota;
-5. the engine call with retries and failover (`failover.Failover`), then the cascade
-   (`cascade.escalate`) for an unsure whole answer;
-6. the answer on the wire (`streams`): SSE for streams, the usage read once, the stream
-   cut at the request's deadline.
-
-A grounded RAG chat is admitted (drain, cheap checks, the tenant's quota) before its
-retrieval runs, and reserves its final prompt once it is known (`QuotaLedger.resize`).
-
-The board is kept current by the loops in `watch` (health probes, Serve's replicas).
-
-`create_app` builds the FastAPI app from a `GatewayCore`; the Ray Serve deployment in
-`deployments.app` only wires real engine handles into it, so everything in this module
-runs in unit tests without Ray.
-"""
+"""`GatewayCore`: a generation request's one way through the gateway (the steps are in
+the package's docstring, `deployments.gateway`), answered as a typed `Answer`. No Ray and
+no HTTP here: engines are `EngineClient`s, so all of it runs in unit tests."""
 
 from __future__ import annotations
 
