@@ -161,7 +161,7 @@ def chart_schema_with_spec(chart_schema: dict[str, Any]) -> dict[str, Any]:
         **chart_schema["properties"],
         "spec": {
             "type": "object",
-            "description": "The tierline spec (cluster/spec.py); empty: the chart's example.",
+            "description": "The tierline spec (cluster/spec/); empty: the chart's example.",
             "if": {"minProperties": 1},
             "then": {"$ref": spec_ref},
         },

@@ -85,7 +85,7 @@ def test_disagreements_are_found() -> None:
 
 def test_schema_spec_part_is_generated_from_the_models() -> None:
     assert chart_schema() == chart_schema_with_spec(chart_schema()), (
-        "helm/tierline/values.schema.json is stale against cluster/spec.py: run `make generate`"
+        "helm/tierline/values.schema.json is stale against cluster/spec/: run `make generate`"
     )
 
 
