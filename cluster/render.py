@@ -23,6 +23,11 @@ REQUEST_PATH_PROCESS_ENV: dict[str, str] = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     # Serve's handle router runs on the process's main loop, not a second one.
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # Each Serve log record (the gateway's answer record, Serve's access record) goes to
+    # the replica's log file only, not to stderr as well, where Ray's log monitor reads it
+    # again: Ray's own throughput-optimized setting. The files under the session's
+    # logs/serve/ hold everything; a replica's print() and stderr go there too.
+    "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 """The request path's settings that Ray reads from the environment of its processes at
 start-up (the Serve controller decides ingress ports, replicas bind them): every `ray

@@ -213,6 +213,8 @@ handles talk gRPC.
   value: "1"
 - name: RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP
   value: "0"
+- name: RAY_SERVE_LOG_TO_STDERR
+  value: "0"
 - name: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
   value: {{ $port | quote }}
 - name: RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
