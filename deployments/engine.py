@@ -19,6 +19,7 @@ from tierline.deployments.adapters import (
     lora_config,
     lora_engine_kwargs,
 )
+from tierline.deployments.autoscale import POLICY as AUTOSCALING_POLICY
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
@@ -94,6 +95,8 @@ def llm_config_kwargs(tier: TierSpec, drain_timeout_s: float = 30.0) -> dict[str
             "target_ongoing_requests": a.target_ongoing_requests,
             "upscale_delay_s": a.upscale_delay_s,
             "downscale_delay_s": a.downscale_delay_s,
+            # Serve's default rule, counting the requests relayed past its handles too
+            "policy": {"policy_function": AUTOSCALING_POLICY},
         }
     else:
         deployment["num_replicas"] = tier.num_replicas

@@ -28,6 +28,7 @@ from tierline.cluster.reaper import (
     ProcFs,
     start_guard,
 )
+from tierline.deployments.autoscale import RELAY_ACTIVE
 from tierline.deployments.relay_registry import GcsKV, cluster_token, publish
 from tierline.deployments.relay_server import RelayHandle, RelayMiddleware, start_relay_server
 
@@ -107,6 +108,11 @@ class TierLLMServer(LLMServer):
         if self._relay is not None:
             await self._relay.stop()
         await super().__del__()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metric hook: the requests this replica is relaying,
+        which Serve's own count misses (`deployments.autoscale`)."""
+        return {RELAY_ACTIVE: float(self._gate.active if self._gate is not None else 0)}
 
     async def _load_adapter(self, adapter: str) -> None:
         """Load a LoRA adapter into this replica's engine (Serve's multiplexing loader:

@@ -58,6 +58,7 @@ def test_autoscaling_and_prefix_routing_reach_serve_options() -> None:
         "target_ongoing_requests": 2,
         "upscale_delay_s": 1,
         "downscale_delay_s": 20,
+        "policy": {"policy_function": "tierline.deployments.autoscale:relay_aware_policy"},
     }
     assert "num_replicas" not in cheap and "request_router_config" not in cheap
     main = llm_config_kwargs(spec.tier("main"))["deployment_config"]
