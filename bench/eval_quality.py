@@ -74,8 +74,13 @@ def ingest(endpoint: str, api_key: str, items: list[GroundedItem]) -> None:
             resp.raise_for_status()
 
 
-async def grounded(client: Any, item: GroundedItem, rag: bool) -> dict[str, Any]:
-    extra = {"rag": {"collection": COLLECTION}} if rag else {}
+async def grounded(
+    client: Any, item: GroundedItem, rag: bool, top_k: int | None = None
+) -> dict[str, Any]:
+    opts: dict[str, Any] = {"collection": COLLECTION}
+    if top_k is not None:
+        opts["top_k"] = top_k
+    extra = {"rag": opts} if rag else {}
     t0 = time.monotonic()
     raw = await client.chat.completions.with_raw_response.create(
         model="auto",
@@ -196,7 +201,11 @@ def rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def measure(endpoint: str, api_key: str, quick: bool) -> dict[str, Any]:
+async def measure(
+    endpoint: str, api_key: str, quick: bool, parts: tuple[str, ...], top_k: int | None
+) -> dict[str, Any]:
+    """Grounded answers on each split in `parts`; follow-ups and tool runs on `held_out`,
+    or on `dev` when that is the only split asked for (tuning)."""
     from agents import set_tracing_disabled
     from openai import AsyncOpenAI
 
@@ -205,20 +214,21 @@ async def measure(endpoint: str, api_key: str, quick: bool) -> dict[str, Any]:
     sets = {"entities": split(entities(), dev=10), "policies": split(policies(), dev=6)}
     planted = {i.doc_id: i.question for s in sets.values() for part in s.values() for i in part}
     out: dict[str, Any] = {"grounded": {}}
-    for name, parts in sets.items():
-        for part, items in parts.items():
-            if quick and part == "dev":
+    for name, split_items in sets.items():
+        for part, items in split_items.items():
+            if part not in parts or (quick and part == "dev"):
                 continue
             for rag in (True, False):
-                rows = await _bounded([grounded(client, i, rag) for i in items])
+                rows = await _bounded([grounded(client, i, rag, top_k) for i in items])
                 key = f"{name}/{part}/rag_{'on' if rag else 'off'}"
                 out["grounded"][key] = grounded_summary(rows, planted)
                 print(key, {k: v for k, v in out["grounded"][key].items() if k != "misses"})
-    mem = split(memory(), dev=2)["held_out"]
+    other = "dev" if parts == ("dev",) else "held_out"
+    mem = split(memory(), dev=2)[other]
     rows = await _bounded([follow_up(client, m) for m in mem])
     out["follow_up"] = rate(rows)
     print("follow_up", out["follow_up"]["rate"])
-    tools = split(tool_items(), dev=2)["held_out"]
+    tools = split(tool_items(), dev=2)[other]
     out["tools"] = {}
     for streamed in (False, True):
         for choice in ("required", "auto"):
@@ -238,11 +248,25 @@ def main() -> None:
     ap.add_argument("--api-key", default="unused", help="Its API key (with --endpoint).")
     ap.add_argument("--quick", action="store_true", help="Held-out splits only, no auto tools.")
     ap.add_argument("--no-report", action="store_true", help="Leave BENCHMARKS.md alone.")
+    ap.add_argument(
+        "--split",
+        choices=("all", "dev", "held_out"),
+        default="all",
+        help="dev: the tune splits only (grounded, follow-ups and tool runs), for trying a "
+        "change; held_out: the reported splits only; all (default): grounded on both.",
+    )
+    ap.add_argument(
+        "--top-k",
+        type=int,
+        help="Chunks per grounded chat (default: the spec's rag.default_top_k).",
+    )
     args = ap.parse_args()
+    parts = ("dev", "held_out") if args.split == "all" else (args.split,)
 
     sets = entities() + policies()  # one collection: every other document is a distractor
     started = None
     endpoint = args.endpoint
+    top_k: int | str = args.top_k or "rag.default_top_k"
     t0 = time.monotonic()
     if endpoint is None:
         from tierline.cli import local
@@ -257,6 +281,7 @@ def main() -> None:
         auth = spec.gateway.auth.model_copy(update={"enabled": False})
         gateway = spec.gateway.model_copy(update={"port": free_port(), "auth": auth})
         rag = spec.rag.model_copy(update={"uri": str(STORE)})
+        top_k = args.top_k or rag.default_top_k
         spec = spec.model_copy(update={"gateway": gateway, "rag": rag})
         started = local.start(spec, ready_timeout_s=900)
         endpoint = started.endpoint
@@ -268,7 +293,9 @@ def main() -> None:
             "spec": "configs/local.yaml"
             + (" (auth off, fresh store)" if started else f" at {endpoint} (`make run`)"),
             "ready_s": round(ready_s, 1) if started else None,
-            **asyncio.run(measure(endpoint, args.api_key, args.quick)),
+            "split": args.split,
+            "top_k": top_k,
+            **asyncio.run(measure(endpoint, args.api_key, args.quick, parts, args.top_k)),
             "took_s": round(time.monotonic() - t0, 1),
         }
     finally:

@@ -21,7 +21,8 @@ def section(result: dict[str, Any]) -> str:
         "",
         f"{result['when']}, {result['spec']}; `make eval` (bench/eval_quality.py, sets in "
         "bench/eval_sets.py, raw figures and misses in bench/results/eval.json). Ready in "
-        f"{_f(result.get('ready_s'))} s, whole run {_f(result.get('took_s'))} s.",
+        f"{_f(result.get('ready_s'))} s, whole run {_f(result.get('took_s'))} s. Grounded "
+        f"chats retrieve top_k = {result.get('top_k', 'rag.default_top_k')} chunks.",
         "",
         "Targets (issue 26, held-out splits): grounded accuracy with RAG >= 0.80, follow-up "
         "recall 1.00, Agents SDK tool runs >= 0.90. Figures below a target are misses, kept "

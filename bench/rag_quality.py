@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tierline.cluster.specfile import load_spec
 from tierline.deployments.rag import settings_of
-from tierline.rag.embed import SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import Embedded, SentenceTransformerModel, TokenizerOffsets
 from tierline.rag.searcher import InProcessSearcher
 from tierline.rag.service import RagCore
 from tierline.rag.store import MemoryChunkStore
@@ -70,15 +70,15 @@ class CachedEmbedder:
     def __init__(self, model: SentenceTransformerModel) -> None:
         self.model = model
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str]) -> Embedded:
         key = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()[:20]
         path = CACHE / f"{key}.npy"
         if path.exists():
-            return np.load(path)
+            return Embedded(np.load(path), None)
         vecs = await asyncio.to_thread(self.model.encode, texts)
         CACHE.mkdir(parents=True, exist_ok=True)
         np.save(path, vecs)
-        return vecs
+        return Embedded(vecs, None)
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -150,7 +150,7 @@ async def candidates(
 ) -> list[Candidates]:
     """Dense and BM25 candidate lists per question, as the searcher fetches them."""
     _, col = core._get(TENANT, corpus)
-    vectors = await core.embedder.embed([q["question"] for q in questions])
+    vectors = (await core.embedder.embed([q["question"] for q in questions])).vectors
     n = core.settings.candidates
     out = []
     for q, v in zip(questions, vectors, strict=True):
@@ -166,7 +166,7 @@ async def evaluate(core: RagCore, corpus: str, questions: list[dict[str, Any]]) 
     searcher = core.searcher
     assert isinstance(searcher, InProcessSearcher)
     shipped = searcher.settings
-    vectors = await core.embedder.embed([q["question"] for q in questions])
+    vectors = (await core.embedder.embed([q["question"] for q in questions])).vectors
     n = max(shipped.candidates, 50)
     per: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
     for q, v in zip(questions, vectors, strict=True):

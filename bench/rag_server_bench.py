@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.rag.embed import Embedded
 from tierline.rag.milvus_search import ranker_of
 from tierline.rag.records import Chunk
 from tierline.rag.service import RagCore, RagSettings
@@ -130,7 +131,7 @@ def start_core(uri: str) -> tuple[RagCore, float]:
 
 
 class _NoEmbedder:
-    async def embed(self, texts: list[str]) -> np.ndarray:  # queries come pre-embedded
+    async def embed(self, texts: list[str]) -> Embedded:  # queries come pre-embedded
         raise RuntimeError("the benchmark passes ready vectors")
 
 

@@ -6,10 +6,15 @@ node whose Ray daemons were killed, vLLM's engine core and workers can outlive t
 replica. Each replica's watchdog ends them within seconds (`tierline.cluster.reaper`);
 `tierline down --force` is the manual sweep for whatever a watchdog could not (say, one
 killed along with everything else by `kill -9 -1`). Ownership is read from each process's
-environment, so a `vllm serve` started by hand is never listed or touched.
+environment, so a `vllm serve` started by hand is never listed or touched, and only engines
+in this shell's pid namespace are judged: a containerised engine (another namespace) names
+its replica by a pid this host cannot check, so it is listed as "in a container" and never
+ended.
 """
 
 from __future__ import annotations
+
+import os
 
 import typer
 from rich.console import Console
@@ -35,7 +40,9 @@ def down(
         for pid, p in snap.items()
         if p.owner is not None and (cluster is None or p.owner.cluster == cluster)
     }
-    orphaned = set(orphans(snap, cluster))
+    me = snap.get(os.getpid())
+    pidns = me.pidns if me is not None else None
+    orphaned = set(orphans(snap, cluster, pidns=pidns))
     if not engines:
         console.print("no tierline engine processes on this machine")
         return
@@ -44,7 +51,12 @@ def down(
         table.add_column(col)
     for pid, p in sorted(engines.items()):
         assert p.owner is not None
-        state = "orphaned" if pid in orphaned else f"replica pid {p.owner.pid} alive"
+        if pid in orphaned:
+            state = "orphaned"
+        elif pidns is not None and p.pidns != pidns:
+            state = "in a container (not judged)"
+        else:
+            state = f"replica pid {p.owner.pid} alive"
         table.add_row(str(pid), p.name, p.owner.cluster, p.owner.replica, state)
     console.print(table)
     if not orphaned:

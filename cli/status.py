@@ -88,6 +88,16 @@ class Summary:
     target_strong_share: float | None
     tiers: list[TierRow] = field(default_factory=list)
     gpus: list[GpuRow] = field(default_factory=list)
+    max_quality_loss: float | None = None
+    """The quality-loss bound in force (`router.max_quality_loss`); None: none."""
+    cheap_share: float | None = None
+    """Live share of auto requests answered below the top tier (since start)."""
+    downgraded: dict[str, float] = field(default_factory=dict)
+    """Auto requests sent a tier down instead of refused, by why (`load`, `budget`)."""
+    load_loss_mean: float | None = None
+    """Mean predicted loss of the latest load-downgraded requests (worst replica)."""
+    load_loss_budget: float | None = None
+    """The load-loss budget that mean is held to (`router.load_downgrade`)."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,6 +199,39 @@ def _mean(samples: list[Sample]) -> float | None:
     return sum(s.value for s in samples) / len(samples) if samples else None
 
 
+def _max(samples: list[Sample]) -> float | None:
+    return max(s.value for s in samples) if samples else None
+
+
+AUTO_REASONS = ("auto:", "downgraded:")
+"""Route reasons of auto requests (the routing policy's, and those sent down)."""
+
+
+def cheap_share(cur: Scrape, tiers: Sequence[str]) -> float | None:
+    """The live share of auto requests answered below the top tier (`tiers`, cheapest
+    first), from the gateway's answered requests by tier and route reason."""
+    if len(tiers) < 2:
+        return None
+    auto = [
+        s
+        for s in cur.select("ray_tierline_gateway_requests_total")
+        if s.labels.get("reason", "").startswith(AUTO_REASONS) and s.labels.get("tier") in tiers
+    ]
+    total = sum(s.value for s in auto)
+    if not total:
+        return None
+    return sum(s.value for s in auto if s.labels.get("tier") != tiers[-1]) / total
+
+
+def downgraded(cur: Scrape) -> dict[str, float]:
+    """Auto requests sent down instead of refused, by why (`load`, `budget`)."""
+    out: dict[str, float] = {}
+    for s in cur.select("ray_tierline_router_downgraded_total"):
+        why = s.labels.get("reason", "other")
+        out[why] = out.get(why, 0.0) + s.value
+    return out
+
+
 def summary(
     cur: Scrape,
     prev: Scrape | None,
@@ -207,6 +250,11 @@ def summary(
         target_strong_share=_mean(cur.select("ray_tierline_router_target_strong_share")),
         tiers=tier_rows(cur, prev, tiers, ready, served_names),
         gpus=gpu_rows(cur),
+        max_quality_loss=_max(cur.select("ray_tierline_router_max_quality_loss")),
+        cheap_share=cheap_share(cur, tiers),
+        downgraded=downgraded(cur),
+        load_loss_mean=_max(cur.select("ray_tierline_router_load_loss_mean")),
+        load_loss_budget=_max(cur.select("ray_tierline_router_load_loss_budget")),
     )
 
 
@@ -246,6 +294,16 @@ def render(s: Summary) -> Group:
         f"saved ${s.saving_usd:.6f} ({_fmt(saved_pct, '{:.0f}%')})",
         "vs all on the top tier",
         "",
+    )
+    bound = "none" if s.max_quality_loss is None else f"{s.max_quality_loss:.2f}"
+    cheap = None if s.cheap_share is None else 100 * s.cheap_share
+    down = " ".join(f"{k} {v:.0f}" for k, v in sorted(s.downgraded.items())) or "0"
+    spent, budget = _fmt(s.load_loss_mean, "{:.3f}"), _fmt(s.load_loss_budget, "{:.2f}")
+    lines.add_row(
+        f"loss bound {bound}",
+        f"cheap share {_fmt(cheap, '{:.0f}%')}",
+        f"downgraded {down}",
+        f"load loss {spent} (budget {budget})",
     )
     parts: list[Any] = [table, lines]
     if s.gpus:

@@ -86,6 +86,7 @@ class ProcInfo:
     start_ticks: int
     name: str = ""
     owner: EngineOwner | None = None  # from its environment; None: not a tierline engine
+    pidns: str | None = None  # its pid namespace ("pid:[4026531836]"); None: unreadable
 
 
 def _alive(owner: EngineOwner, table: Mapping[int, ProcInfo]) -> bool:
@@ -93,13 +94,22 @@ def _alive(owner: EngineOwner, table: Mapping[int, ProcInfo]) -> bool:
     return proc is not None and proc.start_ticks == owner.start_ticks
 
 
-def orphans(table: Mapping[int, ProcInfo], cluster: str | None, me: int = -1) -> list[int]:
+def orphans(
+    table: Mapping[int, ProcInfo], cluster: str | None, me: int = -1, pidns: str | None = None
+) -> list[int]:
     """Engine processes of `cluster` (None: of any tierline cluster) whose replica process
-    is gone (its pid is not in `table`, or is now another process). Pure."""
+    is gone (its pid is not in `table`, or is now another process). Pure.
+
+    With `pidns` (the caller's pid namespace), only engines in that namespace are judged:
+    an engine in a container (another pid namespace) names its replica by a pid of the
+    container's namespace, which this table cannot check, so it is never an orphan here
+    (nor is one whose namespace could not be read)."""
     out = []
     for pid, proc in table.items():
         o = proc.owner
         if o is None or pid == me or pid == o.pid:
+            continue
+        if pidns is not None and proc.pidns != pidns:
             continue
         if cluster is not None and o.cluster != cluster:
             continue
@@ -120,7 +130,10 @@ class ProcessTable(Protocol):
 
     def exists(self, pid: int, start_ticks: int) -> bool: ...
 
-    def signal(self, pid: int, sig: int) -> None: ...
+    def signal(self, pid: int, sig: int, start_ticks: int) -> bool:
+        """Send `sig` to `pid` only while it is still the process that started at
+        `start_ticks` (checked right before sending); whether it was sent."""
+        ...
 
 
 def stat_fields(stat: str) -> list[str]:
@@ -168,8 +181,14 @@ class ProcFs:
             name = ""
             with contextlib.suppress(OSError):
                 name = (entry / "comm").read_text().strip()
-            out[pid] = ProcInfo(pid, int(fields[19]), name, owner)
+            out[pid] = ProcInfo(pid, int(fields[19]), name, owner, self._pidns(entry))
         return out
+
+    def _pidns(self, entry: Path) -> str | None:
+        try:
+            return os.readlink(entry / "ns" / "pid")
+        except OSError:
+            return None
 
     def start_ticks(self, pid: int) -> int | None:
         fields = self._stat(pid)
@@ -180,9 +199,26 @@ class ProcFs:
         fields = self._stat(pid)
         return fields is not None and fields[0] != "Z" and int(fields[19]) == start_ticks
 
-    def signal(self, pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    def signal(self, pid: int, sig: int, start_ticks: int) -> bool:
+        """Through a pidfd where the kernel has them: the fd pins the process, so once its
+        start time is checked no reused pid can receive the signal."""
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            fd = None
+        try:
+            if not self.exists(pid, start_ticks):
+                return False
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if fd is not None:
+                    signal.pidfd_send_signal(fd, sig)
+                else:
+                    os.kill(pid, sig)
+                return True
+            return False
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def reap(
@@ -194,11 +230,15 @@ def reap(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[int, str]:
     """SIGTERM `pids`, SIGKILL those still there after `grace_s`. Returns how each ended
-    ("term" or "kill"). A pid counts as still there only while it is the same process."""
+    ("term", "kill", or "gone": no longer that process when its SIGTERM was due). A pid
+    counts as still there only while it is the same process, and each signal re-checks that
+    identity (pid and start time) right before it is sent: a pid reused since the snapshot
+    is left alone ("gone")."""
     targets = {pid: snapshot[pid].start_ticks for pid in pids if pid in snapshot}
-    for pid in targets:
-        table.signal(pid, signal.SIGTERM)
     ended: dict[int, str] = {}
+    for pid, ticks in targets.items():
+        if not table.signal(pid, signal.SIGTERM, ticks):
+            ended[pid] = "gone"
     deadline = clock() + grace_s
     while True:
         for pid, ticks in targets.items():
@@ -207,10 +247,9 @@ def reap(
         if len(ended) == len(targets) or clock() >= deadline:
             break
         sleep(0.2)
-    for pid in targets:
+    for pid, ticks in targets.items():
         if pid not in ended:
-            table.signal(pid, signal.SIGKILL)
-            ended[pid] = "kill"
+            ended[pid] = "kill" if table.signal(pid, signal.SIGKILL, ticks) else "term"
     return ended
 
 
@@ -245,7 +284,8 @@ class NodeReaper:
     def sweep(self) -> dict[int, str]:
         """One pass: find and end the orphans now. Returns how each ended."""
         snap = self.table.snapshot()
-        found = orphans(snap, self.cluster, me=os.getpid())
+        mine = snap.get(os.getpid())
+        found = orphans(snap, self.cluster, me=os.getpid(), pidns=mine.pidns if mine else None)
         if not found:
             return {}
         for pid in found:
@@ -253,7 +293,8 @@ class NodeReaper:
         ended = reap(found, self.table, snap, self.grace_s)
         if self._counter is not None:
             for how in ended.values():
-                self._counter.labels(signal=how).inc()
+                if how != "gone":
+                    self._counter.labels(signal=how).inc()
         log.warning("orphaned engine processes ended: %s", ended)
         return ended
 

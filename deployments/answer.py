@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from tierline.deployments.sse import data_payloads
 
 __all__ = ["Answer", "StreamAnswer", "WholeAnswer", "encoded", "with_citations"]
 
@@ -49,16 +50,13 @@ def encoded(answer: Answer) -> Response:
 
 def _inject(event: str, cites: list[dict[str, Any]]) -> str:
     """Add `citations` to the first `data: {...}` event of an SSE text block."""
-    lines = event.split("\n")
-    for i, line in enumerate(lines):
-        if line.startswith("data: {"):
-            try:
-                obj = json.loads(line[6:])
-            except json.JSONDecodeError:
-                return event
-            obj["citations"] = cites
-            lines[i] = "data: " + json.dumps(obj)
-            return "\n".join(lines)
+    for payload in data_payloads(event):
+        try:
+            obj = json.loads(payload)
+        except json.JSONDecodeError:
+            return event
+        obj["citations"] = cites
+        return event.replace("data: " + payload, "data: " + json.dumps(obj), 1)
     return event
 
 

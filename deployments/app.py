@@ -21,7 +21,7 @@ from tierline.cluster.spec import ClusterSpec, TierSpec, deployment_name
 from tierline.cluster.specfile import parse_spec
 from tierline.deployments.adapters import adapter_sources
 from tierline.deployments.auth import load_key_store
-from tierline.deployments.embeddings import ServeEmbedder
+from tierline.deployments.embeddings import HandleEmbedder
 from tierline.deployments.engine import build_tier_app, request_path_env
 from tierline.deployments.engine_client import (
     EngineClient,
@@ -37,7 +37,7 @@ from tierline.deployments.quota import QuotaService, ServeQuota, is_limited
 from tierline.deployments.rag import ServeRagClient, build_embeddings_app, build_rag_apps
 from tierline.deployments.relay import RelayDirectory, RelayEngineClient
 from tierline.deployments.relay_registry import GcsKV, cluster_token, fetch_relays
-from tierline.deployments.replicas import ServeReplicaWatcher
+from tierline.deployments.replicas import ServeDetails, ServeReplicaWatcher
 from tierline.deployments.responses.store import open_store, with_absolute_store
 from tierline.deployments.routing import LearnedRouter
 from tierline.deployments.tokens import load_counter
@@ -81,9 +81,11 @@ class Gateway:
         }
         # External tiers: an HTTP client (its API key read now); engine tiers: the relay
         # to the replicas' own vLLM apps, over Serve handles until a replica has published
-        # its relay (and always for autoscaled tiers: `relayed_tiers`).
+        # its relay (a tier at zero replicas has none: the handle path wakes it).
         directory = RelayDirectory()
         relayed = {t.name for t in relayed_tiers(self._spec)}
+        # One poll of Serve's controller for the relay directory and the replica watcher.
+        details = ServeDetails()
         clients: dict[str, EngineClient] = {}
         for t in self._spec.tiers:
             if t.is_external:
@@ -113,7 +115,7 @@ class Gateway:
                 t.name: deployment_name(t) for t in self._spec.tiers if t.name in relayed
             }
             self._relays = asyncio.get_running_loop().create_task(
-                watch_relays(directory, app_name, deployments)
+                watch_relays(directory, app_name, deployments, details)
             )
         auth = self._spec.gateway.auth
         keys = load_key_store(auth) if auth.enabled else None
@@ -139,7 +141,9 @@ class Gateway:
         # zero), and a tier whose replicas all died is marked down at once.
         watched = {t.name: deployment_name(t) for t in self._spec.engine_tiers}
         replicas = (
-            ServeReplicaWatcher(serve.get_replica_context().app_name, watched) if watched else None
+            ServeReplicaWatcher(serve.get_replica_context().app_name, watched, details)
+            if watched
+            else None
         )
         # What each tier can serve: the spec, and the models' config.json where local.
         configs = await asyncio.to_thread(
@@ -163,7 +167,7 @@ class Gateway:
             else None
         )
         # /v1/embeddings: the RAG client's embeddings handle, or the deployment alone.
-        embedder = ServeEmbedder(self._embeddings) if self._embeddings is not None else None
+        embedder = HandleEmbedder(self._embeddings) if self._embeddings is not None else None
         # Stored responses: the spec's store (SQLite file or server), opened in lifespan.
         store = open_store(self._spec.gateway.responses)
         return create_app(self._core, keys, rag, embedder, store)
@@ -179,32 +183,32 @@ class Gateway:
 
 
 def relayed_tiers(spec: ClusterSpec) -> list[TierSpec]:
-    """The engine tiers whose requests take the relay (`gateway.engine_path`): all but
-    autoscaled ones, whose scaling reads the requests Serve's handles route."""
+    """The engine tiers whose requests take the relay (`gateway.engine_path`): all of
+    them. Autoscaled tiers count relayed requests through `deployments.autoscale`, and a
+    tier at zero replicas has no relay: its requests take the handle path, which wakes it."""
     if spec.gateway.engine_path != "relay":
         return []
-    return [t for t in spec.engine_tiers if t.autoscaling is None]
+    return list(spec.engine_tiers)
 
 
 async def watch_relays(
-    directory: RelayDirectory, app: str, deployments: dict[str, str], period_s: float = 1.0
+    directory: RelayDirectory,
+    app: str,
+    deployments: dict[str, str],
+    details: ServeDetails,
+    period_s: float = 1.0,
 ) -> None:
     """Keep `directory` current: the cluster's relay token, and each relayed tier's live
-    relays (published by its replicas, filtered by Serve's replica list)."""
+    relays (published by its replicas, filtered by Serve's replica list, read through
+    `details`: the poll of the controller the replica watcher shares)."""
     kv = GcsKV()
-
-    def fetch() -> dict[str, dict[str, str]]:
-        from ray.serve.context import _get_global_client
-
-        client = _get_global_client(raise_if_no_controller_running=False)
-        details = client.get_serve_details() if client is not None else {}
-        return fetch_relays(kv, details, app, deployments)
-
     while True:
         try:
             if directory.token is None:
                 directory.token = await asyncio.to_thread(cluster_token, kv)
-            for tier, urls in (await asyncio.to_thread(fetch)).items():
+            serve_details = await details.get(fresh=True)
+            relays = await asyncio.to_thread(fetch_relays, kv, serve_details, app, deployments)
+            for tier, urls in relays.items():
                 directory.set(tier, urls)
         except Exception as err:  # the controller or GCS busy: keep what is known
             logger.warning("relay directory refresh failed: %r", err)

@@ -10,18 +10,24 @@ is tokenised, routed or sent: a request over a bound gets 400 naming the setting
   lists, `top_logprobs`, `tools`) and grammar size (`response_format`, vLLM's
   `structured_outputs` and `guided_*`, and the tools when `tool_choice` forces a call,
   since the engine compiles each into a grammar before its first token).
+- `check_media_urls`: the URLs of image, audio and video parts. vLLM fetches them itself
+  (from inside the cluster), so only inline `data:` URLs pass, and https URLs on hosts
+  the operator listed in `image_url_hosts`; anything else gets 400 before any engine sees
+  it.
 - `ENGINE_FIELDS`: what an engine tier is sent. Like an external tier's allow-list
   (`external.FORWARDED_FIELDS`), any other field is dropped: vLLM's `priority`,
-  `chat_template`, `logits_processors`, `cache_salt`, `kv_transfer_params`,
-  `prompt_logprobs` and the like are the operator's, not a tenant's.
+  `chat_template`, `logits_processors`, `kv_transfer_params`, `prompt_logprobs` and the
+  like are the operator's, not a tenant's. `cache_salt` passes only as the gateway sets
+  it (`salting`: the tenant's salt, or none).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from tierline.cluster.spec import RequestLimitsSpec
@@ -31,6 +37,7 @@ __all__ = [
     "ENGINE_FIELDS",
     "GRAMMAR_FIELDS",
     "check_engine_fields",
+    "check_media_urls",
     "grammar_bytes",
     "json_depth",
     "too_deep",
@@ -85,6 +92,8 @@ ENGINE_FIELDS = frozenset(
         "guided_choice",
         "guided_grammar",
         "guided_whitespace_pattern",
+        # set by the gateway (`salting.salted`), never the client's own
+        "cache_salt",
     }
 )
 """Request fields an engine tier gets; the rest are dropped (`schemas.dump_for_engine`)."""
@@ -269,6 +278,9 @@ def check_engine_fields(limits: RequestLimitsSpec, data: Mapping[str, Any]) -> N
     _logit_bias(data, limits.max_logit_bias)
     _logprobs(data, limits.max_top_logprobs)
     _template_kwargs(data, chars)
+    salt = data.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or len(salt) > chars):
+        raise _invalid(f"cache_salt must be a string of at most {chars} characters", "cache_salt")
     tools = data.get("tools")  # not a list: the engine's 400 (capabilities read it first)
     if isinstance(tools, list) and len(tools) > limits.max_tools:
         raise _limit(f"{len(tools)} tools; at most {limits.max_tools}", "tools", "max_tools")
@@ -279,3 +291,55 @@ def check_engine_fields(limits: RequestLimitsSpec, data: Mapping[str, Any]) -> N
             field,
             "max_grammar_bytes",
         )
+
+
+MEDIA_URL_FIELDS = ("image_url", "audio_url", "video_url")
+"""Content-part fields whose URL vLLM's media fetcher would open."""
+
+
+def _part_url(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("url")
+    return value if isinstance(value, str) else None
+
+
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    """Whether `host` is listed: exactly, or as a subdomain of a `*.` entry."""
+    for entry in allowed:
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def check_media_urls(limits: RequestLimitsSpec, parts: Iterable[Mapping[str, Any]]) -> None:
+    """400 for a media part (`parts`: the message content parts' fields) whose URL is not
+    inline `data:` or https on a host in `image_url_hosts`."""
+    allowed = limits.image_url_hosts
+    for part in parts:
+        for name in MEDIA_URL_FIELDS:
+            if name not in part:
+                continue
+            url = _part_url(part[name])
+            if url is None:
+                raise _invalid(f"{name} must be a URL or an object with a url", "messages")
+            if url[:5].lower() == "data:":
+                continue
+            try:
+                where = urlsplit(url)
+                scheme, host, port = where.scheme.lower(), where.hostname, where.port
+            except ValueError:  # a bad port or bracketed host
+                scheme, host, port = "", None, None
+            if scheme == "https" and host and port in (None, 443) and host_allowed(host, allowed):
+                continue
+            shown = host[:64] if host else url[:16]
+            raise APIError(
+                400,
+                f"{name} {shown!r}: remote media URLs are fetched only from hosts in "
+                "gateway.limits.image_url_hosts (https); send the image inline as a data: "
+                "URL instead",
+                code="media_url_not_allowed",
+                param="messages",
+            )

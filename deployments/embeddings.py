@@ -13,7 +13,7 @@ import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -23,6 +23,7 @@ from tierline.deployments.errors import APIError
 from tierline.deployments.middleware import tenant_of
 from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
 from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.embed import Embedded, Embedder
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -33,7 +34,7 @@ __all__ = [
     "Embedder",
     "EmbeddingsBody",
     "EmbeddingsCard",
-    "ServeEmbedder",
+    "HandleEmbedder",
     "embeddings_card",
     "embeddings_router",
 ]
@@ -43,21 +44,18 @@ EMBEDDINGS_TIER = "embeddings"
 MAX_EMBED_INPUTS = 2048
 
 
-class Embedder(Protocol):
-    """What the route needs: unit vectors for texts and the model tokens they took."""
-
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
-
-
-class ServeEmbedder:
-    """`Embedder` over the embeddings deployment's handle (`deployments.rag.EmbeddingServer`)."""
+class HandleEmbedder:
+    """`rag.embed.Embedder` over the embeddings deployment's handle
+    (`deployments.rag.EmbeddingServer`): the RAG replicas' and the gateway's."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str]) -> Embedded:
+        if not texts:
+            return Embedded(np.zeros((0, 0), dtype=np.float32), 0)
         vectors, tokens = await self._handle.embed.remote(texts)
-        return np.asarray(vectors).tolist(), int(tokens)
+        return Embedded(np.asarray(vectors, dtype=np.float32), int(tokens))
 
 
 @dataclass(frozen=True)
@@ -139,8 +137,10 @@ def embeddings_router(
             )
         tenant = tenant_of(request.state)
         t0 = time.perf_counter()
-        async with held(tenant, sum(EstimatingCounter().text(t) for t in texts)) as settle:
-            vectors, tokens = await embedder.embed(texts)
+        estimate = sum(EstimatingCounter().text(t) for t in texts)
+        async with held(tenant, estimate) as settle:
+            got = await embedder.embed(texts)
+            tokens = got.tokens if got.tokens is not None else estimate
             settle(tokens)
         metered(tenant, tokens, time.perf_counter() - t0)
         encode = _base64 if body.encoding_format == "base64" else list
@@ -148,7 +148,7 @@ def embeddings_router(
             "object": "list",
             "data": [
                 {"object": "embedding", "index": i, "embedding": encode(v)}
-                for i, v in enumerate(vectors)
+                for i, v in enumerate(got.vectors.tolist())
             ],
             "model": card.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},

@@ -17,6 +17,8 @@ from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from tierline.deployments import sse
+
 Method = Literal["chat", "completions"]
 
 
@@ -75,10 +77,10 @@ def normalise(item: Any) -> list[EngineItem]:
     if hasattr(item, "model_dump_json"):
         if getattr(item, "object", "") in ("chat.completion", "text_completion"):
             return [item.model_dump(mode="json")]
-        return [f"data: {item.model_dump_json()}\n\n"]
+        return [sse.event(item.model_dump_json())]
     if isinstance(item, dict):
         return [item]
-    return [f"data: {json.dumps(item)}\n\n"]
+    return [sse.event(json.dumps(item))]
 
 
 def _engine_request(method: Method, body: dict[str, Any]) -> Any:
@@ -224,12 +226,8 @@ def usage_of(item: EngineItem) -> Mapping[str, Any] | None:
             return None
         item = item.decode()
     if isinstance(item, str) and '"usage"' in item:
-        for line in item.splitlines():
-            if line.startswith("data: {"):
-                try:
-                    u = json.loads(line[6:]).get("usage")
-                except ValueError:
-                    continue
-                if isinstance(u, dict):
-                    return u
+        for obj in sse.data_objects(item):
+            u = obj.get("usage")
+            if isinstance(u, dict):
+                return u
     return None

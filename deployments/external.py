@@ -34,13 +34,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tierline.cluster.spec import ExternalSpec, TierSpec
 from tierline.deployments.engine_client import EngineError, EngineItem, EngineUnavailable, Method
+from tierline.deployments.sse import read_events
 from tierline.deployments.tokens import EstimatingCounter, TokenCounter, load_counter
 
 PATHS: dict[Method, str] = {"chat": "/chat/completions", "completions": "/completions"}
@@ -143,19 +144,6 @@ def error_message(body: bytes, status: int) -> str:
     return f"HTTP {status}"
 
 
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Upstream SSE lines -> one `data: ...\\n\\n` event per item (comments dropped)."""
-    data: list[str] = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line == "" and data:
-            yield "data: " + "\n".join(data) + "\n\n"
-            data = []
-    if data:
-        yield "data: " + "\n".join(data) + "\n\n"
-
-
 class ExternalEngineClient:
     """An external tier reached over HTTP; implements `EngineClient`.
 
@@ -237,7 +225,7 @@ class ExternalEngineClient:
                     started = True
                     yield data
                     return
-                async for event in sse_events(resp.aiter_lines()):
+                async for event in read_events(resp.aiter_lines()):
                     started = True
                     yield event
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:

@@ -15,12 +15,12 @@ Pure functions of plain data, besides the learned router's calibration state, wh
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
-from tierline.deployments.bounds import check_engine_fields
+from tierline.deployments.bounds import check_engine_fields, check_media_urls
 from tierline.deployments.errors import APIError
 from tierline.deployments.responses.affinity import Affinity, sticky_decision
 from tierline.deployments.routing import LearnedRouter
@@ -220,6 +220,8 @@ def _check_limits(spec: ClusterSpec, body: _Generation, budget: int | None) -> N
             param="messages",
         )
     check_engine_fields(g.limits, body.model_extra or {})
+    if isinstance(body, ChatCompletionBody):
+        check_media_urls(g.limits, media_parts(body))
 
 
 def spec_capabilities(
@@ -335,6 +337,15 @@ def scope(
         needs if narrowed and pinned is None else None,
         image_parts(body) * spec.gateway.limits.image_reserve_tokens,
     )
+
+
+def media_parts(body: ChatCompletionBody) -> Iterator[dict[str, Any]]:
+    """The extra fields (`image_url` and the like) of a chat's content parts."""
+    for m in body.messages:
+        if isinstance(m.content, list):
+            for p in m.content:
+                if p.model_extra:
+                    yield p.model_extra
 
 
 def image_parts(body: _Generation) -> int:

@@ -3,9 +3,15 @@
 `QuotaLedger` is the decision logic with time passed in (no hidden clock), so it is
 tested exactly. A request reserves its worst case (`plan.reservation_of`) and is charged
 its real usage when it ends; a grounded chat's early ticket is `resize`d once its prompt is
-known; work that is not a generation (RAG, embeddings) is charged with `Charge`. All
-gateway replicas share one ledger held by the `QuotaService` Serve deployment, so limits
-hold across replicas with no per-replica drift.
+known; work that is not a generation (RAG, embeddings) is charged with `Charge`.
+
+A tenant with `on_budget: downgrade` that is past its tokens per minute may be admitted
+again with `downgrade=True`: the request is then charged to a second window,
+`downgrade_tokens_per_min` (the hard ceiling past the budget), while its requests per
+minute and concurrent requests count as any other's.
+
+All gateway replicas share one ledger held by the `QuotaService` Serve deployment, so
+limits hold across replicas with no per-replica drift.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tierline.cluster.spec import GatewaySpec, QuotaSpec
 from tierline.deployments.errors import APIError
 
 WINDOW_S = 60.0
+TOKENS_REASON = "tokens per minute"
 
 
 @dataclass(frozen=True)
@@ -33,18 +40,26 @@ class Admission:
     retry_after_s: float = 0.0
     reason: str = ""
 
+    @property
+    def over_budget(self) -> bool:
+        """Refused for the tenant's tokens per minute (what `on_budget` acts on)."""
+        return not self.ok and self.reason == TOKENS_REASON
+
 
 @dataclass
 class _Tenant:
     requests: deque[float] = field(default_factory=deque)
     tokens: deque[tuple[float, int, int]] = field(default_factory=deque)  # (t, ticket, n)
+    downgraded: deque[tuple[float, int, int]] = field(default_factory=deque)
+    """Tokens served past the budget (`on_budget: downgrade`), in their own window."""
     in_flight: int = 0
 
     def expire(self, now: float) -> None:
         while self.requests and self.requests[0] <= now - WINDOW_S:
             self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= now - WINDOW_S:
-            self.tokens.popleft()
+        for window in (self.tokens, self.downgraded):
+            while window and window[0][0] <= now - WINDOW_S:
+                window.popleft()
 
     def tokens_used(self) -> int:
         return sum(n for _, _, n in self.tokens)
@@ -69,10 +84,12 @@ class QuotaLedger:
     def quota(self, tenant: str) -> QuotaSpec:
         return self._quotas.get(tenant, self._default)
 
-    def admit(self, tenant: str, tokens: int, now: float) -> Admission:
-        """Admit a request that may use up to `tokens` (prompt + max completion)."""
+    def admit(self, tenant: str, tokens: int, now: float, downgrade: bool = False) -> Admission:
+        """Admit a request that may use up to `tokens` (prompt + max completion);
+        `downgrade`: charge it to the tenant's window past the budget instead (refused
+        when the tenant has none: `on_budget: refuse`)."""
         with self._lock:
-            return self._admit(tenant, tokens, now)
+            return self._admit(tenant, tokens, now, downgrade)
 
     def resize(self, ticket: int, tokens: int, now: float) -> Admission:
         """Make an open request's reservation `tokens` (a grounded chat is admitted before
@@ -91,7 +108,7 @@ class QuotaLedger:
             st = self._tenants.get(tenant)
             return 0 if st is None else st.in_flight
 
-    def _admit(self, tenant: str, tokens: int, now: float) -> Admission:
+    def _admit(self, tenant: str, tokens: int, now: float, downgrade: bool = False) -> Admission:
         q = self.quota(tenant)
         st = self._tenants.setdefault(tenant, _Tenant())
         st.expire(now)
@@ -100,12 +117,16 @@ class QuotaLedger:
         if q.requests_per_min is not None and len(st.requests) >= q.requests_per_min:
             wait = st.requests[0] + WINDOW_S - now
             return Admission(False, retry_after_s=wait, reason="requests per minute")
-        refused = _over_tokens(q, st, tokens, now)
+        window = st.downgraded if downgrade else st.tokens
+        limit = q.downgrade_ceiling if downgrade else q.tokens_per_min
+        if downgrade and limit is None:
+            return Admission(False, retry_after_s=WINDOW_S, reason="no downgrade past the budget")
+        refused = _over_tokens(limit, window, tokens, now)
         if refused is not None:
             return refused
         ticket = next(self._tickets)
         st.requests.append(now)
-        st.tokens.append((now, ticket, tokens))
+        window.append((now, ticket, tokens))
         st.in_flight += 1
         self._open[ticket] = tenant
         return Admission(True, ticket=ticket)
@@ -118,7 +139,7 @@ class QuotaLedger:
         st.expire(now)
         at = next((i for i, (_, tk, _) in enumerate(st.tokens) if tk == ticket), None)
         held = 0 if at is None else st.tokens[at][2]
-        refused = _over_tokens(self.quota(tenant), st, tokens, now, held)
+        refused = _over_tokens(self.quota(tenant).tokens_per_min, st.tokens, tokens, now, held)
         if refused is not None:
             return refused
         if at is None:
@@ -133,33 +154,43 @@ class QuotaLedger:
             return
         st = self._tenants[tenant]
         st.in_flight -= 1
-        if used_tokens is not None:
-            for i, (t, tk, _) in enumerate(st.tokens):
-                if tk == ticket:
-                    st.tokens[i] = (t, tk, used_tokens)
-                    break
+        if used_tokens is not None and not _settle(st.tokens, ticket, used_tokens):
+            _settle(st.downgraded, ticket, used_tokens)
         st.expire(now)
 
 
+def _settle(window: deque[tuple[float, int, int]], ticket: int, used: int) -> bool:
+    """Replace `ticket`'s reservation in `window` with what it used; False: not there."""
+    for i, (t, tk, _) in enumerate(window):
+        if tk == ticket:
+            window[i] = (t, tk, used)
+            return True
+    return False
+
+
 def _over_tokens(
-    q: QuotaSpec, st: _Tenant, tokens: int, now: float, held: int = 0
+    limit: int | None,
+    window: deque[tuple[float, int, int]],
+    tokens: int,
+    now: float,
+    held: int = 0,
 ) -> Admission | None:
-    """The refusal when `tokens` more (less `held`, already reserved) pass the tenant's
-    tokens per minute; None when they fit."""
-    if q.tokens_per_min is None:
+    """The refusal when `tokens` more (less `held`, already reserved) pass `limit` tokens
+    per minute over `window`; None when they fit (or there is no limit)."""
+    if limit is None:
         return None
-    if tokens > q.tokens_per_min:
-        return Admission(False, retry_after_s=WINDOW_S, reason="tokens per minute")
-    excess = st.tokens_used() - held + tokens - q.tokens_per_min
+    if tokens > limit:
+        return Admission(False, retry_after_s=WINDOW_S, reason=TOKENS_REASON)
+    excess = sum(n for _, _, n in window) - held + tokens - limit
     if excess <= 0:
         return None
     freed, wait = 0, WINDOW_S
-    for t, _, n in st.tokens:
+    for t, _, n in window:
         freed += n
         if freed >= excess:
             wait = t + WINDOW_S - now
             break
-    return Admission(False, retry_after_s=wait, reason="tokens per minute")
+    return Admission(False, retry_after_s=wait, reason=TOKENS_REASON)
 
 
 def ledger_for(gateway: GatewaySpec) -> QuotaLedger:
@@ -245,7 +276,7 @@ def charge_hold(charge: Charge) -> Hold:
 
 
 class QuotaClient(Protocol):
-    async def admit(self, tenant: str, tokens: int) -> Admission: ...
+    async def admit(self, tenant: str, tokens: int, downgrade: bool = False) -> Admission: ...
 
     async def resize(self, ticket: int, tokens: int) -> Admission: ...
 
@@ -259,8 +290,8 @@ class LocalQuota:
         self._ledger = ledger
         self._clock = clock
 
-    async def admit(self, tenant: str, tokens: int) -> Admission:
-        return self._ledger.admit(tenant, tokens, self._clock())
+    async def admit(self, tenant: str, tokens: int, downgrade: bool = False) -> Admission:
+        return self._ledger.admit(tenant, tokens, self._clock(), downgrade)
 
     async def resize(self, ticket: int, tokens: int) -> Admission:
         return self._ledger.resize(ticket, tokens, self._clock())
@@ -276,8 +307,8 @@ class QuotaService:
     def __init__(self, gateway_data: dict[str, Any]) -> None:
         self._ledger = ledger_for(GatewaySpec.model_validate(gateway_data))
 
-    def admit(self, tenant: str, tokens: int) -> Admission:
-        return self._ledger.admit(tenant, tokens, time.monotonic())
+    def admit(self, tenant: str, tokens: int, downgrade: bool = False) -> Admission:
+        return self._ledger.admit(tenant, tokens, time.monotonic(), downgrade)
 
     def resize(self, ticket: int, tokens: int) -> Admission:
         return self._ledger.resize(ticket, tokens, time.monotonic())
@@ -292,8 +323,8 @@ class ServeQuota:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    async def admit(self, tenant: str, tokens: int) -> Admission:
-        result: Admission = await self._handle.admit.remote(tenant, tokens)
+    async def admit(self, tenant: str, tokens: int, downgrade: bool = False) -> Admission:
+        result: Admission = await self._handle.admit.remote(tenant, tokens, downgrade)
         return result
 
     async def resize(self, ticket: int, tokens: int) -> Admission:

@@ -21,8 +21,9 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from tierline.cluster.spec import ClusterSpec, RagSpec
+from tierline.deployments.embeddings import HandleEmbedder
 from tierline.deployments.rag_env import chunk_store, rag_actor_options
-from tierline.rag.embed import SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import Embedded, SentenceTransformerModel, TokenizerOffsets
 from tierline.rag.records import RagError
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import is_remote
@@ -31,7 +32,14 @@ logger = logging.getLogger("tierline.rag")
 
 EMBEDDINGS_DEPLOYMENT = "embeddings"
 RAG_DEPLOYMENT = "rag"
-OPS = ("create_collection", "list_collections", "ingest", "delete_document", "search")
+OPS = (
+    "create_collection",
+    "delete_collection",
+    "list_collections",
+    "ingest",
+    "delete_document",
+    "search",
+)
 
 
 def settings_of(spec: RagSpec) -> RagSettings:
@@ -41,6 +49,7 @@ def settings_of(spec: RagSpec) -> RagSettings:
         chunk_overlap_tokens=spec.chunk_overlap_tokens,
         max_document_bytes=spec.max_document_bytes,
         max_documents_per_request=spec.max_documents_per_request,
+        max_collections_per_tenant=spec.max_collections_per_tenant,
         max_top_k=spec.max_top_k,
         rrf_k=spec.rrf_k,
         fusion=spec.fusion,
@@ -166,19 +175,6 @@ class EmbeddingServer:
         self._warm = _warm_up(self._warm, self._started)
 
 
-class HandleEmbedder:
-    """The `rag.embed.Embedder` Protocol over the embeddings deployment's handle."""
-
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self._handle = handle
-
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        vectors, _ = await self._handle.embed.remote(texts)
-        return np.asarray(vectors, dtype=np.float32)
-
-
 def _error(err: RagError) -> dict[str, Any]:
     return {
         "error": {
@@ -239,7 +235,7 @@ class ServeRagClient:
 
     def __init__(self, rag: DeploymentHandle, embeddings: DeploymentHandle, model: str) -> None:
         self._rag = rag
-        self._embeddings = embeddings
+        self._embedder = HandleEmbedder(embeddings)
         self.model = model
 
     async def _call(self, op: str, *args: Any) -> Any:
@@ -249,12 +245,14 @@ class ServeRagClient:
             raise RagError(e["status"], e["message"], e["code"], e["param"])
         return out["ok"]
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        vectors, tokens = await self._embeddings.embed.remote(texts)
-        return np.asarray(vectors).tolist(), int(tokens)
+    async def embed(self, texts: list[str]) -> Embedded:
+        return await self._embedder.embed(texts)
 
     async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
         return await self._call("create_collection", tenant, name)
+
+    async def delete_collection(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self._call("delete_collection", tenant, name)
 
     async def list_collections(
         self, tenant: str, all_tenants: bool = False

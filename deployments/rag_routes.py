@@ -18,7 +18,6 @@ from contextlib import AsyncExitStack
 from pathlib import PurePath
 from typing import Any, Protocol
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
@@ -30,7 +29,7 @@ from tierline.deployments.middleware import BodyLimit, RouteLimit, is_operator, 
 from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
-from tierline.rag.embed import Embedder
+from tierline.rag.embed import Embedded, Embedder
 from tierline.rag.parsing import ParseLimits, UploadParser
 from tierline.rag.prompt import citations as citation_list
 from tierline.rag.prompt import grounded_messages, query_text
@@ -40,12 +39,15 @@ from tierline.rag.service import RagCore
 _logger = logging.getLogger("ray.serve.tierline.rag")
 
 
-class RagClient(Protocol):
+class RagClient(Embedder, Protocol):
+    """The gateway's RAG: an `Embedder` (it serves `/v1/embeddings` without RAG's own
+    embeddings route) and the collection operations."""
+
     model: str
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
-
     async def create_collection(self, tenant: str, name: str) -> dict[str, Any]: ...
+
+    async def delete_collection(self, tenant: str, name: str) -> dict[str, Any]: ...
 
     async def list_collections(
         self, tenant: str, all_tenants: bool = False
@@ -70,12 +72,15 @@ class InProcessRagClient:
         self.embedder = embedder
         self.model = model
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        vectors = await self.embedder.embed(texts)
-        return np.asarray(vectors).tolist(), sum(len(t.split()) for t in texts)
+    async def embed(self, texts: list[str]) -> Embedded:
+        got = await self.embedder.embed(texts)
+        return Embedded(got.vectors, sum(len(t.split()) for t in texts))
 
     async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.core.create_collection(tenant, name)
+
+    async def delete_collection(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.core.delete_collection(tenant, name)
 
     async def list_collections(
         self, tenant: str, all_tenants: bool = False
@@ -240,6 +245,11 @@ def rag_router(
         async with held(tenant_of(request.state), 0):
             out = await _guard(client.create_collection(tenant_of(request.state), body.name))
         return JSONResponse(out, status_code=201 if out.get("created") else 200)
+
+    @router.delete("/v1/rag/collections/{name}")
+    async def delete_collection(name: str, request: Request) -> dict[str, Any]:
+        # the caller's own collection only: another tenant's answers 404, as a missing one
+        return await _guard(client.delete_collection(tenant_of(request.state), name))
 
     @router.get("/v1/rag/collections")
     async def list_collections(request: Request, all_tenants: bool = False) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tierline.deployments.engine_client import EngineClient, EngineError, Engine
 from tierline.deployments.logs import current_request_id
 from tierline.deployments.relay_server import ADAPTER_HEADER, TOKEN_HEADER
 from tierline.deployments.replica_choice import PrefixMemory, blocks, choose_replica, prefix_text
+from tierline.deployments.sse import events_end
 
 __all__ = ["BENCH_S", "PATHS", "RelayDirectory", "RelayEngineClient", "engine_error_of"]
 
@@ -191,8 +192,8 @@ class RelayEngineClient:
             async for data in response.content.iter_any():
                 if carry:
                     data, carry = carry + data, b""
-                cut = data.rfind(b"\n\n") + 2
-                if cut < 2:
+                cut = events_end(data)
+                if cut == 0:
                     carry = data
                     continue
                 if cut < len(data):

@@ -4,13 +4,18 @@ The gateway needs this for autoscaled tiers: a tier scaled to zero is `cold` for
 router (auto traffic skips it unless the policy waits for cold starts), and the gateway
 must not wake it with health probes. `replica_counts` parses Serve's status as plain
 data, so it is unit-tested without Ray; `ServeReplicaWatcher` asks Serve's controller.
+
+`ServeDetails` is the one poll of the controller in a gateway replica: the relay
+directory's watch (`app.watch_relays`, every second) fetches the instance details, and
+the replica watcher (every 2 s) reads that same answer while it is recent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,7 +84,8 @@ def deployment_states(details: Mapping[str, Any], app_name: str) -> dict[str, di
     return out
 
 
-def _plain_status(app_name: str) -> dict[str, dict[str, Any]]:
+def serve_details() -> Mapping[str, Any]:
+    """Serve's instance details from the controller (blocking), {} without a controller."""
     # The controller's details as the plain dict it sends, read without building
     # `serve.status()`'s pydantic models: those re-import and cloudpickle every
     # deployment's request router class on each call, which took a sixth of a gateway
@@ -90,16 +96,61 @@ def _plain_status(app_name: str) -> dict[str, dict[str, Any]]:
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         return {}
-    return deployment_states(client.get_serve_details(), app_name)
+    details: Mapping[str, Any] = client.get_serve_details()
+    return details
+
+
+class ServeDetails:
+    """Serve's instance details, shared by the readers in this process. `get()` reuses an
+    answer younger than `max_age_s`; `get(fresh=True)` never takes a kept answer: it
+    waits for the fetch running now or starts one (the relay directory prunes its entries
+    by the answer). Readers that ask while a fetch runs wait for it rather than starting
+    their own (`fetch` blocks: it runs in a thread). A failed fetch fails its waiters and
+    is not kept, so the next read tries again."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Mapping[str, Any]] = serve_details,
+        max_age_s: float = 1.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetch = fetch
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.fetches = 0
+        self._at = -float("inf")
+        self._value: Mapping[str, Any] | None = None
+        self._running: asyncio.Future[Mapping[str, Any]] | None = None
+
+    async def get(self, fresh: bool = False) -> Mapping[str, Any]:
+        kept = self._value
+        if not fresh and kept is not None and self.clock() - self._at < self.max_age_s:
+            return kept
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._running)
+
+    async def _fetch(self) -> Mapping[str, Any]:
+        try:
+            self.fetches += 1
+            value = await asyncio.to_thread(self.fetch)
+            self._value, self._at = value, self.clock()
+            return value
+        finally:
+            self._running = None
 
 
 class ServeReplicaWatcher:
-    """Reads replica counts from Serve's controller (a blocking call, run in a thread)."""
+    """Reads replica counts from Serve's controller, through `details` (shared with the
+    relay directory's watch in the gateway; a private one by default)."""
 
-    def __init__(self, app_name: str, tiers: Mapping[str, str]) -> None:
+    def __init__(
+        self, app_name: str, tiers: Mapping[str, str], details: ServeDetails | None = None
+    ) -> None:
         self.app_name = app_name
         self.tiers = dict(tiers)
+        self.details = details if details is not None else ServeDetails()
 
     async def counts(self) -> Mapping[str, ReplicaCount]:
-        status = await asyncio.to_thread(_plain_status, self.app_name)
+        status = deployment_states(await self.details.get(), self.app_name)
         return replica_counts(status, self.tiers)

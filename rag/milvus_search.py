@@ -221,6 +221,9 @@ class MilvusServerSearcher:
     def dropped(self, name: str, document_id: str) -> None:
         return None
 
+    def removed(self, name: str) -> None:
+        self._full_text.pop(name, None)
+
     def counts(self, name: str) -> tuple[int, int]:
         """(documents, chunks); while a re-ingest is between its two writes, both count."""
         c = self._client

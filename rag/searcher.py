@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from tierline.rag.bm25 import BM25Index
 from tierline.rag.dense import DenseIndex
-from tierline.rag.filters import parse_filter
+from tierline.rag.filters import matching_ids
 from tierline.rag.fusion import confidence_fusion, reciprocal_rank_fusion, weighted_fusion
 from tierline.rag.records import Chunk, Hit
 from tierline.rag.store import ChunkStore
@@ -84,6 +84,10 @@ class Searcher(Protocol):
 
     def counts(self, name: str) -> tuple[int, int]:
         """(documents, chunks) of the collection."""
+        ...
+
+    def removed(self, name: str) -> None:
+        """The store dropped the whole collection."""
         ...
 
     def search(
@@ -180,20 +184,23 @@ class InProcessSearcher:
         col = self.collections[name]
         return len(col.documents), len(col.chunks)
 
+    def removed(self, name: str) -> None:
+        self.collections.pop(name, None)
+
     def search(
         self, name: str, query: str, vector: np.ndarray, top_k: int, filter: Any = None
     ) -> list[Hit]:
         """Dense + BM25 in memory, fused by BM25's confidence (default), by weight
         (rare-term aware) or by RRF (no I/O)."""
         col = self.collections[name]
-        pred = parse_filter(filter)
         allow: Callable[[str], bool] | None = None
-        if pred is not None:
-            chunks = col.chunks
-
-            def allow(cid: str) -> bool:
-                c = chunks.get(cid)
-                return c is not None and pred(c.document_id, c.metadata)
+        if filter is not None and filter != {}:
+            # once per search, as set operations with a work cap and a deadline; then
+            # each candidate is a set lookup
+            rows = {cid: (c.document_id, c.metadata) for cid, c in col.chunks.items()}
+            allowed = matching_ids(filter, rows)
+            if allowed is not None:
+                allow = allowed.__contains__
 
         s = self.settings
         n = max(s.candidates, top_k)

@@ -46,6 +46,7 @@ class RagSettings:
     chunk_overlap_tokens: int = 40
     max_document_bytes: int = 5 << 20
     max_documents_per_request: int = 256
+    max_collections_per_tenant: int = 100
     max_metadata_bytes: int = 4096
     max_top_k: int = 50
     candidates: int = 50
@@ -231,6 +232,12 @@ class RagCore:
             raise _not_found(name)
         return physical, self.searcher.collections[physical]
 
+    def _owned(self, tenant: str) -> list[str]:
+        """The physical names of the tenant's collections (blocking on a server)."""
+        held = self.searcher.holds_index
+        names = list(self._locks) if held else self.store.list_collections()
+        return [n for n in names if (owner_of(n) or ("",))[0] == tenant]
+
     async def create_collection(self, tenant: str, name: str) -> dict[str, Any]:
         validate_collection_name(name)
         physical = physical_name(tenant, name)
@@ -238,10 +245,30 @@ class RagCore:
         if created and not self.searcher.holds_index:
             created = not await asyncio.to_thread(self.searcher.known, physical)
         if created:
+            most = self.settings.max_collections_per_tenant
+            if len(await asyncio.to_thread(self._owned, tenant)) >= most:
+                raise RagError(
+                    403,
+                    f"this tenant already has {most} collections, the most it may hold "
+                    "(rag.max_collections_per_tenant); delete one first",
+                    code="collection_limit_reached",
+                    param="name",
+                )
             await asyncio.to_thread(self.store.create_collection, physical, self.settings.dim)
             self.searcher.create(physical)
         self._locks.setdefault(physical, asyncio.Lock())
         return {"name": name, "created": created}
+
+    async def delete_collection(self, tenant: str, name: str) -> dict[str, Any]:
+        """Drop one of the tenant's collections, its documents and chunks (404 for another
+        tenant's, as for a missing one)."""
+        physical, lock = await self._find(tenant, name)
+        async with lock:
+            documents, chunks = await asyncio.to_thread(self.searcher.counts, physical)
+            await asyncio.to_thread(self.store.drop_collection, physical)
+            await asyncio.to_thread(self.searcher.removed, physical)
+            self._locks.pop(physical, None)
+        return {"name": name, "deleted": True, "documents": documents, "chunks": chunks}
 
     def list_collections(self, tenant: str, all_tenants: bool = False) -> list[dict[str, Any]]:
         """The tenant's collections; every tenant's (each with its owner) for an operator.
@@ -280,7 +307,7 @@ class RagCore:
             if not chunks:
                 raise bad(f"document {d.id!r} has no text to index", "empty_document", "documents")
         chunks = [c for cs in per_doc for c in cs]
-        vectors = await self.embedder.embed([c.text for c in chunks])
+        vectors = (await self.embedder.embed([c.text for c in chunks])).vectors
         async with lock:
             # One store call for the whole batch: it is validated and embedded by now. The
             # searcher hears of it only once the store has the new version.
@@ -362,7 +389,7 @@ class RagCore:
             raise bad("query must be a non-empty string", param="query")
         self._top_k(top_k)
         self._check_filter(filter)  # a bad filter fails before the embedding is paid for
-        vector = (await self.embedder.embed([query]))[0]
+        vector = (await self.embedder.embed([query])).vectors[0]
         if self.searcher.holds_index:
             async with lock:  # off the event loop, and never beside a write to the index
                 hits = await asyncio.to_thread(

@@ -49,6 +49,8 @@ class ChunkStore(Protocol):
 
     def rename_collection(self, old: str, new: str) -> None: ...
 
+    def drop_collection(self, name: str) -> None: ...
+
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray
     ) -> None:
@@ -195,6 +197,10 @@ class MilvusChunkStore:
     def rename_collection(self, old: str, new: str) -> None:
         self.client.rename_collection(old, new)
 
+    def drop_collection(self, name: str) -> None:
+        if self.client.has_collection(name):
+            self.client.drop_collection(name)
+
     def _insert(self, name: str, rows: list[dict[str, Any]]) -> None:
         for i in range(0, len(rows), self.BATCH):
             self.client.upsert(name, rows[i : i + self.BATCH])
@@ -320,6 +326,9 @@ class MemoryChunkStore:
 
     def rename_collection(self, old: str, new: str) -> None:
         self.collections[new] = self.collections.pop(old)
+
+    def drop_collection(self, name: str) -> None:
+        self.collections.pop(name, None)
 
     def replace_documents(
         self, name: str, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray

@@ -30,7 +30,9 @@ PROBE_TOLERANCE = 1e-3
 
 
 class Embedder(Protocol):
-    """Text to unit-norm float32 vectors, one row per text."""
+    """Text to unit-norm float32 vectors, one row per text, in-process and synchronously
+    (the learned router embeds on the request path; RAG and `/v1/embeddings` use the
+    asynchronous `rag.embed.Embedder`, whose model may be another deployment)."""
 
     @property
     def name(self) -> str: ...

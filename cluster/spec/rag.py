@@ -99,6 +99,12 @@ class RagSpec(Strict):
         2, description="Uploaded files parsed at once per gateway replica (one process each)."
     )
     max_documents_per_request: PositiveInt = Field(256, description="Documents per ingest call.")
+    max_collections_per_tenant: PositiveInt = Field(
+        100,
+        description="Collections one tenant may hold; creating one more gets 403 "
+        "(`collection_limit_reached`) until the tenant deletes one "
+        "(DELETE /v1/rag/collections/{name}).",
+    )
     default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
     max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
     fusion: Literal["confidence", "weighted", "rrf"] = Field(

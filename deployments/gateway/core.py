@@ -30,6 +30,7 @@ from tierline.deployments.engine_client import EngineClient, Method
 from tierline.deployments.errors import APIError
 from tierline.deployments.failover import Failover
 from tierline.deployments.gateway.cards import model_cards
+from tierline.deployments.gateway.downgrades import Downgrades
 from tierline.deployments.gateway.tickets import Tickets
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import GatewayMetrics, PromRecorder, metered
@@ -50,13 +51,19 @@ from tierline.deployments.quota import QuotaClient
 from tierline.deployments.replicas import ReplicaWatcher
 from tierline.deployments.responses import Affinity
 from tierline.deployments.routing import LearnedRouter
+from tierline.deployments.salting import salted
 from tierline.deployments.schemas import (
     _Generation,
     wants_usage,
 )
 from tierline.deployments.streams import finish_whole_answer, sse_events, total_tokens
 from tierline.deployments.tokens import TokenCounter
-from tierline.deployments.watch import readiness, watch_health, watch_replicas
+from tierline.deployments.watch import (
+    ReadinessCache,
+    readiness,
+    watch_health,
+    watch_replicas,
+)
 from tierline.router import Decision
 from tierline.router.capabilities import Capabilities
 
@@ -109,7 +116,10 @@ class GatewayCore:
         # Health, replicas, warm-up, admission slots and down-waiters of every tier.
         self.board = TierBoard(spec.tiers, spec.gateway.replicas)
         self.failover = Failover(spec, self.engines, self.board)
+        # Down a tier instead of refusing: under load, or past a tenant's token budget.
+        self.downgrades = Downgrades(spec, self.metrics)
         self.replica_watcher = replicas
+        self.readiness = ReadinessCache(spec.gateway.readyz_cache_s)
         self.active = 0
         self.draining = False
 
@@ -267,7 +277,8 @@ class GatewayCore:
                 self.scope(body, tenant, preference)  # 400/403/404 before any work
                 ticket = await self._admit(tenant, 1, {})  # its prompt is reserved below
                 body = await ground(body)
-            tier, plan, headers, slot = await self._route(body, tenant, preference, affinity)
+            route = await self._route(body, tenant, preference, affinity)
+            tier, plan, headers, slot, quality = route
         except BaseException as err:
             await self._release_ticket(ticket)
             if isinstance(err, APIError):
@@ -275,11 +286,15 @@ class GatewayCore:
                 err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
             raise
         try:
-            reservation = plan.reservation(tier.name)
             if ticket is None:
-                ticket = await self._admit(tenant, reservation, headers)
+                quota = self.quota_for(tenant)
+                admitted = await self.downgrades.admit(
+                    self.tickets, self.board, quota, tenant, plan, tier.name, headers, slot, quality
+                )
+                ticket, headers = admitted.ticket, admitted.headers
+                tier = self.spec.tier(admitted.tier)
             else:
-                await self._resize(tenant, ticket, reservation, headers)
+                await self._resize(tenant, ticket, plan.reservation(tier.name), headers)
         except BaseException:
             slot.release()
             await self._release_ticket(ticket)
@@ -287,7 +302,10 @@ class GatewayCore:
         self.active += 1
         self.metrics.active(self.active)
         finish = self._finisher(ticket, slot)
+        if headers[REASON_HEADER].startswith("downgraded:"):
+            cascade = None  # sent down on purpose: no escalating back to where it came from
         ask = body if cascade is None else body.model_copy(update=cascade.ask)
+        ask = salted(ask, tenant, self.spec.gateway.tenant_cache_salt)  # engine tiers' cache
         try:
             tier, first, stream = await self.failover.first_item(
                 method, ask, tier, headers, slot, plan.adapter_id, plan.allowed, deadline
@@ -322,9 +340,11 @@ class GatewayCore:
         tenant: str,
         preference: str | None,
         affinity: Affinity | None = None,
-    ) -> tuple[TierSpec, RequestPlan, dict[str, str], Slot]:
+    ) -> tuple[TierSpec, RequestPlan, dict[str, str], Slot, Mapping[str, float] | None]:
         """Scope, edge, plan, route and slot: the request's tier, plan, answer headers,
-        and its slot on the tier. Raises `APIError` (nothing held) when refused."""
+        its slot on the tier, and the scorer's predictions (None: none made). A full tier
+        sends an auto request a tier down when the load-loss budget allows
+        (`Downgrades.for_load`). Raises `APIError` (nothing held) when refused."""
         where = self.scope(body, tenant, preference)
         slot = self.admit_at_edge(where)
         auto = slot is None
@@ -344,7 +364,12 @@ class GatewayCore:
             if slot is None:  # a full tier: 503 now, before any engine call
                 slot = self.board.acquire(tier.name)
                 if slot is None:
-                    raise self._at_capacity(tier.name, headers)
+                    down = self.downgrades.for_load(self.board, plan, tier.name, quality)
+                    if down is None:
+                        raise self._at_capacity(tier.name, headers)
+                    slot, moved = down
+                    tier = self.spec.tier(moved.tier)
+                    headers = {TIER_HEADER: tier.name, REASON_HEADER: moved.reason}
         except BaseException:
             if slot is not None:
                 slot.release()
@@ -352,7 +377,7 @@ class GatewayCore:
         finally:
             if auto:
                 self.board.pending -= 1
-        return tier, plan, headers, slot
+        return tier, plan, headers, slot, quality
 
     def _at_capacity(self, tier: str, headers: Mapping[str, str]) -> APIError:
         return tier_full(tier, self.board.load(tier).in_flight, headers)
@@ -449,7 +474,10 @@ class GatewayCore:
             await watch_replicas(self.spec, self.board, self.replica_watcher, period_s)
 
     async def ready(self, timeout_s: float = 2.0) -> dict[str, bool]:
-        return await readiness(self.spec, self.board, self.engines, timeout_s)
+        """Each tier's readiness, probed at most once per `gateway.readyz_cache_s`."""
+        return await self.readiness.get(
+            lambda: readiness(self.spec, self.board, self.engines, timeout_s)
+        )
 
     def model_cards(self) -> list[dict[str, Any]]:
         return model_cards(self.spec, self.capabilities, self.embeddings, self.created)

@@ -27,12 +27,23 @@ class Tickets:
     async def admit(self, tenant: str, tokens: int, headers: Mapping[str, str]) -> int | None:
         """Reserve `tokens` (the plan's worst case on the tier) for `tenant`; 429 with
         Retry-After when over. None when the tenant has no quota to keep."""
-        if self.quota is None or not is_limited(self.quota_for(tenant)):
+        admission = await self.try_admit(tenant, tokens)
+        if admission is None:
             return None
-        admission = await self.quota.admit(tenant, tokens)
         if not admission.ok:
             raise self.over_quota(tenant, tokens, admission, headers)
         return admission.ticket
+
+    async def try_admit(
+        self, tenant: str, tokens: int, downgrade: bool = False
+    ) -> Admission | None:
+        """`admit`'s answer without raising: the ledger's `Admission` (`downgrade`: charged
+        past the budget, `on_budget: downgrade`); None when the tenant has no quota."""
+        if self.quota is None or not is_limited(self.quota_for(tenant)):
+            return None
+        if downgrade:
+            return await self.quota.admit(tenant, tokens, downgrade=True)
+        return await self.quota.admit(tenant, tokens)
 
     async def resize(
         self, tenant: str, ticket: int, tokens: int, headers: Mapping[str, str]

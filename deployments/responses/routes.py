@@ -44,6 +44,7 @@ from tierline.deployments.responses.output import (
 from tierline.deployments.responses.store import ResponseStore, StoredResponse
 from tierline.deployments.routing import PREFERENCE_HEADER
 from tierline.deployments.schemas import ChatCompletionBody, _Generation
+from tierline.deployments.sse import data_objects
 
 
 class Answerer(Protocol):
@@ -111,16 +112,7 @@ def _shell(body: ResponsesBody, response_id: str, model: str) -> ResponseShell:
 def _chunks(piece: str | bytes | memoryview) -> list[dict[str, Any]]:
     """The JSON objects of a piece of the gateway's chat SSE stream ([DONE] left out)."""
     text = piece if isinstance(piece, str) else bytes(piece).decode()
-    out = []
-    for line in text.splitlines():
-        if line.startswith("data: {"):
-            try:
-                obj = json.loads(line[6:])
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
+    return list(data_objects(text))
 
 
 async def translated(

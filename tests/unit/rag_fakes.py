@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 from tierline.rag.chunking import Offsets
+from tierline.rag.embed import Embedded
 
 DIM = 64
 
@@ -29,8 +30,8 @@ class HashEmbedder:
         n = float(np.linalg.norm(v))
         return v / n if n else v
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str]) -> Embedded:
         self.calls += 1
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self.vector(t) for t in texts])
+            return Embedded(np.zeros((0, self.dim), dtype=np.float32), None)
+        return Embedded(np.stack([self.vector(t) for t in texts]), None)

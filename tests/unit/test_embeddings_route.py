@@ -11,6 +11,7 @@ from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
 from tierline.deployments.quota import ledger_for
 from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.embed import Embedded
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_tenant_limits import RecordingQuota
@@ -28,9 +29,10 @@ class FakeEmbedder:
     def __init__(self) -> None:
         self.texts = 0
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str]) -> Embedded:
         self.texts += len(texts)
-        return [[1.0, 0.0, 0.0] for _ in texts], sum(len(t.split()) for t in texts)
+        vectors = np.array([[1.0, 0.0, 0.0] for _ in texts], dtype=np.float32)
+        return Embedded(vectors, sum(len(t.split()) for t in texts))
 
 
 def gateway(spec_text: str = SPEC, embedder: FakeEmbedder | None = None):
@@ -72,6 +74,23 @@ def test_embeddings_without_rag_are_served_charged_and_metered() -> None:
     cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
     assert cards["minilm"]["type"] == "embedding" and cards["minilm"]["dimensions"] == 384
     assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+
+
+class UncountedEmbedder(FakeEmbedder):
+    """An `Embedder` that does not count model tokens (`Embedded.tokens` None)."""
+
+    async def embed(self, texts: list[str]) -> Embedded:
+        return Embedded((await super().embed(texts)).vectors, None)
+
+
+def test_an_embedder_without_a_token_count_is_charged_the_estimate() -> None:
+    client, _, quota = gateway(embedder=UncountedEmbedder())
+    r = client.post("/v1/embeddings", json={"input": ["a" * 40, "b"]})
+    assert r.status_code == 200, r.text
+    estimate = EstimatingCounter().text("a" * 40) + EstimatingCounter().text("b")
+    assert quota.reserved == [estimate]
+    assert r.json()["usage"] == {"prompt_tokens": estimate, "total_tokens": estimate}
+    assert [d["embedding"] for d in r.json()["data"]] == [[1.0, 0.0, 0.0]] * 2
 
 
 def test_no_embedding_model_no_route_and_no_card() -> None:

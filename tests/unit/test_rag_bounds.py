@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 from fastapi import FastAPI
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from tierline.deployments.quota import LocalQuota, QuotaHold, ledger_for
 from tierline.deployments.rag_routes import InProcessRagClient, ground_chat, rag_router
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.embed import Embedded
 from tierline.rag.prompt import grounded_messages
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
@@ -170,9 +172,10 @@ class SlowEmbedder:
         self.gate = gate
         self.tokens_each = tokens_each
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str]) -> Embedded:
         await self.gate.wait()
-        return [[1.0, 0.0] for _ in texts], self.tokens_each * len(texts)
+        vectors = np.array([[1.0, 0.0] for _ in texts], dtype=np.float32)
+        return Embedded(vectors, self.tokens_each * len(texts))
 
 
 def held_app(quota_yaml: str, embedder: SlowEmbedder) -> tuple[httpx.AsyncClient, Any]:

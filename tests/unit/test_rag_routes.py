@@ -12,7 +12,7 @@ from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
 from tierline.deployments.rag_routes import InProcessRagClient
 from tierline.deployments.tokens import EstimatingCounter
-from tierline.rag.prompt import BEGIN
+from tierline.rag.prompt import INSTRUCTION
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 
@@ -184,7 +184,7 @@ def test_failed_batch_leaves_no_partial_document(app) -> None:
     assert client.get("/v1/rag/collections").json()["data"][0]["documents"] == 2
 
 
-def test_grounded_chat_cites_and_fences_context(app) -> None:
+def test_grounded_chat_cites_and_puts_the_passages_before_the_question(app) -> None:
     client, engines = app
     seeded(client)
     body = {
@@ -201,9 +201,10 @@ def test_grounded_chat_cites_and_fences_context(app) -> None:
     assert out["choices"][0]["message"]["content"]
     (_method, sent), *_ = [c for e in engines.values() for c in e.calls]
     assert "rag" not in sent
-    system = sent["messages"][0]
-    assert system["role"] == "system" and BEGIN in system["content"]
-    assert "Quillport" in system["content"] and sent["messages"][1]["role"] == "user"
+    system, user = sent["messages"]
+    assert system == {"role": "system", "content": INSTRUCTION}
+    assert user["role"] == "user" and "Quillport" in user["content"]
+    assert user["content"].endswith("Question: What is the capital of Zorbania?")
 
 
 def test_grounded_chat_streams_citations_in_the_first_chunk(app) -> None:
@@ -240,8 +241,9 @@ def test_router_sees_the_grounded_prompt_length(app) -> None:
 
 
 def test_retrieved_context_is_trimmed_to_the_largest_context_not_refused(app) -> None:
-    """Fifty 40-word chunks do not fit even `large` (4,096 tokens, bytes/4 counted): the
-    lowest-ranked go, the answer comes, and the citations are the chunks sent."""
+    """Fifty 40-word chunks and 300 tokens to answer do not fit even `large` (4,096 tokens,
+    bytes/4 counted): the lowest-ranked go, the answer comes, and the citations are the
+    chunks sent."""
     client, engines = app
     client.post("/v1/rag/collections", json={"name": "big"})
     docs = [
@@ -252,7 +254,7 @@ def test_retrieved_context_is_trimmed_to_the_largest_context_not_refused(app) ->
     body = {
         "model": "auto",
         "messages": [{"role": "user", "content": "wd1x005 wd1x006"}],
-        "max_tokens": 2,
+        "max_tokens": 300,
         "rag": {"collection": "big", "top_k": 50},
     }
     r = client.post("/v1/chat/completions", json=body)
@@ -260,9 +262,13 @@ def test_retrieved_context_is_trimmed_to_the_largest_context_not_refused(app) ->
     cites = r.json()["citations"]
     assert 1 <= len(cites) < 50 and r.headers["x-tierline-tier"] == "large"
     (_method, sent), *_ = [c for e in engines.values() for c in e.calls]
-    context = sent["messages"][0]["content"]
-    assert all(c["document_id"] in context for c in cites)
-    assert len(context) // 4 + 2 <= 4096  # what the bytes/4 counter allows
+    context = sent["messages"][-1]["content"]
+    shown = [line for line in context.split("\n") if line.startswith("[")]
+    assert len(shown) == len(cites)  # one numbered passage per citation, in order
+    for line, cite in zip(shown, cites, strict=True):
+        assert f"wd{cite['document_id'][1:]}x" in line
+    prompt = "".join(m["content"] for m in sent["messages"])
+    assert len(prompt) // 4 + 300 <= 4096  # what the bytes/4 counter allows
 
 
 def test_grounded_chat_errors(app) -> None:

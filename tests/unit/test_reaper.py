@@ -123,10 +123,13 @@ class FakeProcesses:
         p = self.procs.get(pid)
         return p is not None and p.start_ticks == start_ticks
 
-    def signal(self, pid: int, sig: int) -> None:
+    def signal(self, pid: int, sig: int, start_ticks: int) -> bool:
+        if not self.exists(pid, start_ticks):
+            return False
         self.sent.append((pid, sig))
         if sig == signal.SIGKILL or pid not in self.stubborn:
             self.procs.pop(pid, None)
+        return True
 
 
 class FakeClock:
@@ -149,6 +152,51 @@ def test_reap_terms_then_kills_only_the_stubborn_after_the_grace_period() -> Non
     assert (22, signal.SIGKILL) in fake.sent and (20, signal.SIGKILL) not in fake.sent
     assert 5.0 <= clock.now < 5.5
     assert not fake.procs
+
+
+def test_reap_never_signals_a_pid_reused_since_the_snapshot() -> None:
+    owner = EngineOwner(A, 10, 5, "r")
+    procs = {pid: ProcInfo(pid, pid, "VLLM::EngineCore", owner) for pid in (20, 21)}
+    fake, clock = FakeProcesses(procs, stubborn=set()), FakeClock()
+    snap = fake.snapshot()
+    fake.procs[21] = ProcInfo(21, 9999, "bash")  # 21 ended and its pid went to a new process
+    ended = reap([20, 21], fake, snap, 5.0, clock.sleep, clock)
+    assert ended == {20: "term", 21: "gone"}
+    assert all(pid != 21 for pid, _ in fake.sent) and 21 in fake.procs
+
+
+def test_procfs_signal_rechecks_the_start_time(spawned: list[subprocess.Popen[bytes]]) -> None:
+    p = _engine(spawned, None)
+    fs = ProcFs()
+    ticks = fs.start_ticks(p.pid)
+    assert ticks is not None
+    assert not fs.signal(p.pid, signal.SIGTERM, ticks + 1)  # another process's start time
+    assert p.poll() is None
+    assert fs.signal(p.pid, signal.SIGTERM, ticks)
+    assert _wait_gone(p, 5)
+
+
+def test_engines_in_another_pid_namespace_are_never_orphans() -> None:
+    """A containerised engine names its replica by a pid of the container's namespace; from
+    the host that pid is absent (or someone else), so it must not be judged at all."""
+    host, container = "pid:[4026531836]", "pid:[4026532999]"
+    owner = EngineOwner(A, 7, 5, "r")  # pid 7 inside the container
+    table = {
+        20: ProcInfo(20, 1, "VLLM::EngineCore", owner, container),
+        21: ProcInfo(21, 1, "VLLM::EngineCore", EngineOwner(A, 8, 5, "s"), host),
+        22: ProcInfo(22, 1, "VLLM::EngineCore", owner, None),  # namespace unreadable
+        os.getpid(): ProcInfo(os.getpid(), 1, "tierline", None, host),
+    }
+    assert orphans(table, A, pidns=host) == [21]
+    fake = FakeProcesses(table, stubborn=set())
+    assert NodeReaper(A, fake, grace_s=0.0).sweep() == {21: "term"}
+    assert 20 in fake.procs and 22 in fake.procs
+
+
+def test_procfs_reads_the_pid_namespace(spawned: list[subprocess.Popen[bytes]]) -> None:
+    p = _engine(spawned, None)
+    snap = ProcFs().snapshot()
+    assert snap[p.pid].pidns is not None and snap[p.pid].pidns == snap[os.getpid()].pidns
 
 
 def test_node_reaper_counts_what_it_ended() -> None:

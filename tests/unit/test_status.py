@@ -109,3 +109,34 @@ def test_render_shows_every_tier_and_the_saving() -> None:
     console = Console(record=True, width=140)
     console.print(render(s))
     assert "40.0/80.0 GiB" in console.export_text()
+
+
+def test_the_bound_in_force_the_live_cheap_share_and_the_downgrades() -> None:
+    def sample(name: str, value: float, **labels: str) -> Sample:
+        return Sample(name, labels, value)
+
+    requests = "ray_tierline_gateway_requests_total"
+    samples = (
+        sample(requests, 6, tier="small", reason="auto:learned:balanced", status="200"),
+        sample(requests, 2, tier="small", reason="downgraded:load", status="200"),
+        sample(requests, 2, tier="large", reason="auto:learned:balanced+spill", status="200"),
+        sample(requests, 50, tier="large", reason="pinned", status="200"),  # not auto
+        sample("ray_tierline_router_max_quality_loss", 0.1, replica="a"),
+        sample("ray_tierline_router_downgraded_total", 2, tier="small", reason="load"),
+        sample("ray_tierline_router_downgraded_total", 1, tier="small", reason="budget"),
+        sample("ray_tierline_router_load_loss_mean", 0.02, replica="a"),
+        sample("ray_tierline_router_load_loss_mean", 0.04, replica="b"),
+        sample("ray_tierline_router_load_loss_budget", 0.1, replica="a"),
+    )
+    s = summary(Scrape(1.0, samples), None, TIERS)
+    assert s.max_quality_loss == pytest.approx(0.1)
+    assert s.cheap_share == pytest.approx(0.8)
+    assert s.downgraded == {"load": 2, "budget": 1}
+    assert s.load_loss_mean == pytest.approx(0.04)  # the worst replica
+    console = Console(record=True, width=160)
+    console.print(render(s))
+    text = console.export_text()
+    for needed in ("loss bound 0.10", "cheap share 80%", "budget 1 load 2", "0.040 (budget 0.10)"):
+        assert needed in text, needed
+    bare = summary(Scrape(1.0, ()), None, TIERS)
+    assert (bare.max_quality_loss, bare.cheap_share, bare.downgraded) == (None, None, {})

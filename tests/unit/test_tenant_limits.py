@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import assume, given
@@ -26,6 +27,7 @@ from tierline.deployments.quota import Admission, QuotaLedger, ledger_for
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.streams import DEADLINE_MESSAGE
 from tierline.deployments.tokens import EstimatingCounter
+from tierline.rag.embed import Embedded
 
 from tests.unit import test_external as ext
 from tests.unit.fakes import FakeEngine
@@ -366,6 +368,7 @@ def test_an_anonymous_readyz_says_only_ready_or_not() -> None:
     client = client_of(core, keys=keys)
     assert client.get("/readyz").json() == {"status": "ready"}
     engines["large"].healthy_answer = False
+    core.readiness.ttl_s = 0  # the next calls probe again (tested: test_gateway)
     anonymous = client.get("/readyz")
     assert anonymous.status_code == 503 and anonymous.json() == {"status": "not ready"}
     bad = client.get("/readyz", headers={"Authorization": "Bearer nope"})
@@ -445,9 +448,9 @@ class EmbeddingRag(CountingRag):
         super().__init__()
         self.embedded = 0
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str]) -> Embedded:
         self.embedded += len(texts)
-        return [[0.0, 1.0] for _ in texts], len(texts)
+        return Embedded(np.array([[0.0, 1.0] for _ in texts], dtype=np.float32), len(texts))
 
 
 def test_rag_routes_and_embeddings_count_against_the_tenant() -> None:

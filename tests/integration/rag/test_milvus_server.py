@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tierline.rag.embed import Embedded
 from tierline.rag.filters import parse_filter
 from tierline.rag.milvus_filter import to_expression
 from tierline.rag.milvus_search import MilvusServerSearcher
@@ -55,8 +56,8 @@ class ConceptEmbedder:
         v[DIM - 1] = 0.05  # never the zero vector
         return v / float(np.linalg.norm(v))
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.vector(t) for t in texts]).astype(np.float32)
+    async def embed(self, texts: list[str]) -> Embedded:
+        return Embedded(np.stack([self.vector(t) for t in texts]).astype(np.float32), None)
 
 
 SETTINGS = RagSettings(dim=DIM, chunk_tokens=32, chunk_overlap_tokens=0)

@@ -1,0 +1,54 @@
+"""Tenant-scoped prefix caching: the `cache_salt` each engine request carries.
+
+vLLM's automatic prefix caching shares KV blocks between requests whose prompts start
+alike, so a request's time to first token says whether another request already sent the
+same prefix: across tenants, a side channel. vLLM folds a request's `cache_salt` into
+the hash of its first block, so requests only share cached blocks with requests of the
+same salt.
+
+With `gateway.tenant_cache_salt` on (the default) every engine request gets the salt
+`tenant_salt(tenant, client_salt)`: a hash of the tenant and of whatever salt the client
+sent. A tenant's requests still share their prefixes with each other (one tenant: the
+cache works exactly as without salts); a client salt only splits its own tenant's cache
+further, and no value a client sends can name another tenant's salt. Off, the client's
+`cache_salt` is dropped (`bounds.ENGINE_FIELDS` lets it through only for this) and every
+tenant shares one cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from tierline.deployments.schemas import _Generation
+
+__all__ = ["salted", "tenant_salt"]
+
+_DOMAIN = b"tierline cache_salt v1\0"
+
+
+def tenant_salt(tenant: str, client_salt: str | None = None) -> str:
+    """The salt of `tenant`'s requests; a client's own salt is mixed in, never taken."""
+    digest = hashlib.sha256(_DOMAIN)
+    digest.update(tenant.encode())
+    digest.update(b"\0")
+    digest.update((client_salt or "").encode())
+    return digest.hexdigest()[:32]
+
+
+def salted(body: _Generation, tenant: str, on: bool) -> _Generation:
+    """`body` as engine tiers get it: its `cache_salt` the tenant's (on), or none (off)."""
+    extra = body.model_extra or {}
+    client = extra.get("cache_salt")
+    if not on:
+        if "cache_salt" not in extra:
+            return body
+        copy = body.model_copy()
+        assert copy.model_extra is not None
+        copy.model_extra.pop("cache_salt", None)
+        return copy
+    copy = body.model_copy()
+    assert copy.model_extra is not None
+    copy.model_extra["cache_salt"] = tenant_salt(
+        tenant, client if isinstance(client, str) else None
+    )
+    return copy
