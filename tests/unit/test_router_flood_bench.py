@@ -9,7 +9,15 @@ import pytest
 import yaml
 from tierline.cluster.spec import ClusterSpec
 
-from bench.router_flood_bench import Outcome, compare, flood_spec_data, loss_of, p99, summarize
+from bench.router_flood_bench import (
+    Outcome,
+    absolute_paths,
+    compare,
+    flood_spec_data,
+    loss_of,
+    p99,
+    summarize,
+)
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
@@ -62,3 +70,15 @@ def test_summary_and_comparison() -> None:
     }
     assert not compare(s, off, budget=0.01)["target_met"]
     assert p99([]) is None and p99([1.0]) == 1.0
+
+
+def test_the_tiny_configs_paths_are_made_absolute() -> None:
+    data = absolute_paths(yaml.safe_load(TINY.read_text()), TINY.parent)
+    root = TINY.parents[1]
+    assert [t["model_source"] for t in data["tiers"]] == [
+        str(root / "models" / "tiny-small"),
+        str(root / "models" / "tiny-large"),
+    ]
+    assert data["tiers"][1]["chat_template"] == str(TINY.parent / "templates" / "tiny-tools.jinja")
+    assert "keys_file" not in data["gateway"]["auth"]
+    ClusterSpec.model_validate(flood_spec_data(data, True, running=4, queued=4, budget=None))
