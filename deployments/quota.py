@@ -11,12 +11,16 @@ again with `downgrade=True`: the request is then charged to a second window,
 minute and concurrent requests count as any other's.
 
 All gateway replicas share one ledger held by the `QuotaService` Serve deployment, so
-limits hold across replicas with no per-replica drift.
+limits hold across replicas with no per-replica drift. That deployment loads the ledger's
+windows from the deployment's store (`quota_store`) before it serves, saves them every
+`SAVE_EVERY_S` off the event loop and once more when it stops, so a restart does not hand
+every tenant a fresh minute.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import logging
 import math
 import threading
 import time
@@ -28,8 +32,18 @@ from typing import Any, Protocol
 
 from tierline.cluster.spec import GatewaySpec, QuotaSpec
 from tierline.deployments.errors import APIError
+from tierline.deployments.quota_store import (
+    WINDOWS,
+    QuotaEntry,
+    QuotaSnapshot,
+    QuotaSnapshotStore,
+    open_quota_store,
+)
+
+logger = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
+SAVE_EVERY_S = 5.0
 TOKENS_REASON = "tokens per minute"
 
 
@@ -77,7 +91,7 @@ class QuotaLedger:
         self._quotas = dict(quotas)
         self._default = default
         self._tenants: dict[str, _Tenant] = {}
-        self._tickets = itertools.count(1)
+        self._next_ticket = 1
         self._open: dict[int, str] = {}
         self._lock = threading.Lock()
 
@@ -108,6 +122,54 @@ class QuotaLedger:
             st = self._tenants.get(tenant)
             return 0 if st is None else st.in_flight
 
+    def export(self, now: float, wall_now: float) -> QuotaSnapshot:
+        """Every tenant's windows as wall-clock entries (`now` on the ledger's clock is
+        `wall_now`), summed per whole second and stamped with its end. Open requests'
+        reservations are kept as charged; their concurrent slots are not exported."""
+        with self._lock:
+            sums: dict[tuple[str, str, float], int] = {}
+            for tenant, st in self._tenants.items():
+                st.expire(now)
+                stamped = (
+                    ("requests", ((t, 1) for t in st.requests)),
+                    ("tokens", ((t, n) for t, _, n in st.tokens)),
+                    ("downgraded", ((t, n) for t, _, n in st.downgraded)),
+                )
+                for window, stamps in stamped:
+                    for t, n in stamps:
+                        key = (tenant, window, float(math.ceil(wall_now - (now - t))))
+                        sums[key] = sums.get(key, 0) + n
+            entries = tuple(QuotaEntry(t, w, at, n) for (t, w, at), n in sums.items())
+            return QuotaSnapshot(wall_now, self._next_ticket, entries)
+
+    def import_(self, snapshot: QuotaSnapshot, now: float, wall_now: float) -> int:
+        """Add a snapshot's entries to the windows (`now` on the ledger's clock is
+        `wall_now`), dropping those a window has already passed; returns how many were
+        kept. Restored entries belong to no open request (ticket 0), and tickets carry on
+        after the snapshot's."""
+        kept = 0
+        with self._lock:
+            self._next_ticket = max(self._next_ticket, snapshot.next_ticket)
+            touched: set[str] = set()
+            for e in snapshot.entries:
+                t = now - max(0.0, wall_now - e.at)
+                if e.window not in WINDOWS or t <= now - WINDOW_S or e.amount <= 0:
+                    continue
+                st = self._tenants.setdefault(e.tenant, _Tenant())
+                if e.window == "requests":
+                    st.requests.extend([t] * e.amount)
+                else:
+                    window = st.tokens if e.window == "tokens" else st.downgraded
+                    window.append((t, 0, e.amount))
+                touched.add(e.tenant)
+                kept += 1
+            for tenant in touched:
+                st = self._tenants[tenant]
+                st.requests = deque(sorted(st.requests))
+                st.tokens = deque(sorted(st.tokens, key=lambda x: x[0]))
+                st.downgraded = deque(sorted(st.downgraded, key=lambda x: x[0]))
+        return kept
+
     def _admit(self, tenant: str, tokens: int, now: float, downgrade: bool = False) -> Admission:
         q = self.quota(tenant)
         st = self._tenants.setdefault(tenant, _Tenant())
@@ -124,7 +186,8 @@ class QuotaLedger:
         refused = _over_tokens(limit, window, tokens, now)
         if refused is not None:
             return refused
-        ticket = next(self._tickets)
+        ticket = self._next_ticket
+        self._next_ticket += 1
         st.requests.append(now)
         window.append((now, ticket, tokens))
         st.in_flight += 1
@@ -302,19 +365,88 @@ class LocalQuota:
 
 class QuotaService:
     """The Serve deployment (one replica) that owns the cluster-wide ledger. Its own
-    monotonic clock times every replica's requests, so replicas' clocks never disagree."""
+    monotonic clock times every replica's requests, so replicas' clocks never disagree.
 
-    def __init__(self, gateway_data: dict[str, Any]) -> None:
-        self._ledger = ledger_for(GatewaySpec.model_validate(gateway_data))
+    `start` (run by Serve's first health check, which a replica passes before it gets any
+    request) loads the last snapshot from `store` (default: a table in the Responses
+    store's database) and saves one every `save_every_s`; `stop` (Serve's `__del__`)
+    saves a last one. A failed save is logged and retried at the next tick; a store that
+    cannot be read at start fails the replica, and Serve starts another."""
+
+    def __init__(
+        self,
+        gateway_data: dict[str, Any],
+        store: QuotaSnapshotStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        save_every_s: float = SAVE_EVERY_S,
+    ) -> None:
+        spec = GatewaySpec.model_validate(gateway_data)
+        self._ledger = ledger_for(spec)
+        self._store = store if store is not None else open_quota_store(spec.responses)
+        self._clock = clock
+        self._wall = wall
+        self._save_every_s = save_every_s
+        self._saver: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._saver is not None:
+                return
+            await self._store.start()
+            snapshot = await self._store.load()
+            if snapshot is not None:
+                kept = self._ledger.import_(snapshot, self._clock(), self._wall())
+                logger.info("quota windows restored: %d of %d entries", kept, len(snapshot.entries))
+            self._stopping = asyncio.Event()
+            self._saver = asyncio.create_task(self._save_forever(self._stopping))
+
+    async def save(self) -> None:
+        """Store the ledger's windows now (exported in a worker thread: the ledger's lock
+        is shared with the request threads)."""
+        snapshot = await asyncio.to_thread(self._ledger.export, self._clock(), self._wall())
+        await self._store.save(snapshot)
+
+    async def _save_forever(self, stopping: asyncio.Event) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(stopping.wait(), self._save_every_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.save()
+            except Exception:
+                logger.exception("quota windows not saved; retrying in %g s", self._save_every_s)
+
+    async def stop(self) -> None:
+        async with self._starting:
+            if self._saver is None:
+                return
+            saver, self._saver = self._saver, None
+            self._stopping.set()
+            await saver  # a periodic save in flight ends before the last one starts
+            try:
+                await self.save()
+            finally:
+                await self._store.close()
+
+    async def check_health(self) -> None:
+        await self.start()
+
+    async def __del__(self) -> None:
+        await self.stop()
 
     def admit(self, tenant: str, tokens: int, downgrade: bool = False) -> Admission:
-        return self._ledger.admit(tenant, tokens, time.monotonic(), downgrade)
+        return self._ledger.admit(tenant, tokens, self._clock(), downgrade)
 
     def resize(self, ticket: int, tokens: int) -> Admission:
-        return self._ledger.resize(ticket, tokens, time.monotonic())
+        return self._ledger.resize(ticket, tokens, self._clock())
 
     def release(self, ticket: int, used_tokens: int | None) -> None:
-        self._ledger.release(ticket, used_tokens, time.monotonic())
+        self._ledger.release(ticket, used_tokens, self._clock())
 
 
 class ServeQuota:

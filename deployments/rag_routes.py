@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from tierline.cluster.spec import RagSpec
 from tierline.deployments.errors import APIError
 from tierline.deployments.logs import event
@@ -178,18 +179,39 @@ def _file_tokens(f: Any, max_document_bytes: int) -> int:
     return (min(size if isinstance(size, int) else max_document_bytes, max_document_bytes) + 3) // 4
 
 
+async def _form(request: Request, max_files: int) -> Any:
+    """The multipart form, read with at most `max_files` files and their `id` fields
+    (plus `metadata`): past those the reader stops and the upload gets a 400."""
+    try:
+        return await request.form(max_files=max_files, max_fields=max_files + 1)
+    except StarletteHTTPException as err:  # Starlette's answer to a form over its limits
+        detail = str(err.detail)
+        if "Too many files" in detail or "Too many fields" in detail:
+            raise APIError(
+                400,
+                f"more than {max_files} documents; at most {max_files} per request "
+                "(rag.max_documents_per_request)",
+                code="too_many_documents",
+                param="documents",
+            ) from None
+        raise APIError(400, f"the multipart body was refused: {detail}") from None
+
+
 async def _documents_from_request(
     request: Request,
     parser: UploadParser,
     admit: Admit = _no_admit,
     max_document_bytes: int = RagSpec().max_document_bytes,
+    max_files: int = RagSpec().max_documents_per_request,
 ) -> list[dict[str, Any]]:
     """The upload's documents. `admit` gets their number and estimated tokens before any
     file is parsed (parsing takes a shared worker for up to `rag.parse_timeout_s` a file),
-    so a request over its count or its tenant's quota costs no parse."""
+    so a request over its count or its tenant's quota costs no parse. A multipart body
+    with more than `max_files` files is refused while it is read, at the first file over
+    (not after every part of it has been taken apart)."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await request.form()
+        form = await _form(request, max_files)
         files = [f for f in form.getlist("file") if hasattr(f, "read")]
         if not files:
             raise APIError(400, "upload one or more files in form field 'file'", param="file")
@@ -283,7 +305,11 @@ def rag_router(
 
             try:
                 docs = await _documents_from_request(
-                    request, parser, admit, settings.max_document_bytes
+                    request,
+                    parser,
+                    admit,
+                    settings.max_document_bytes,
+                    settings.max_documents_per_request,
                 )
             except RagError as err:
                 raise api_error(err) from None

@@ -13,6 +13,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from tierline.cluster.spec import ResponsesSpec
+from tierline.deployments.quota_store import (
+    PostgresQuotaStore,
+    QuotaEntry,
+    QuotaSnapshot,
+    open_quota_store,
+)
 from tierline.deployments.responses.store import StoredResponse, open_store
 from tierline.deployments.responses.store_pg import PostgresResponseStore
 
@@ -143,3 +149,28 @@ def test_unreachable_server_fails_start_in_time(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
+
+
+def test_quota_snapshots_round_trip_beside_the_responses(pg_uri: str) -> None:
+    """The quota deployment's snapshot store (deployments/quota_store.py) keeps one row per
+    key in its own table of the same database; a save replaces it."""
+    snap = QuotaSnapshot(1.7e9, 9, (QuotaEntry("é", "tokens", 1.7e9 - 1.0, 500),))
+
+    async def go() -> None:
+        responses = open_store(ResponsesSpec(store_uri=pg_uri))
+        await responses.put(record("resp_q"))
+        store = open_quota_store(ResponsesSpec(store_uri=pg_uri))
+        assert isinstance(store, PostgresQuotaStore)
+        assert await store.load() is None
+        await store.save(QuotaSnapshot(1.0, 1))
+        await store.save(snap)
+        await store.close()
+        again = PostgresQuotaStore(pg_uri)
+        assert await again.load() == snap
+        await again.close()
+        assert await responses.get("a", "resp_q") is not None
+        await responses.close()
+
+    asyncio.run(go())
+    with psycopg.connect(pg_uri) as db:
+        assert db.execute("SELECT COUNT(*) FROM quota_snapshots").fetchone() == (1,)

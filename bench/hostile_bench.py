@@ -1,0 +1,394 @@
+"""A normal tenant's chat latency while a hostile tenant sends the worst request of each
+class (issue 27's target: p99 at most 1.5x the same chat with no hostile tenant).
+
+    .venv/bin/python -m bench.hostile_bench [--seconds 6] [--rate 40] [--workers 2]
+        [--engine-delay-ms 20] [--out bench/results/hostile.json]
+
+In-process: the real gateway app (`create_app` over `GatewayCore`, quotas kept by a real
+ledger, RAG over an in-process `RagCore` with a memory store) called through httpx's ASGI
+transport. The fake engine answers after a fixed `--engine-delay-ms` (`asyncio.sleep`),
+so what the hostile tenant can contend is the gateway's own CPU and event loop. Caveat:
+RAG search and grounding run in this process too (in a cluster they run in the RAG
+replica), so the RAG classes here overstate what they cost the gateway.
+
+The normal tenant sends small chats open-loop at `--rate` per second (each request's
+latency from its send to its answer, never waiting on the one before). Phases of
+`--seconds` each: `baseline` (no hostile tenant), then one per hostile class with
+`--workers` hostile requests always in flight, then `baseline_end` (the machine's drift).
+Each phase's p50/p99 and its p99 over the first baseline's go to `--out`; a table is
+printed. Tests cover only the pure parts (`summarize`, `with_ratios`), never timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.5
+
+SPEC = """
+tiers:
+  - name: small
+    model_source: org/small
+    max_context_tokens: 32768
+    max_queued_requests: -1
+    capabilities: {tools: true, structured_output: true}
+gateway:
+  tenants:
+    - {name: normal, tokens_per_min: 1000000000}
+    - {name: hostile, tokens_per_min: 1000000000}
+rag:
+  enabled: true
+"""
+KEYS = {"normal": "sk-normal", "hostile": "sk-hostile"}
+
+
+# -- pure parts ---------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0-100), nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(latencies_s: Sequence[float], statuses: Sequence[int]) -> dict[str, Any]:
+    """One phase's normal-tenant figures, in milliseconds."""
+    return {
+        "n": len(latencies_s),
+        "p50_ms": round(percentile(latencies_s, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies_s, 99) * 1000, 2),
+        "max_ms": round(max(latencies_s, default=math.nan) * 1000, 2),
+        "errors": sum(1 for s in statuses if s != 200),
+    }
+
+
+def with_ratios(phases: Mapping[str, dict[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
+    """Each phase with `p50_ratio` and `p99_ratio` over `baseline`'s, and `within_target`
+    (p99 ratio at most `TARGET_RATIO`)."""
+    base = phases[baseline]
+    out: dict[str, Any] = {}
+    for name, row in phases.items():
+        p50 = row["p50_ms"] / base["p50_ms"] if base["p50_ms"] else math.nan
+        p99 = row["p99_ms"] / base["p99_ms"] if base["p99_ms"] else math.nan
+        out[name] = {
+            **row,
+            "p50_ratio": round(p50, 2),
+            "p99_ratio": round(p99, 2),
+            "within_target": bool(p99 <= TARGET_RATIO),
+        }
+    return out
+
+
+def worst_ratio(phases: Mapping[str, dict[str, Any]]) -> float:
+    """The largest p99 ratio of the hostile phases (the baselines left out)."""
+    hostile = [r["p99_ratio"] for n, r in phases.items() if not n.startswith("baseline")]
+    return max(hostile, default=math.nan)
+
+
+def table(phases: Mapping[str, dict[str, Any]]) -> str:
+    head = f"{'phase':<22}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'p99 x':>7}{'err':>5}  hostile answers"
+    lines = [head, "-" * len(head)]
+    for name, r in phases.items():
+        hostile = ", ".join(f"{k}:{v}" for k, v in sorted(r.get("hostile_statuses", {}).items()))
+        lines.append(
+            f"{name:<22}{r['n']:>6}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['p99_ratio']:>7.2f}{r['errors']:>5}  {hostile or '-'}"
+        )
+    return "\n".join(lines)
+
+
+# -- the hostile requests (the worst of each class; tests/unit/test_hostile_inputs.py) -----
+def _tools(count: int, description_chars: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f"fn_{i}",
+                "description": "x" * description_chars,
+                "parameters": {
+                    "type": "object",
+                    "properties": {f"field_{j}": {"type": "string"} for j in range(8)},
+                },
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def _schema(approx_bytes: int) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    i = 0
+    while len(json.dumps(props)) < approx_bytes:
+        props[f"property_{i}"] = {"type": "string", "enum": [f"v{i}_{j}" for j in range(20)]}
+        i += 1
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def _chat(content: str = "hi", **kw: Any) -> dict[str, Any]:
+    return {
+        "model": "auto",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        **kw,
+    }
+
+
+Request = Callable[[httpx.AsyncClient, dict[str, str]], Any]
+
+
+def _post_json(path: str, body: Any) -> Request:
+    raw = json.dumps(body).encode()
+
+    def send(c: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+        return c.post(path, content=raw, headers={**headers, "content-type": "application/json"})
+
+    return send
+
+
+def _post_raw(path: str, raw: bytes) -> Request:
+    def send(c: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+        return c.post(path, content=raw, headers={**headers, "content-type": "application/json"})
+
+    return send
+
+
+def _upload(files: int) -> Request:
+    parts = [("file", (f"f{i}.txt", b"a few words", "text/plain")) for i in range(files)]
+
+    def send(c: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+        return c.post("/v1/rag/collections/up/documents", files=parts, headers=headers)
+
+    return send
+
+
+def hostile_requests() -> dict[str, Request]:
+    """Each class's worst request that fits the default 1 MiB body limit."""
+    deep = 400_000
+    at_caps = {
+        "stop": ["s" * 256] * 4,
+        "logit_bias": {str(i): 1 for i in range(300)},
+        "bad_words": [f"word{i}" for i in range(64)],
+        "stop_token_ids": list(range(1024)),
+        "allowed_token_ids": list(range(1024)),
+        "logprobs": True,
+        "top_logprobs": 20,
+    }
+    vals = list(range(1024))
+    wide_filter = {"$or": [{"n": {"$in": vals}}, {"n": {"$nin": vals}}, {"tag": {"$in": vals}}]}
+    reasoning = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "r" * 900_000}]}
+    return {
+        "huge_tools": _post_json("/v1/chat/completions", _chat(tools=_tools(128, 7000))),
+        "engine_fields_at_caps": _post_json("/v1/chat/completions", _chat(**at_caps)),
+        "deep_json": _post_raw(
+            "/v1/chat/completions",
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x":'
+            + b"[" * deep
+            + b"]" * deep
+            + b"}",
+        ),
+        "big_json_schema": _post_json(
+            "/v1/chat/completions",
+            _chat(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "big", "schema": _schema(148_000)},
+                }
+            ),
+        ),
+        "grounded_needs_trim": _post_json(
+            "/v1/chat/completions",
+            _chat("alpha beta " * 11_500, rag={"collection": "kb", "top_k": 50}),
+        ),
+        "rag_filter": _post_json(
+            "/v1/rag/collections/kb/search",
+            {"query": "alpha beta", "top_k": 50, "filter": wide_filter},
+        ),
+        "upload_many_files": _upload(1000),
+        "responses_reasoning": _post_json(
+            "/v1/responses",
+            {
+                "model": "auto",
+                "max_output_tokens": 8,
+                "input": [reasoning, {"role": "user", "content": "hi"}],
+            },
+        ),
+    }
+
+
+# -- the gateway under test -----------------------------------------------------------------
+def build_app(engine_delay_s: float) -> tuple[Any, Any]:
+    """The gateway app and its RAG core (started and seeded by `seed`)."""
+    from tierline.cluster.specfile import load_spec_text
+    from tierline.deployments.auth import KeyStore, hash_key
+    from tierline.deployments.engine_client import EngineItem, Method
+    from tierline.deployments.gateway import GatewayCore, create_app
+    from tierline.deployments.quota import LocalQuota, ledger_for
+    from tierline.deployments.rag_routes import InProcessRagClient
+    from tierline.deployments.tokens import EstimatingCounter
+    from tierline.rag.service import RagCore, RagSettings
+    from tierline.rag.store import MemoryChunkStore
+
+    from tests.unit.fakes import FakeEngine
+    from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
+
+    class DelayedEngine(FakeEngine):
+        """The fake engine, answering after a fixed delay (no CPU spent meanwhile)."""
+
+        async def generate(
+            self, method: Method, body: dict[str, Any]
+        ) -> AsyncGenerator[EngineItem, None]:
+            await asyncio.sleep(engine_delay_s)
+            async for item in super().generate(method, body):
+                yield item
+
+    spec = load_spec_text(SPEC)
+    quota = LocalQuota(ledger_for(spec.gateway), time.monotonic)
+    core = GatewayCore(
+        spec, {"small": DelayedEngine("small")}, {"small": EstimatingCounter()}, quota
+    )
+    embedder = HashEmbedder()
+    settings = RagSettings(dim=DIM, chunk_tokens=50, chunk_overlap_tokens=5)
+    rag_core = RagCore(settings, MemoryChunkStore(), embedder, word_offsets)
+    keys = KeyStore({hash_key(k): t for t, k in KEYS.items()})
+    return create_app(core, keys, InProcessRagClient(rag_core, embedder, "hash-embedder")), rag_core
+
+
+async def seed(c: httpx.AsyncClient, chunks: int = 1000) -> None:
+    """The hostile tenant's collections: `kb` with `chunks` documents, `up` for uploads."""
+    headers = _auth("hostile")
+    for name in ("kb", "up"):
+        r = await c.post("/v1/rag/collections", json={"name": name}, headers=headers)
+        assert r.is_success, r.text
+    docs = [
+        {"id": f"d{i}", "text": f"alpha beta doc {i}", "metadata": {"n": i, "tag": i}}
+        for i in range(chunks)
+    ]
+    for at in range(0, chunks, 250):
+        body = {"documents": docs[at : at + 250]}
+        r = await c.post("/v1/rag/collections/kb/documents", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+
+
+def _auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+async def phase(
+    c: httpx.AsyncClient, seconds: float, rate: float, hostile: Request | None, workers: int
+) -> dict[str, Any]:
+    """Normal chats open-loop at `rate`/s for `seconds`, with `workers` hostile requests
+    in flight throughout when `hostile` is given."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    hostile_statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+    normal_body = json.dumps(_chat("what is the capital of Zorbania?")).encode()
+    normal_headers = {**_auth("normal"), "content-type": "application/json"}
+
+    async def one_normal() -> None:
+        t0 = time.perf_counter()
+        r = await c.post("/v1/chat/completions", content=normal_body, headers=normal_headers)
+        latencies.append(time.perf_counter() - t0)
+        statuses.append(r.status_code)
+
+    async def hostile_loop() -> None:
+        assert hostile is not None
+        while not stop.is_set():
+            try:
+                r = await hostile(c, _auth("hostile"))
+                hostile_statuses[r.status_code] += 1
+            except httpx.HTTPError as err:
+                hostile_statuses[type(err).__name__] += 1  # type: ignore[index]
+            # An answer refused at the edge may never suspend in-process; a client over a
+            # socket would yield here, so the loop is not starved by the bench itself.
+            await asyncio.sleep(0)
+
+    loop = asyncio.get_running_loop()
+    bullies = [asyncio.create_task(hostile_loop()) for _ in range(workers if hostile else 0)]
+    if bullies:
+        await asyncio.sleep(0.2)  # the hostile requests are in flight before we measure
+    sent: list[asyncio.Task[None]] = []
+    start = loop.time()
+    i = 0
+    while True:
+        due = start + i / rate
+        if due - start >= seconds:
+            break
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        sent.append(asyncio.create_task(one_normal()))
+        i += 1
+    await asyncio.gather(*sent)
+    stop.set()
+    await asyncio.gather(*bullies)
+    row = summarize(latencies, statuses)
+    if hostile is not None:
+        row["hostile_statuses"] = {str(k): v for k, v in hostile_statuses.items()}
+    return row
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    app, rag_core = build_app(args.engine_delay_ms / 1000)
+    await rag_core.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=120) as c:
+        await seed(c)
+        attacks = hostile_requests()
+        # warm-up: first calls import and compile what a long-running replica has loaded
+        await phase(c, 1.0, args.rate, None, 0)
+        for send in attacks.values():
+            await send(c, _auth("hostile"))
+        phases: dict[str, dict[str, Any]] = {}
+        phases["baseline"] = await phase(c, args.seconds, args.rate, None, 0)
+        print(f"baseline: {phases['baseline']}", flush=True)
+        for name, send in attacks.items():
+            phases[name] = await phase(c, args.seconds, args.rate, send, args.workers)
+            print(f"{name}: {phases[name]}", flush=True)
+        phases["baseline_end"] = await phase(c, args.seconds, args.rate, None, 0)
+    rows = with_ratios(phases)
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m bench.hostile_bench "
+        + f"--seconds {args.seconds} --rate {args.rate} --workers {args.workers} "
+        + f"--engine-delay-ms {args.engine_delay_ms}",
+        "load_average": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "target_p99_ratio": TARGET_RATIO,
+        "worst_p99_ratio": worst_ratio(rows),
+        "baseline_end_p99_ratio": rows["baseline_end"]["p99_ratio"],
+        "note": "in-process: RAG search/grounding share the gateway's event loop here",
+        "phases": rows,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of each phase")
+    ap.add_argument("--rate", type=float, default=40.0, help="normal chats per second")
+    ap.add_argument("--workers", type=int, default=2, help="hostile requests in flight")
+    ap.add_argument("--engine-delay-ms", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile.json")
+    args = ap.parse_args(argv)
+    logging.disable(logging.INFO)  # one log line per request would be most of the output
+    result = asyncio.run(run(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result["phases"]))
+    print(f"load average {result['load_average']}; worst p99 ratio {result['worst_p99_ratio']}")
+
+
+if __name__ == "__main__":
+    main()
