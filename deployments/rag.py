@@ -39,6 +39,7 @@ OPS = (
     "ingest",
     "delete_document",
     "search",
+    "search_counted",
 )
 
 
@@ -271,6 +272,12 @@ class ServeRagClient:
         self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
     ) -> list[dict[str, Any]]:
         return await self._call("search", tenant, name, query, top_k, filter)
+
+    async def search_counted(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        hits, tokens = await self._call("search_counted", tenant, name, query, top_k, filter)
+        return hits, tokens
 
 
 def embedding_actor_options(spec: RagSpec) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from tierline.deployments.errors import APIError
 from tierline.deployments.logs import event
 from tierline.deployments.metrics import RagMetrics
 from tierline.deployments.middleware import BodyLimit, RouteLimit, is_operator, tenant_of
-from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
+from tierline.deployments.quota import Charge, Hold, Settle, charge_hold, no_charge
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
 from tierline.rag.embed import Embedded, Embedder
@@ -63,6 +63,13 @@ class RagClient(Embedder, Protocol):
     async def search(
         self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
     ) -> list[dict[str, Any]]: ...
+
+    async def search_counted(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """`search`'s hits and the model tokens the query's embedding took (None: not
+        counted)."""
+        ...
 
 
 class InProcessRagClient:
@@ -100,6 +107,11 @@ class InProcessRagClient:
         self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
     ) -> list[dict[str, Any]]:
         return await self.core.search(tenant, name, query, top_k, filter)
+
+    async def search_counted(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        return await self.core.search_counted(tenant, name, query, top_k, filter)
 
 
 class _Body(BaseModel):
@@ -253,8 +265,10 @@ def rag_router(
     hold: Hold | None = None,
 ) -> APIRouter:
     """`hold` (`quota.QuotaHold`): the tenant's quota, entered before each route's work
-    with the tokens it will embed (estimated; 429 when over) and holding one of the
-    tenant's concurrent requests until the work is done. Without one, `charge`
+    with the tokens it will embed (estimated from bytes; 429 when over), holding one of
+    the tenant's concurrent requests until the work is done, and settled to the tokens
+    the embedding model counted (`embedded_tokens` of an ingest, of a search's query), as
+    `/v1/embeddings` is; the answer's `usage` gives that count. Without one, `charge`
     (`GatewayCore.charge`) charges the estimate up front and holds nothing."""
     router = APIRouter()
     held = hold if hold is not None else charge_hold(charge)
@@ -289,6 +303,8 @@ def rag_router(
     async def ingest(name: str, request: Request) -> dict[str, Any]:
         tenant = tenant_of(request.state)
 
+        reserved: list[tuple[int, Settle]] = []  # (estimate, settle) once admitted
+
         async with AsyncExitStack() as stack:  # the hold lasts through parse and ingest
 
             async def admit(documents: int, tokens: int) -> None:
@@ -301,7 +317,7 @@ def rag_router(
                         code="too_many_documents",
                         param="documents",
                     )
-                await stack.enter_async_context(held(tenant, tokens))
+                reserved.append((tokens, await stack.enter_async_context(held(tenant, tokens))))
 
             try:
                 docs = await _documents_from_request(
@@ -314,6 +330,10 @@ def rag_router(
             except RagError as err:
                 raise api_error(err) from None
             result: dict[str, Any] = await _guard(client.ingest(tenant, name, docs))
+            counted = result.pop("embedded_tokens", None)
+            if reserved:
+                estimate, settle = reserved[0]
+                result["usage"] = _settled(settle, counted, estimate)
         return result
 
     @router.delete("/v1/rag/collections/{name}/documents/{document_id}")
@@ -323,11 +343,23 @@ def rag_router(
     @router.post("/v1/rag/collections/{name}/search")
     async def search(name: str, body: SearchBody, request: Request) -> dict[str, Any]:
         tenant = tenant_of(request.state)
-        async with held(tenant, EstimatingCounter().text(body.query)):
-            hits = await _guard(client.search(tenant, name, body.query, body.top_k, body.filter))
-        return {"results": hits}
+        estimate = EstimatingCounter().text(body.query)
+        async with held(tenant, estimate) as settle:
+            hits, counted = await _guard(
+                client.search_counted(tenant, name, body.query, body.top_k, body.filter)
+            )
+            usage = _settled(settle, counted, estimate)
+        return {"results": hits, "usage": usage}
 
     return router
+
+
+def _settled(settle: Settle, counted: int | None, estimate: int) -> dict[str, int]:
+    """Settle a held route to the embedding model's own count (`counted`; None: the
+    embedder does not count, and the reserved `estimate` stands); its answer's usage."""
+    tokens = estimate if counted is None else counted
+    settle(tokens)
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 def _estimated_tokens(documents: Any) -> int:

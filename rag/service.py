@@ -293,6 +293,9 @@ class RagCore:
         return sorted(out, key=lambda r: (r["name"], r.get("tenant", "")))
 
     async def ingest(self, tenant: str, name: str, raw_documents: Any) -> dict[str, Any]:
+        """Chunk, embed and store the documents. The answer counts each document's chunks
+        and gives `embedded_tokens`, the model tokens its chunks took (None where the
+        embedder does not count them): what the ingest route charges."""
         physical, lock = await self._find(tenant, name)
         docs = validate_documents(raw_documents, self.settings)
         s = self.settings
@@ -307,7 +310,8 @@ class RagCore:
             if not chunks:
                 raise bad(f"document {d.id!r} has no text to index", "empty_document", "documents")
         chunks = [c for cs in per_doc for c in cs]
-        vectors = (await self.embedder.embed([c.text for c in chunks])).vectors
+        embedded = await self.embedder.embed([c.text for c in chunks])
+        vectors = embedded.vectors
         async with lock:
             # One store call for the whole batch: it is validated and embedded by now. The
             # searcher hears of it only once the store has the new version.
@@ -330,6 +334,7 @@ class RagCore:
                 {"id": d.id, "chunks": len(cs)} for d, cs in zip(docs, per_doc, strict=True)
             ],
             "chunks": len(chunks),
+            "embedded_tokens": embedded.tokens,
         }
 
     async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
@@ -384,12 +389,21 @@ class RagCore:
     async def search(
         self, tenant: str, name: str, query: Any, top_k: Any = 5, filter: Any = None
     ) -> list[dict[str, Any]]:
+        hits, _ = await self.search_counted(tenant, name, query, top_k, filter)
+        return hits
+
+    async def search_counted(
+        self, tenant: str, name: str, query: Any, top_k: Any = 5, filter: Any = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """`search`'s hits, and the model tokens the query's embedding took (None where
+        the embedder does not count them): what the search route charges."""
         _, lock = await self._find(tenant, name)
         if not isinstance(query, str) or not query.strip():
             raise bad("query must be a non-empty string", param="query")
         self._top_k(top_k)
         self._check_filter(filter)  # a bad filter fails before the embedding is paid for
-        vector = (await self.embedder.embed([query])).vectors[0]
+        embedded = await self.embedder.embed([query])
+        vector = embedded.vectors[0]
         if self.searcher.holds_index:
             async with lock:  # off the event loop, and never beside a write to the index
                 hits = await asyncio.to_thread(
@@ -399,4 +413,4 @@ class RagCore:
             hits = await asyncio.to_thread(
                 self.retrieve, tenant, name, query, vector, top_k, filter
             )
-        return [h.as_result() for h in hits]
+        return [h.as_result() for h in hits], embedded.tokens

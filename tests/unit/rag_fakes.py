@@ -35,3 +35,22 @@ class HashEmbedder:
         if not texts:
             return Embedded(np.zeros((0, self.dim), dtype=np.float32), None)
         return Embedded(np.stack([self.vector(t) for t in texts]), None)
+
+
+class CountingEmbedder(HashEmbedder):
+    """`HashEmbedder` that counts model tokens as a WordPiece model does: one a word or
+    punctuation mark, plus [CLS] and [SEP] per text (so never the bytes / 4 estimate)."""
+
+    def __init__(self, dim: int = DIM) -> None:
+        super().__init__(dim)
+        self.tokens = 0
+
+    @staticmethod
+    def count(text: str) -> int:
+        return len(re.findall(r"\w+|[^\w\s]", text)) + 2
+
+    async def embed(self, texts: list[str]) -> Embedded:
+        got = await super().embed(texts)
+        tokens = sum(self.count(t) for t in texts)
+        self.tokens += tokens
+        return Embedded(got.vectors, tokens)

@@ -5,8 +5,7 @@ search; grounded chat) from two tenants, with zero 5xx.
 The real gateway app over honest fakes, called in-process through httpx's ASGI transport.
 What each request should cost is read from what the fakes reported: the usage of each
 generation (the fake engine's count, checked against the calls it received) and of each
-embeddings answer (the fake embedder's count). A RAG search is charged its query's
-estimate (`rag_routes.search` settles nothing: the route gets no count from the store).
+embeddings answer and RAG search (the fake embedder's count, which the answer carries).
 What the ledger charged is measured from the outside, through the `QuotaClient` Protocol
 only: the largest reservation each tenant can still take (given back at once).
 
@@ -36,7 +35,7 @@ from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 
 from tests.unit.fakes import FakeEngine
-from tests.unit.rag_fakes import DIM, HashEmbedder, word_offsets
+from tests.unit.rag_fakes import DIM, CountingEmbedder, word_offsets
 from tests.unit.test_hostile_inputs import tools
 
 TENANTS = ("alice", "bob")
@@ -176,7 +175,9 @@ def _events(text: str) -> list[Any]:
 
 def cost_of(kind: str, body: dict[str, Any], r: httpx.Response) -> int:
     """What a served request should be charged, from what the fakes reported."""
-    if kind in ("chat_tools", "grounded_chat", "embeddings"):
+    if kind == "rag_search":  # the embedder's count of the query, not bytes / 4
+        assert r.json()["usage"]["total_tokens"] == CountingEmbedder.count(body["query"])
+    if kind in ("chat_tools", "grounded_chat", "embeddings", "rag_search"):
         return int(r.json()["usage"]["total_tokens"])
     if kind == "chat_tools_stream":
         return int(_events(r.text)[-1]["usage"]["total_tokens"])
@@ -189,8 +190,7 @@ def cost_of(kind: str, body: dict[str, Any], r: httpx.Response) -> int:
     if kind == "responses_stream":
         done = [e for e in _events(r.text) if e.get("type") == "response.completed"]
         return int(done[-1]["response"]["usage"]["total_tokens"])
-    assert kind == "rag_search"
-    return EstimatingCounter().text(body["query"])
+    raise AssertionError(kind)
 
 
 @dataclass
@@ -211,7 +211,7 @@ async def mixed_burst(budget: int, quota_type: type[RecordingQuota] = RecordingQ
     ledger = ledger_for(spec.gateway)
     quota = quota_type(LocalQuota(ledger, lambda: 0.0))  # one window: nothing expires
     core = GatewayCore(spec, {"small": engine}, {"small": EstimatingCounter()}, quota)
-    embedder = HashEmbedder()
+    embedder = CountingEmbedder()
     settings = RagSettings(dim=DIM, chunk_tokens=40, chunk_overlap_tokens=5)
     rag_core = RagCore(settings, MemoryChunkStore(), embedder, word_offsets)
     await rag_core.start()

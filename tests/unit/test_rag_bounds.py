@@ -144,6 +144,11 @@ class Retrieved:
     async def search(self, tenant: str, name: str, query: Any, top_k: Any, filter: Any) -> Any:
         return list(self.found)
 
+    async def search_counted(
+        self, tenant: str, name: str, query: Any, top_k: Any, filter: Any
+    ) -> Any:
+        return await self.search(tenant, name, query, top_k, filter), None
+
 
 def trimmed(found: int, room: int) -> tuple[int, int]:
     """(hits kept, prompt counts made) for a grounded chat whose prompt fits when its

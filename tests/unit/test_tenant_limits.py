@@ -191,6 +191,9 @@ class CountingRag:
         hit = {"document_id": "d", "chunk_id": "d:0", "text": "context", "score": 1.0}
         return [{**hit, "id": "d:0", "metadata": {}}]
 
+    async def search_counted(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
+        return await self.search(*args), None  # no model count: the estimate stands
+
 
 def test_the_quota_is_checked_before_any_retrieval() -> None:
     core, quota, _ = core_with("  default_quota: {requests_per_min: 1}\n")
