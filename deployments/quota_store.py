@@ -14,23 +14,19 @@ from the URI as `responses.store.open_store` does. `MemoryQuotaStore` is for tes
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tierline.cluster.spec import ResponsesSpec
-from tierline.deployments.responses.store import POSTGRES_SCHEMES, sqlite_path
-from tierline.deployments.responses.store_pg import (
+from tierline.deployments.sqlstore import (
     CONNECT_TIMEOUT_S,
-    SCHEMA_LOCK,
+    POSTGRES_SCHEMES,
+    PostgresPool,
+    SqliteConnection,
     pg_sql,
-    why_unreachable,
+    sqlite_path,
 )
 
 __all__ = [
@@ -136,115 +132,56 @@ class MemoryQuotaStore:
 
 
 class SqliteQuotaStore:
-    """A `QuotaSnapshotStore` in a table of the Responses store's SQLite file (WAL mode, as
-    that store opens it). Calls run in a worker thread on one connection."""
+    """A `QuotaSnapshotStore` in a table of the Responses store's SQLite file, opened as
+    that store opens it (`sqlstore.SqliteConnection`: WAL mode, calls in a worker thread
+    on one connection)."""
 
     def __init__(self, path: str | Path, key: str = LEDGER_KEY) -> None:
         self.path = Path(path)
         self.key = key
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(SQL_SCHEMA)
-                db.commit()
-                self._db = db
-            try:
-                out = work(self._db)
-                self._db.commit()
-                return out
-            except BaseException:
-                self._db.rollback()
-                raise
+        self._db = SqliteConnection(self.path, (SQL_SCHEMA,))
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._run, lambda db: None)
+        await self._db.start()
 
     async def close(self) -> None:
-        def shut() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(shut)
+        await self._db.close()
 
     async def save(self, snapshot: QuotaSnapshot) -> None:
         row = (self.key, snapshot.saved_at, snapshot.to_json())
-        await asyncio.to_thread(self._run, lambda db: db.execute(SQL_SAVE, row))
+        await self._db.call(lambda db: db.execute(SQL_SAVE, row))
 
     async def load(self) -> QuotaSnapshot | None:
-        row = await asyncio.to_thread(
-            self._run, lambda db: db.execute(SQL_LOAD, (self.key,)).fetchone()
-        )
+        row = await self._db.call(lambda db: db.execute(SQL_LOAD, (self.key,)).fetchone())
         return None if row is None else QuotaSnapshot.from_json(row[0])
 
 
 class PostgresQuotaStore:
     """A `QuotaSnapshotStore` in a table of the Responses store's PostgreSQL database, over
-    one pooled connection (checked before use, so a restarted server costs one failed save
-    at most). The table is created under the Responses store's advisory lock."""
+    one pooled connection (`sqlstore.PostgresPool`: checked before use, so a restarted
+    server costs one failed save at most). The table is created under the Responses
+    store's advisory lock."""
 
     def __init__(
         self, uri: str, key: str = LEDGER_KEY, connect_timeout_s: float = CONNECT_TIMEOUT_S
     ) -> None:
         self.uri = uri
         self.key = key
-        self._timeout_s = connect_timeout_s
-        self._pool: AsyncConnectionPool | None = None
-        self._opening = asyncio.Lock()
-
-    async def _ready(self) -> AsyncConnectionPool:
-        async with self._opening:
-            if self._pool is None:
-                pool = AsyncConnectionPool(
-                    self.uri,
-                    min_size=1,
-                    max_size=1,
-                    open=False,
-                    check=AsyncConnectionPool.check_connection,
-                    timeout=self._timeout_s,
-                    name="tierline-quota",
-                )
-                try:
-                    await pool.open(wait=True, timeout=self._timeout_s)
-                    async with pool.connection() as conn, conn.transaction():
-                        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                        await conn.execute(SQL_SCHEMA)
-                except PoolTimeout as err:
-                    await pool.close()
-                    raise ConnectionError(
-                        "gateway.responses.store_uri: no connection to the PostgreSQL server in "
-                        f"{self._timeout_s:g} s: {await why_unreachable(self.uri)}"
-                    ) from err
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-            return self._pool
+        self._pool = PostgresPool(uri, (SQL_SCHEMA,), "tierline-quota", 1, connect_timeout_s)
 
     async def start(self) -> None:
-        await self._ready()
+        await self._pool.ready()
 
     async def close(self) -> None:
-        async with self._opening:
-            if self._pool is not None:
-                await self._pool.close()
-                self._pool = None
+        await self._pool.close()
 
     async def save(self, snapshot: QuotaSnapshot) -> None:
-        pool = await self._ready()
+        pool = await self._pool.ready()
         async with pool.connection() as conn:
             await conn.execute(pg_sql(SQL_SAVE), (self.key, snapshot.saved_at, snapshot.to_json()))
 
     async def load(self) -> QuotaSnapshot | None:
-        pool = await self._ready()
+        pool = await self._pool.ready()
         async with pool.connection() as conn:
             cursor = await conn.execute(pg_sql(SQL_LOAD), (self.key,))
             row = await cursor.fetchone()

@@ -15,13 +15,10 @@ database server: `store_pg.PostgresResponseStore` runs the same statements on Po
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tierline.cluster.spec import ClusterSpec, ResponsesSpec
 from tierline.deployments.responses.records import (
@@ -37,6 +34,7 @@ from tierline.deployments.responses.records import (
     row_record,
 )
 from tierline.deployments.responses.store_pg import PostgresResponseStore
+from tierline.deployments.sqlstore import POSTGRES_SCHEMES, SqliteConnection, sqlite_path
 
 __all__ = [
     "POSTGRES_SCHEMES",
@@ -49,8 +47,6 @@ __all__ = [
     "sqlite_path",
     "with_absolute_store",
 ]
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class ResponseStore(Protocol):
@@ -105,57 +101,22 @@ class MemoryResponseStore:
         return True
 
 
-def sqlite_path(uri: str) -> str:
-    """The file of a SQLite store URI (`sqlite:///path` or a plain path)."""
-    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri
-
-
 class SqliteResponseStore:
     """A `ResponseStore` in one SQLite file, WAL mode: every gateway replica on the host
-    opens it. Calls run in a worker thread (`asyncio.to_thread`) on one connection per
-    store, serialised by a lock; expired rows are purged at most once a minute."""
+    opens it. Calls run in a worker thread on one connection per store, serialised by a
+    lock (`sqlstore.SqliteConnection`); expired rows are purged at most once a minute."""
 
     def __init__(self, path: str | Path, clock: Clock = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._db = SqliteConnection(self.path, SQL_SCHEMA)
         self._purge = PurgeSchedule()
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            for statement in SQL_SCHEMA:
-                db.execute(statement)
-            db.commit()
-            self._db = db
-        return self._db
-
-    def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            db = self._connect()
-            try:
-                out = work(db)
-                db.commit()
-                return out
-            except BaseException:
-                db.rollback()
-                raise
-
     async def start(self) -> None:
-        await asyncio.to_thread(self._run, lambda db: None)
+        await self._db.start()
 
     async def close(self) -> None:
-        def shut() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(shut)
+        await self._db.close()
 
     async def put(self, record: StoredResponse) -> None:
         now = self._clock()
@@ -167,19 +128,19 @@ class SqliteResponseStore:
                 db.execute(SQL_PURGE, (now,))
             db.execute(SQL_PUT, row)
 
-        await asyncio.to_thread(self._run, work)
+        await self._db.call(work)
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
         now = self._clock()
-        row = await asyncio.to_thread(
-            self._run, lambda db: db.execute(SQL_GET, (response_id, tenant, now)).fetchone()
+        row = await self._db.call(
+            lambda db: db.execute(SQL_GET, (response_id, tenant, now)).fetchone()
         )
         return None if row is None else row_record(row)
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         now = self._clock()
-        deleted = await asyncio.to_thread(
-            self._run, lambda db: db.execute(SQL_DELETE, (response_id, tenant, now)).rowcount
+        deleted = await self._db.call(
+            lambda db: db.execute(SQL_DELETE, (response_id, tenant, now)).rowcount
         )
         return bool(deleted)
 
