@@ -13,6 +13,11 @@ cache works exactly as without salts); a client salt only splits its own tenant'
 further, and no value a client sends can name another tenant's salt. Off, the client's
 `cache_salt` is dropped (`bounds.ENGINE_FIELDS` lets it through only for this) and every
 tenant shares one cache.
+
+Where there is one tenant only (authentication off: every request is the anonymous
+tenant's) there is no other tenant to hide a prefix from, so a request without a client
+salt goes as it came: no salt, and no copy of its body. A client's own salt is still mixed
+with the tenant's, as above.
 """
 
 from __future__ import annotations
@@ -35,10 +40,14 @@ def tenant_salt(tenant: str, client_salt: str | None = None) -> str:
     return digest.hexdigest()[:32]
 
 
-def salted(body: _Generation, tenant: str, on: bool) -> _Generation:
-    """`body` as engine tiers get it: its `cache_salt` the tenant's (on), or none (off)."""
+def salted(body: _Generation, tenant: str, on: bool, one_tenant: bool = False) -> _Generation:
+    """`body` as engine tiers get it: its `cache_salt` the tenant's (on), or none (off).
+    `one_tenant` (on, and no other tenant can exist): a body without a client salt needs
+    none and comes back as it is, not copied. `body` itself is never changed."""
     extra = body.model_extra or {}
     client = extra.get("cache_salt")
+    if one_tenant and on and "cache_salt" not in extra:
+        return body
     if not on:
         if "cache_salt" not in extra:
             return body

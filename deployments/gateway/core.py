@@ -305,7 +305,8 @@ class GatewayCore:
         if headers[REASON_HEADER].startswith("downgraded:"):
             cascade = None  # sent down on purpose: no escalating back to where it came from
         ask = body if cascade is None else body.model_copy(update=cascade.ask)
-        ask = salted(ask, tenant, self.spec.gateway.tenant_cache_salt)  # engine tiers' cache
+        gw = self.spec.gateway  # engine tiers' prefix cache: the tenant's own
+        ask = salted(ask, tenant, gw.tenant_cache_salt, one_tenant=not gw.auth.enabled)
         try:
             tier, first, stream = await self.failover.first_item(
                 method, ask, tier, headers, slot, plan.adapter_id, plan.allowed, deadline
