@@ -1,6 +1,8 @@
-"""The gateway's ASGI middleware: request ids, body-size limit, API-key authentication and
-admission at the edge (`deployments.edge`: a generation request that cannot be admitted
-is refused here, before FastAPI parses it).
+"""The gateway's ASGI middleware: request ids, body-size limit, API-key authentication,
+each tenant's share of the event loop (`deployments.loop_share`: a tenant past it is
+refused before its body is read, and every admitted request's loop time is charged to its
+tenant) and admission at the edge (`deployments.edge`: a generation request that cannot be
+admitted is refused here, before FastAPI parses it).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which buffers and re-wraps
 streaming responses and adds latency to every token.
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tierline.deployments.auth import KeyStore
 from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.logs import bind_request
+from tierline.deployments.loop_share import LoopShare, metered
 
 REQUEST_ID_HEADER = "x-request-id"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -68,8 +71,10 @@ class GatewayMiddleware:
         on_reject: Callable[[APIError], None] | None = None,
         edge: Edge | None = None,
         edge_paths: frozenset[str] = frozenset(),
+        loop_share: LoopShare | None = None,
     ) -> None:
         self.app = app
+        self.loop_share = loop_share  # per-tenant fair share of the event loop
         self.edge = edge
         self.edge_paths = edge_paths
         self.on_reject = on_reject  # metrics: auth and size rejections never reach the app
@@ -104,7 +109,26 @@ class GatewayMiddleware:
                 self.on_reject(rejection)
             await error_response(rejection)(scope, receive, send_with_id)
             return
+        if self.loop_share is None or scope["path"] in PUBLIC_PATHS:
+            await self._serve(scope, receive, send_with_id, state)
+            return
+        tenant = state.get("tenant", ANONYMOUS_TENANT)
+        share = self.loop_share
+        over = share.admit(tenant)
+        if over is not None and self.on_reject is not None:
+            self.on_reject(over)
+        # Refused before its body is read, so the refusal costs next to nothing; what it
+        # does cost is charged too: a tenant that retries at once stays out.
+        answer = (
+            error_response(over)(scope, receive, send_with_id)
+            if over is not None
+            else self._serve(scope, receive, send_with_id, state)
+        )
+        await metered(answer, share.step_clock, lambda step_s: share.charge(tenant, step_s))
 
+    async def _serve(
+        self, scope: Scope, receive: Receive, send_with_id: Send, state: dict[str, Any]
+    ) -> None:
         received = 0
         limit = body_limit(scope["path"], self.default_limit, self.route_limits)
         if self.edge is not None and scope["method"] == "POST" and scope["path"] in self.edge_paths:

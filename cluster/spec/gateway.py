@@ -171,6 +171,46 @@ class RequestLimitsSpec(Strict):
     )
 
 
+class LoopShareSpec(Strict):
+    """Each tenant's fair share of a gateway replica's event loop (`deployments.loop_share`).
+    Every request's loop time (reading, parsing and validating its body, counting its
+    tokens, passing its answer on) is charged to its tenant; while another tenant has
+    requests at the replica, a tenant past its share is refused with 429
+    `loop_share_exceeded` and `Retry-After` before its body is read."""
+
+    enabled: bool = Field(
+        True,
+        description="Refuse a tenant past max_fraction of the replica's event loop while "
+        "other tenants are active. Off: one tenant's expensive requests (even ones refused "
+        "with 400) can slow every other tenant's.",
+    )
+    max_fraction: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Fraction of the replica's event-loop time over window_s one tenant's "
+        "requests may take while another tenant has had a request there within window_s. "
+        "Only the heaviest tenant is refused past it: a tenant alone on the replica, or "
+        "one taking less of the loop than another active tenant, never is.",
+    )
+    window_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Time constant of the loop-time average (an exponentially decaying sum), "
+        "and how recent another tenant's request must be for the share to apply.",
+    )
+    long_step_s: float = Field(
+        0.001,
+        gt=0,
+        le=1,
+        description="A step of one request on the loop (the code between two awaits) longer "
+        "than this is charged its length times (length / long_step_s): every request that "
+        "becomes ready meanwhile waits for all of it, so a few long steps hurt other "
+        "tenants' latency more than many short ones. One step is charged at most window_s.",
+    )
+
+
 class GatewaySpec(Strict):
     host: str = Field("127.0.0.1", description="Address the gateway replicas bind.")
     port: int = Field(
@@ -255,6 +295,10 @@ class GatewaySpec(Strict):
     limits: RequestLimitsSpec = Field(
         default_factory=RequestLimitsSpec,
         description="Bounds on engine fields (stop, logit_bias, grammars, tools, images).",
+    )
+    loop_share: LoopShareSpec = Field(
+        default_factory=LoopShareSpec,
+        description="Each tenant's fair share of a gateway replica's event loop.",
     )
 
     @model_validator(mode="before")

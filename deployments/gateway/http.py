@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from tierline.deployments.embeddings import (
 )
 from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.gateway.core import GatewayCore
+from tierline.deployments.loop_share import LoopShare
 from tierline.deployments.middleware import GatewayMiddleware, tenant_of
 from tierline.deployments.plan import (
     REASON_HEADER,
@@ -76,10 +78,13 @@ def create_app(
     rag: RagClient | None = None,
     embedder: Embedder | None = None,
     responses: ResponseStore | None = None,
+    loop_share: LoopShare | None = None,
 ) -> FastAPI:
     """The gateway's HTTP app. `keys` None means authentication is off; `rag` None, no RAG.
     `/v1/embeddings` is served by `embedder`, or without one by the RAG client's.
-    `responses` None: stored responses live in this process only (`MemoryResponseStore`)."""
+    `responses` None: stored responses live in this process only (`MemoryResponseStore`).
+    `loop_share` None: each tenant's share of the event loop (`gateway.loop_share`) is
+    kept on the real clocks, when enabled."""
     store: ResponseStore = responses if responses is not None else MemoryResponseStore()
 
     @asynccontextmanager
@@ -108,6 +113,9 @@ def create_app(
         return err
 
     app = FastAPI(title="tierline gateway", version="0.1.0", lifespan=lifespan)
+    share = core.spec.gateway.loop_share
+    if loop_share is None and share.enabled:
+        loop_share = LoopShare(share, time.monotonic, time.perf_counter)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=core.spec.gateway.max_body_bytes,
@@ -116,6 +124,7 @@ def create_app(
         route_limits=upload_limits(core.spec.rag) if rag is not None else (),
         edge=edge,
         edge_paths=EDGE_PATHS,
+        loop_share=loop_share,
     )
 
     @app.exception_handler(APIError)

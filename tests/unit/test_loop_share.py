@@ -1,0 +1,263 @@
+"""Each tenant's fair share of the gateway replica's event loop (`deployments.loop_share`,
+issue 27: a hostile tenant's expensive requests, even ones refused with 400, must not
+slow every other tenant's chat).
+
+The decisions are pure functions, tested over generated inputs; the gateway app is driven
+with a fake clock that the token counter advances by the bytes it counts (an honest fake
+of expensive tokenising), so nothing here depends on this machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tierline.cluster.spec import LoopShareSpec
+from tierline.cluster.specfile import load_spec_text
+from tierline.deployments.auth import KeyStore, hash_key
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.loop_share import (
+    LoopShare,
+    TenantUse,
+    charged,
+    decayed,
+    heaviest_other,
+    metered,
+    refusal,
+    retry_after_s,
+    step_cost,
+)
+from tierline.deployments.tokens import EstimatingCounter
+
+from tests.unit.fakes import FakeEngine
+from tests.unit.test_gateway import assert_openai_error, chat
+
+SPEC = LoopShareSpec()
+
+
+# -- pure parts ----------------------------------------------------------------------------
+def test_decay_halves_in_window_ln2() -> None:
+    use = TenantUse(used_s=1.0, at=10.0)
+    assert decayed(use, 10.0, 1.0) == 1.0
+    assert decayed(use, 10.0 + math.log(2), 1.0) == pytest.approx(0.5)
+    assert decayed(use, 5.0, 1.0) == 1.0  # a clock that went back decays nothing
+    assert charged(use, 0.25, 10.0, 1.0).used_s == pytest.approx(1.25)
+
+
+def test_steady_use_settles_at_fraction_times_window() -> None:
+    use, now = TenantUse(), 0.0
+    for _ in range(5000):  # 10 ms of loop every 100 ms: a tenth of the loop
+        now += 0.1
+        use = charged(use, 0.01, now, 1.0)
+    assert use.used_s == pytest.approx(0.1 * 1.0, rel=0.06)
+
+
+def test_long_steps_cost_more_than_their_length() -> None:
+    assert step_cost(0.0005, 0.001, 1.0) == 0.0005
+    assert step_cost(0.001, 0.001, 1.0) == 0.001
+    assert step_cost(0.02, 0.001, 1.0) == pytest.approx(0.4)  # 20 ms: charged 20x
+    assert step_cost(5.0, 0.001, 1.0) == 1.0  # one step is charged at most a window
+    assert step_cost(-1.0, 0.001, 1.0) == 0.0
+
+
+def test_retry_after_is_when_use_decays_to_the_limit() -> None:
+    assert retry_after_s(0.1, 0.2, 1.0) == 1
+    assert retry_after_s(1.0, 0.2, 1.0) == math.ceil(math.log(5))
+    assert retry_after_s(1.0, 0.2, 10.0) == math.ceil(10 * math.log(5))
+
+
+def test_alone_a_tenant_is_never_refused() -> None:
+    uses = {"hostile": TenantUse(used_s=50.0, at=0.0, last_seen=0.0)}
+    assert refusal(uses, "hostile", 0.0, SPEC) is None
+
+
+def test_heaviest_tenant_past_its_share_is_refused_with_retry_after() -> None:
+    uses = {
+        "hostile": TenantUse(used_s=0.9, at=0.0, last_seen=0.0),
+        "normal": TenantUse(used_s=0.03, at=0.0, last_seen=-0.5),
+    }
+    err = refusal(uses, "hostile", 0.0, SPEC)
+    assert err is not None and err.status == 429 and err.code == "loop_share_exceeded"
+    assert err.headers["Retry-After"] == str(retry_after_s(0.9, 0.2, 1.0))
+    assert refusal(uses, "normal", 0.0, SPEC) is None
+    # the other tenant's last request was more than a window ago: hostile has the loop
+    assert refusal(uses, "hostile", 0.6, SPEC) is None
+    assert refusal(uses, "hostile", 0.0, SPEC.model_copy(update={"enabled": False})) is None
+
+
+uses_st = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.builds(
+        TenantUse,
+        used_s=st.floats(0, 5),
+        at=st.floats(-3, 0),
+        last_seen=st.floats(-3, 0),
+    ),
+    min_size=1,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(uses=uses_st, now=st.floats(0, 2), fraction=st.floats(0.01, 1))
+def test_only_the_heaviest_tenant_over_its_share_is_ever_refused(
+    uses: dict[str, TenantUse], now: float, fraction: float
+) -> None:
+    spec = LoopShareSpec(max_fraction=fraction)
+    for tenant in uses:
+        err = refusal(uses, tenant, now, spec)
+        used = decayed(uses[tenant], now, spec.window_s)
+        other = heaviest_other(uses, tenant, now, spec.window_s)
+        if err is None:
+            assert used <= fraction * spec.window_s or other is None or used <= other
+        else:
+            assert used > fraction * spec.window_s and other is not None and used > other
+            assert int(err.headers["Retry-After"]) >= 1
+    active = [t for t, u in uses.items() if now - u.last_seen <= spec.window_s]
+    refused = [t for t in active if refusal(uses, t, now, spec) is not None]
+    assert len(refused) <= 1  # two active tenants cannot both be heavier than each other
+
+
+def test_metered_charges_each_step_and_passes_results_and_errors() -> None:
+    ticks = iter(range(1000))
+    steps: list[float] = []
+
+    async def work(fail: bool) -> str:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        if fail:
+            raise ValueError("boom")
+        return "done"
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    async def run() -> None:
+        assert await metered(work(False), clock, steps.append) == "done"
+        assert steps == [1.0, 1.0, 1.0]  # three steps: before, between and after the awaits
+        with pytest.raises(ValueError, match="boom"):
+            await metered(work(True), clock, steps.append)
+        assert len(steps) == 6
+
+    asyncio.run(run())
+
+
+def test_metered_passes_cancellation_into_the_request() -> None:
+    seen: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def run() -> None:
+        task = asyncio.create_task(metered(slow(), lambda: 0.0, lambda _: None))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert seen == ["cancelled"]
+
+
+# -- through the gateway app ----------------------------------------------------------------
+GATEWAY = """
+tiers:
+  - name: small
+    model_source: org/small
+    max_context_tokens: 32768
+    capabilities: {tools: true}
+gateway:
+  max_body_bytes: 4194304
+  tenants:
+    - {name: normal}
+    - {name: hostile}
+"""
+KEYS = {"normal": "sk-normal", "hostile": "sk-hostile"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CostlyCounter:
+    """The byte estimate, advancing the fake clock 1 us per byte it counts: tokenising a
+    large prompt holds the loop, as a real tokenizer does."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.inner = EstimatingCounter()
+        self.bytes = 0
+
+    def chat(self, messages: Sequence[dict[str, Any]]) -> int:
+        n = self.inner.chat(messages)
+        self._spend(n * 4)
+        return n
+
+    def text(self, prompt: str) -> int:
+        n = self.inner.text(prompt)
+        self._spend(n * 4)
+        return n
+
+    def _spend(self, size: int) -> None:
+        self.bytes += size
+        self.clock.now += size * 1e-6
+
+
+def gateway(spec_text: str = GATEWAY) -> tuple[TestClient, FakeClock, CostlyCounter]:
+    spec = load_spec_text(spec_text)
+    clock = FakeClock()
+    counter = CostlyCounter(clock)
+    core = GatewayCore(spec, {"small": FakeEngine("small")}, {"small": counter})
+    keys = KeyStore({hash_key(k): t for t, k in KEYS.items()})
+    share = LoopShare(spec.gateway.loop_share, clock, clock)
+    app = create_app(core, keys, loop_share=share if spec.gateway.loop_share.enabled else None)
+    return TestClient(app, raise_server_exceptions=False), clock, counter
+
+
+def post(client: TestClient, tenant: str, body: dict[str, Any]) -> Any:
+    headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
+    return client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def test_hostile_tenant_is_refused_before_its_body_is_read_and_normal_is_served() -> None:
+    client, clock, counter = gateway()
+    expensive = chat("word " * 60_000)
+    assert post(client, "normal", chat()).status_code == 200
+    first = post(client, "hostile", expensive)  # counting 300 kB holds the loop
+    assert first.status_code in (200, 400), first.text
+    counted = counter.bytes
+    again = post(client, "hostile", expensive)
+    err = assert_openai_error(again, 429)
+    assert err["code"] == "loop_share_exceeded"
+    assert int(again.headers["Retry-After"]) >= 1
+    assert counter.bytes == counted  # refused before its body was parsed or counted
+    assert post(client, "normal", chat()).status_code == 200  # the light tenant goes on
+    clock.now += 30  # the normal tenant has gone quiet, and the use has decayed
+    assert post(client, "hostile", expensive).status_code in (200, 400)
+
+
+def test_a_tenant_alone_is_never_refused() -> None:
+    client, _, _ = gateway()
+    for _ in range(5):
+        assert post(client, "hostile", chat("word " * 60_000)).status_code in (200, 400)
+
+
+def test_loop_share_off_lets_the_hostile_tenant_through() -> None:
+    off = GATEWAY.replace("gateway:\n", "gateway:\n  loop_share: {enabled: false}\n")
+    client, _, _ = gateway(off)
+    assert post(client, "normal", chat()).status_code == 200
+    for _ in range(3):
+        assert post(client, "hostile", chat("word " * 60_000)).status_code in (200, 400)
