@@ -105,6 +105,7 @@ class Gateway:
                     adapter_sources(t),
                     prefix_affinity=t.replica_routing == "prefix",
                     imbalance=t.prefix_imbalanced_threshold,
+                    stream_interval_ms=self._spec.gateway.stream_interval_ms,
                 )
                 if t.name in relayed
                 else handle_path

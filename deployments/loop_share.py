@@ -5,7 +5,7 @@ with 400 still costs the loop its way in (reading and parsing the body, validati
 counting its tokens), so one tenant keeping a few expensive requests in flight
 back-to-back makes every other tenant's requests wait behind them, whatever their quotas.
 
-Each request's loop time is measured (`metered`: the wall time of every step the
+Each request's loop time is measured (`metered`: the time of every step the
 request's own task takes on the loop) and charged to its tenant (`step_cost`: a step
 longer than `long_step_s` is charged more than its length, since every other request
 waits behind it) as an exponentially decaying sum over `window_s` (`decayed`). While
@@ -14,8 +14,9 @@ past `max_fraction` of the window and larger than every such tenant's is refused
 edge, after its key is checked and before its body is read (`refusal`: 429
 `loop_share_exceeded` with the seconds until it is back under its share in `Retry-After`).
 A tenant alone on the replica is never refused (the loop is all its own), and neither is
-one that takes less of it than another active tenant: a light tenant is never refused
-because a heavy one is there.
+one that takes less of it than another active tenant (a light tenant is never refused
+because a heavy one is there), nor anyone while the tenants' loop time together is under
+`busy_fraction` of the window (the loop has room, so no one waits for it).
 The decisions are pure functions of `TenantUse`; `LoopShare` keeps the state of one
 replica and reads the clock.
 """
@@ -111,6 +112,9 @@ def refusal(
     limit = spec.max_fraction * spec.window_s
     if used <= limit:
         return None
+    total = sum(decayed(u, now, spec.window_s) for u in uses.values())
+    if total < spec.busy_fraction * spec.window_s:  # the loop has room: no one waits
+        return None
     other = heaviest_other(uses, tenant, now, spec.window_s)
     if other is None or used <= other:  # alone, or not the heaviest: never refused
         return None
@@ -130,7 +134,9 @@ class LoopShare:
     """One gateway replica's per-tenant loop time (state for `refusal`)."""
 
     def __init__(self, spec: LoopShareSpec, clock: Clock, step_clock: Clock) -> None:
-        """`clock` dates arrivals and decay (monotonic); `step_clock` times each step."""
+        """`clock` dates arrivals and decay (monotonic); `step_clock` times each step
+        (the gateway uses the loop thread's CPU time, `time.thread_time`, so that a step
+        the OS preempted is not charged for the wait)."""
         self.spec = spec
         self.clock = clock
         self.step_clock = step_clock
@@ -169,7 +175,7 @@ class LoopShare:
 def _drive(
     coro: Coroutine[Any, Any, T], clock: Clock, charge: Callable[[float], None]
 ) -> Generator[Any, Any, T]:
-    """Run `coro` step by step in the calling task, charging each step's wall time."""
+    """Run `coro` step by step in the calling task, charging each step by `clock`."""
     send: Any = None
     throw: BaseException | None = None
     while True:

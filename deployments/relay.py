@@ -5,6 +5,12 @@ picks the tier's replica (`replica_choice`) and POSTs the request to that replic
 vLLM app (`relay_server`) over a kept-alive connection. A streamed answer comes back as
 the engine's SSE events, handed on as the `bytes` the engine wrote, as many whole events
 at a time as have arrived: nothing is parsed but the usage event at the end (`streams`).
+The request asks the replica to pace the stream (`PACE_HEADER`, `gateway.
+stream_interval_ms`): its events come in at most one write per interval, so each read
+here, and each write to the client, carries the tokens of that interval. It also asks
+vLLM for as many tokens per event as the tier makes in that interval (`stream_interval`,
+from the tier's pace as the reads show it: `pacing.TokenPace`), so vLLM's API layer
+formats one event per interval rather than one per token.
 A whole answer is read and parsed once.
 
 - Failures before any output (connection refused, a 5xx status) raise, so `Failover`
@@ -26,7 +32,8 @@ from typing import Any
 
 from tierline.deployments.engine_client import EngineClient, EngineError, EngineItem, Method
 from tierline.deployments.logs import current_request_id
-from tierline.deployments.relay_server import ADAPTER_HEADER, TOKEN_HEADER
+from tierline.deployments.pacing import IMMEDIATE, TokenPace, interval_header_value
+from tierline.deployments.relay_server import ADAPTER_HEADER, PACE_HEADER, TOKEN_HEADER
 from tierline.deployments.replica_choice import PrefixMemory, blocks, choose_replica, prefix_text
 from tierline.deployments.sse import events_end
 
@@ -37,6 +44,8 @@ logger = logging.getLogger("ray.serve.tierline.gateway")
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 BENCH_S = 5.0
 """How long a replica that failed a connection is left out."""
+EVENT_MARK = b"data: "
+DONE_MARK = b"data: [DONE]"
 
 
 class RelayDirectory:
@@ -93,6 +102,7 @@ class RelayEngineClient:
         prefix_affinity: bool = False,
         imbalance: int = 4,
         connect_timeout_s: float = 5.0,
+        stream_interval_ms: float = 0.0,
     ) -> None:
         self.tier = tier
         self.fallback = fallback
@@ -101,6 +111,8 @@ class RelayEngineClient:
         self.prefix_affinity = prefix_affinity
         self.imbalance = imbalance
         self.connect_timeout_s = connect_timeout_s
+        self.stream_interval_ms = stream_interval_ms
+        self.pace = TokenPace()
         self.in_flight: dict[str, int] = {}
         self.prefixes = PrefixMemory() if prefix_affinity else None
         self._session: Any = None  # aiohttp.ClientSession, made on first use (in the loop)
@@ -155,6 +167,13 @@ class RelayEngineClient:
         request_id = current_request_id()
         if request_id:  # vLLM's request id, and the engine replica's access record
             headers["x-request-id"] = request_id
+        per_event = 1
+        if self.stream_interval_ms and body.get("stream"):
+            headers[PACE_HEADER] = interval_header_value(self.stream_interval_ms)
+            if "stream_interval" not in body:
+                per_event = self.pace.tokens_per_event(self.stream_interval_ms / 1000)
+                if per_event > 1:
+                    body = {**body, "stream_interval": per_event}
         model = body.get("model")
         if model in self.adapters:
             headers[ADAPTER_HEADER] = str(model)
@@ -189,6 +208,7 @@ class RelayEngineClient:
             # client per read, so events that queue up while this process is busy go out
             # together (no waiting added), and every item holds whole events only.
             carry = b""
+            reads, last = 0, 0.0
             async for data in response.content.iter_any():
                 if carry:
                     data, carry = carry + data, b""
@@ -198,6 +218,12 @@ class RelayEngineClient:
                     continue
                 if cut < len(data):
                     data, carry = data[:cut], data[cut:]
+                if self.stream_interval_ms:  # the tier's token pace, from paced reads only
+                    now = time.monotonic()
+                    reads += 1
+                    if reads > IMMEDIATE and DONE_MARK not in data:
+                        self.pace.observe(now - last, data.count(EVENT_MARK), per_event)
+                    last = now
                 yield data
             if carry:
                 yield carry

@@ -7,7 +7,10 @@ without Ray Serve's handle path, pickling or per-chunk Python objects anywhere e
 The app is the engine's own (`VLLMEngine.build_asgi_app`, the app Ray Serve LLM's
 direct-streaming mode serves), wrapped in one small middleware: a request for a LoRA
 adapter names it in `ADAPTER_HEADER`, and the adapter is loaded through the replica's
-Serve multiplexing loader (LRU per replica) before vLLM sees the request.
+Serve multiplexing loader (LRU per replica) before vLLM sees the request; a streamed
+request whose `PACE_HEADER` names an interval has its chunks written at most once per
+interval (`deployments.pacing`: fewer writes here and fewer reads and writes in the
+gateway).
 
 Where the gateway finds it: the replica writes `{"url": ...}` under
 `relay_key(app, deployment, replica)` in Ray's GCS key-value store (namespace
@@ -28,8 +31,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tierline.deployments.pacing import PacedSend, parse_interval
+
 __all__ = [
     "ADAPTER_HEADER",
+    "PACE_HEADER",
     "RELAY_NAMESPACE",
     "TOKEN_HEADER",
     "TOKEN_KEY",
@@ -45,6 +51,9 @@ logger = logging.getLogger("ray.serve.tierline.engine")
 RELAY_NAMESPACE = "tierline"
 ADAPTER_HEADER = "x-tierline-adapter"
 TOKEN_HEADER = "x-tierline-relay-token"
+PACE_HEADER = "x-tierline-stream-interval-ms"
+"""The gateway's `gateway.stream_interval_ms` for a streamed request (`deployments.pacing`)."""
+PACE_HEADER_B = PACE_HEADER.encode()
 ADAPTER_HEADER_B = ADAPTER_HEADER.encode()
 TOKEN_HEADER_B = TOKEN_HEADER.encode()
 TOKEN_KEY = "relay/token"
@@ -98,11 +107,13 @@ class RelayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = adapter = None
+        token = adapter = pace = None
         request_id = ""
         for k, v in scope.get("headers", ()):
             if k == TOKEN_HEADER_B:
                 token = v
+            elif k == PACE_HEADER_B:
+                pace = v
             elif k == ADAPTER_HEADER_B:
                 adapter = v.decode()
             elif k == b"x-request-id":
@@ -118,7 +129,15 @@ class RelayMiddleware:
                     send, 404, f"adapter {adapter!r} could not be loaded: {err}", "not_found_error"
                 )
                 return
-        await self._logged(scope, receive, send, request_id)
+        interval_s = parse_interval(pace)
+        if not interval_s:
+            await self._logged(scope, receive, send, request_id)
+            return
+        paced = PacedSend(send, interval_s)
+        try:
+            await self._logged(scope, receive, paced, request_id)
+        finally:
+            await paced.close()
 
     async def _logged(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """Run the engine's app and write one access record with the request id (the

@@ -193,6 +193,14 @@ class LoopShareSpec(Strict):
         "Only the heaviest tenant is refused past it: a tenant alone on the replica, or "
         "one taking less of the loop than another active tenant, never is.",
     )
+    busy_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=10,
+        description="The share applies only while the loop is contended: the tenants' loop "
+        "time together (long steps weighted as below) past this fraction of window_s. Below "
+        "it no tenant is refused, however much of the loop it takes: the others do not wait.",
+    )
     window_s: float = Field(
         1.0,
         gt=0,
@@ -233,9 +241,21 @@ class GatewaySpec(Strict):
         "the replica and sends the request to the replica's own vLLM app on a port of its "
         "node, then passes the answer's bytes on (no Ray Serve handle, no per-token Python "
         "objects outside vLLM's API layer). serve: through Ray Serve handles to Ray Serve "
-        "LLM's LLMServer (the earlier path). Autoscaled tiers, and a tier whose replicas "
-        "have not published a relay yet, always take the serve path (Serve's autoscaler "
-        "counts the requests it routes; a tier at zero replicas is started by one).",
+        "LLM's LLMServer (the earlier path). A tier whose replicas have not published a "
+        "relay yet (starting, or scaled to zero) takes the serve path for those requests "
+        "(a handle call starts a tier at zero replicas); autoscaled tiers are relayed, "
+        "their replicas reporting relayed requests to Serve's autoscaler.",
+    )
+    stream_interval_ms: float = Field(
+        20.0,
+        ge=0,
+        le=1000,
+        description="On the relay path, a streamed answer's chunks after the first two "
+        "(chat's role chunk and the first token, so time to first token is untouched) are "
+        "written at most once per this many milliseconds, the tokens made meanwhile "
+        "together; the last chunk goes out at once. Each write costs a socket send in the "
+        "engine replica and a read, a parse and a send in the gateway, once per token "
+        "without pacing. 0: one write per token, as vLLM makes them.",
     )
     tenant_cache_salt: bool = Field(
         True,

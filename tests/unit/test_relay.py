@@ -203,6 +203,7 @@ async def gateway(
             FakeEngine(t.model_name, (handle_fail or {}).get(t.name)),
             directory,
             adapter_sources(t),
+            stream_interval_ms=spec.gateway.stream_interval_ms,  # paced, as by default
         )
         for t in spec.tiers
     }
@@ -641,3 +642,81 @@ async def test_relayed_items_hold_whole_events_however_the_bytes_were_cut() -> N
         await handle.stop()
     assert all(isinstance(i, bytes) and i.endswith(b"\n\n") for i in items), items
     assert b"".join(items) == b"".join(parts)  # type: ignore[arg-type]
+
+
+async def test_a_relayed_stream_is_paced_by_the_gateways_interval() -> None:
+    """The gateway asks the replica to pace a stream (`gateway.stream_interval_ms`): the
+    replica writes a burst of tokens in few writes, the first two at once, every byte in
+    order; a whole answer and an unpaced stream are written as the app wrote them."""
+    writes: list[int] = []
+
+    async def engine(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        writes.append(0)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(30):
+            await send(
+                {"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True}
+            )
+            await asyncio.sleep(0.001)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def load(name: str) -> None:
+        return None
+
+    handle = await start_relay_server(RelayMiddleware(engine, TOKEN, load), "127.0.0.1")
+    directory = RelayDirectory()
+    directory.token = TOKEN
+    directory.set("small", {"r": handle.url})
+    paced = RelayEngineClient("small", FakeEngine("x"), directory, stream_interval_ms=200)
+    plain = RelayEngineClient("small", FakeEngine("x"), directory)
+    expected = b"".join(b"data: %d\n\n" % i for i in range(30)) + b"data: [DONE]\n\n"
+    try:
+        items = [i async for i in paced.generate("chat", {"model": "x", "stream": True})]
+        assert b"".join(items) == expected  # type: ignore[arg-type]
+        assert len(items) <= 5, items  # two at once, the rest in one to three writes
+        assert items[0] == b"data: 0\n\n"
+        unpaced = [i async for i in plain.generate("chat", {"model": "x", "stream": True})]
+        assert b"".join(unpaced) == expected  # type: ignore[arg-type]
+    finally:
+        await paced.close()
+        await plain.close()
+        await handle.stop()
+
+
+async def test_the_pace_header_goes_with_streams_only() -> None:
+    engine = EngineApp("r1")
+    async with (
+        relays(engine) as urls,
+        gateway({"small": urls}) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=10) as http,
+    ):
+        await http.post("/v1/chat/completions", json=chat(stream=True))
+        await http.post("/v1/chat/completions", json=chat())
+    assert engine.headers[0]["x-tierline-stream-interval-ms"] == "20"
+    assert "x-tierline-stream-interval-ms" not in engine.headers[1]
+
+
+async def test_the_relay_asks_vllm_for_tokens_per_event_from_the_tiers_pace() -> None:
+    engine = EngineApp("r1")
+    async with relays(engine) as urls:
+        directory = RelayDirectory()
+        directory.token = TOKEN
+        directory.set("small", urls)
+        client = RelayEngineClient("small", FakeEngine("x"), directory, stream_interval_ms=20)
+        body = {"model": "x", "stream": True, "max_tokens": 3, "messages": []}
+        try:
+            [i async for i in client.generate("chat", body)]
+            assert "stream_interval" not in engine.seen[0]  # the pace is not known yet
+            client.pace.token_s = 0.005  # 5 ms a token: four fit 20 ms
+            [i async for i in client.generate("chat", body)]
+            assert engine.seen[1]["stream_interval"] == 4
+            assert "stream_interval" not in body  # the caller's body is not changed
+            [i async for i in client.generate("chat", {**body, "stream_interval": 1})]
+            assert engine.seen[2]["stream_interval"] == 1  # one the request set stays
+            [i async for i in client.generate("chat", {**body, "stream": False})]
+            assert "stream_interval" not in engine.seen[3]  # a whole answer: no events
+        finally:
+            await client.close()
