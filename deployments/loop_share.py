@@ -171,14 +171,24 @@ class LoopShare:
                 del self.uses[t]
 
 
+def _never() -> bool:
+    return False
+
+
 @types.coroutine
 def _drive(
-    coro: Coroutine[Any, Any, T], clock: Clock, charge: Callable[[float], None]
+    coro: Coroutine[Any, Any, T],
+    clock: Clock,
+    charge: Callable[[float], None],
+    until: Callable[[], bool],
 ) -> Generator[Any, Any, T]:
-    """Run `coro` step by step in the calling task, charging each step by `clock`."""
+    """Run `coro` step by step in the calling task, charging each step by `clock`, until
+    `until()` says so: from then on `coro` runs on without this frame in between."""
     send: Any = None
     throw: BaseException | None = None
     while True:
+        if throw is None and send is None and until():
+            return (yield from coro)
         started = clock()
         try:
             yielded = coro.send(send) if throw is None else coro.throw(throw)
@@ -195,7 +205,14 @@ def _drive(
             send, throw = None, err
 
 
-async def metered(coro: Coroutine[Any, Any, T], clock: Clock, charge: Callable[[float], None]) -> T:
+async def metered(
+    coro: Coroutine[Any, Any, T],
+    clock: Clock,
+    charge: Callable[[float], None],
+    until: Callable[[], bool] = _never,
+) -> T:
     """Await `coro`, charging the loop time of each of its steps (work it hands to threads
-    or other tasks is not counted: it does not hold the loop)."""
-    return await _drive(coro, clock, charge)
+    or other tasks is not counted: it does not hold the loop) until `until()` is true.
+    The gateway stops once the answer has started: what is left of a stream is passing
+    the engine's bytes on, and timing each of its steps would cost the token path."""
+    return await _drive(coro, clock, charge, until)

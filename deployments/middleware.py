@@ -92,14 +92,19 @@ class GatewayMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
 
+        answering = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal answering
             # Ray Serve's proxy sends its own request id and puts it on the response
             # itself; only a request that came without one gets ours.
-            if message["type"] == "http.response.start" and not given:
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), rid.encode()),
-                ]
+            if message["type"] == "http.response.start":
+                answering = True
+                if not given:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (REQUEST_ID_HEADER.encode(), rid.encode()),
+                    ]
             await send(message)
 
         rejection = self._reject(scope, headers, state)
@@ -124,7 +129,13 @@ class GatewayMiddleware:
             if over is not None
             else self._serve(scope, receive, send_with_id, state)
         )
-        await metered(answer, share.step_clock, lambda step_s: share.charge(tenant, step_s))
+        # charged until the answer starts: the rest of a stream is the engine's bytes
+        await metered(
+            answer,
+            share.step_clock,
+            lambda step_s: share.charge(tenant, step_s),
+            until=lambda: answering,
+        )
 
     async def _serve(
         self, scope: Scope, receive: Receive, send_with_id: Send, state: dict[str, Any]

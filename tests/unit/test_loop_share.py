@@ -171,6 +171,58 @@ def test_metered_passes_cancellation_into_the_request() -> None:
     assert seen == ["cancelled"]
 
 
+def test_metered_stops_timing_once_told_and_the_request_runs_on_unchanged() -> None:
+    """After `until()` (the answer has started), the rest of the request runs without the
+    timer in between: no more charges, the result, errors and cancellation as before."""
+    ticks = iter(range(1000))
+    steps: list[float] = []
+    started = False
+
+    async def stream(n: int, fail: bool = False) -> int:
+        nonlocal started
+        await asyncio.sleep(0)
+        started = True  # the answer starts here
+        for _ in range(n):
+            await asyncio.sleep(0)
+        if fail:
+            raise ValueError("broke mid-stream")
+        return n
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    async def run() -> None:
+        nonlocal started
+        got = await metered(stream(50), clock, steps.append, until=lambda: started)
+        assert got == 50
+        assert steps == [1.0, 1.0]  # the steps before the answer started, only
+        started = False
+        with pytest.raises(ValueError, match="mid-stream"):
+            await metered(stream(5, fail=True), clock, steps.append, until=lambda: started)
+        started = False
+        seen: list[str] = []
+
+        async def endless() -> None:
+            nonlocal started
+            started = True
+            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        task = asyncio.create_task(metered(endless(), clock, steps.append, lambda: started))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["cancelled"]
+
+    asyncio.run(run())
+
+
 # -- through the gateway app ----------------------------------------------------------------
 GATEWAY = """
 tiers:
