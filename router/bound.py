@@ -18,7 +18,8 @@ keeps too few prompts for the test to have power (under `START_SHARE` of them, o
 threshold is `-inf`: every prompt goes up.
 
 N tiers form an ordered chain: each pair of tiers gets its own threshold
-(`pair_thresholds`), and a prompt climbs from the cheapest tier while the predicted gain
+(`pair_thresholds`; per traffic class, on that class's calibration rows only:
+`class_pair_thresholds`), and a prompt climbs from the cheapest tier while the predicted gain
 of the next tier up is above the pair's threshold (`chain_start`). Pure numpy.
 """
 
@@ -233,6 +234,30 @@ def pair_thresholds(
     return out
 
 
+def class_pair_thresholds(
+    quality: np.ndarray,
+    labels: np.ndarray,
+    row_classes: Sequence[str],
+    names: Sequence[str],
+    tiers: Sequence[str],
+    alpha: float,
+    delta: float,
+    grid: np.ndarray = DEFAULT_GRID,
+) -> dict[str, dict[tuple[str, str], Bound]]:
+    """`pair_thresholds` for each class in `names`, calibrated on the rows of that class
+    alone (`row_classes`: one class name per row). Each class's bound holds for prompts
+    like its own calibration rows with probability `1 - delta`; a class with too few rows
+    to certify `alpha` gets `-inf` thresholds (everything goes up)."""
+    c = np.asarray(row_classes)
+    q, y = np.asarray(quality), np.asarray(labels)
+    if len(c) != len(q):
+        raise ValueError("one class per calibration row")
+    return {
+        name: pair_thresholds(q[c == name], y[c == name], tiers, alpha, delta, grid)
+        for name in names
+    }
+
+
 def chain_start(
     quality: Mapping[str, float],
     tiers: Sequence[str],
@@ -252,9 +277,10 @@ def chain_start(
 
 
 def realised(
-    scores: np.ndarray, losses: np.ndarray, threshold: float
+    scores: np.ndarray, losses: np.ndarray, threshold: float | np.ndarray
 ) -> tuple[float, float, np.ndarray]:
-    """On held-out prompts: (loss among those kept cheap, cheap share, kept mask)."""
+    """On held-out prompts: (loss among those kept cheap, cheap share, kept mask); the
+    threshold is one for all prompts or one per prompt (e.g. per traffic class)."""
     s = np.asarray(scores, dtype=np.float64)
     x = np.asarray(losses, dtype=np.float64)
     cheap = s <= threshold

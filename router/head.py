@@ -4,6 +4,11 @@ A head is plain numpy arrays, stored as one `.npz` (loaded with `allow_pickle=Fa
 whose metadata is a JSON string. Two kinds: `lr` (one logistic regression per output)
 and `mlp` (one hidden ReLU layer shared by the outputs). Outputs are named after the
 labelled tiers they were trained on (`weak`, `strong`); the spec maps its tiers onto them.
+
+Artifact versions: 1 has no traffic classes; 2 adds them (`router/classes.py`: a centroid
+and a similarity cutoff per class, and the class of every held-out calibration row), for
+the per-class quality-loss bound. A head without classes is still written as version 1,
+so older readers load it; both versions load here.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.router.classes import TrafficClasses, classify
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+"""The version written for a head with traffic classes (one without: `PLAIN_VERSION`)."""
+PLAIN_VERSION = 1
+SUPPORTED_VERSIONS = (PLAIN_VERSION, ARTIFACT_VERSION)
+_META_KEYS = {"version", "kind", "outputs", "embedder", "classes", "class_cutoffs"}
 
 
 def length_feature(words: int) -> float:
@@ -45,7 +55,22 @@ class Head:
     calibration_labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     """...and their labels on a 0..1 scale (rows, outputs), for the quality-loss bound
     (`router/bound.py`). Empty in heads trained without a held-out part."""
+    classes: TrafficClasses | None = None
+    """The traffic classes (sources) the head was trained on; None in older heads."""
+    calibration_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Each calibration row's traffic class as the classifier saw it (not its source
+    file), an index into `classes.names`; -1: out of domain. Empty without classes."""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            c = np.asarray(self.calibration_classes)
+            if len(c) != len(self.calibration_probs):
+                raise ValueError("a head with classes needs a class for every calibration row")
+            if len(c) and (c.min() < -1 or c.max() >= len(self.classes.names)):
+                raise ValueError("calibration_classes must index the class names (or be -1)")
+            if self.classes.centroids.shape[1] != self.input_dim - 1:
+                raise ValueError("class centroids must be in the embedding's dimension")
 
     @property
     def input_dim(self) -> int:
@@ -66,19 +91,27 @@ class Head:
         z = np.clip(h @ self.w_out + self.b_out, -30.0, 30.0)
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
+    def traffic_class(self, embedding: np.ndarray) -> str | None:
+        """The prompt's traffic class (`router.classes.classify`); None for a head
+        without classes."""
+        return None if self.classes is None else classify(self.classes, embedding)
+
     def quality(self, embedding: np.ndarray, words: int) -> dict[str, float]:
         p = self.predict(self.features(embedding, words))[0]
         return {name: float(p[i]) for i, name in enumerate(self.outputs)}
 
     # -- storage ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        meta = {
-            "version": ARTIFACT_VERSION,
+        meta: dict[str, Any] = {
+            "version": PLAIN_VERSION if self.classes is None else ARTIFACT_VERSION,
             "kind": self.kind,
             "outputs": list(self.outputs),
             "embedder": self.embedder,
-            **self.meta,
+            **{k: v for k, v in self.meta.items() if k not in _META_KEYS},
         }
+        if self.classes is not None:
+            meta["classes"] = list(self.classes.names)
+            meta["class_cutoffs"] = [float(c) for c in self.classes.cutoffs]
         arrays: dict[str, np.ndarray] = {
             "w_out": self.w_out.astype(np.float32),
             "b_out": self.b_out.astype(np.float32),
@@ -88,6 +121,9 @@ class Head:
         if len(self.calibration_probs):
             arrays["calibration_probs"] = self.calibration_probs.astype(np.float32)
             arrays["calibration_labels"] = self.calibration_labels.astype(np.float32)
+        if self.classes is not None:
+            arrays["class_centroids"] = self.classes.centroids.astype(np.float32)
+            arrays["calibration_classes"] = np.asarray(self.calibration_classes, dtype=np.int32)
         if self.w_hidden is not None and self.b_hidden is not None:
             arrays["w_hidden"] = self.w_hidden.astype(np.float32)
             arrays["b_hidden"] = self.b_hidden.astype(np.float32)
@@ -99,12 +135,11 @@ class Head:
     def load(cls, path: Path) -> Head:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta_json"]))
-            if meta.get("version") != ARTIFACT_VERSION:
+            if meta.get("version") not in SUPPORTED_VERSIONS:
                 raise ValueError(f"{path}: artifact version {meta.get('version')} is not supported")
             hidden = "w_hidden" in z.files
-            rest = {
-                k: v for k, v in meta.items() if k not in {"version", "kind", "outputs", "embedder"}
-            }
+            rest = {k: v for k, v in meta.items() if k not in _META_KEYS}
+            classes, row_classes = _classes(z, meta)
             return cls(
                 kind=str(meta["kind"]),
                 outputs=tuple(meta["outputs"]),
@@ -116,8 +151,22 @@ class Head:
                 calibration_quantiles=np.asarray(z["calibration_quantiles"]),
                 calibration_probs=_rows(z, "calibration_probs", len(meta["outputs"])),
                 calibration_labels=_rows(z, "calibration_labels", len(meta["outputs"])),
+                classes=classes,
+                calibration_classes=row_classes,
                 meta=rest,
             )
+
+
+def _classes(z: Any, meta: dict[str, Any]) -> tuple[TrafficClasses | None, np.ndarray]:
+    """The traffic classes of a version-2 artifact (None before)."""
+    if meta["version"] < ARTIFACT_VERSION:
+        return None, np.zeros(0, dtype=np.int64)
+    classes = TrafficClasses(
+        tuple(meta["classes"]),
+        np.asarray(z["class_centroids"], dtype=np.float64),
+        np.asarray(meta["class_cutoffs"], dtype=np.float64),
+    )
+    return classes, np.asarray(z["calibration_classes"], dtype=np.int64)
 
 
 def _rows(z: Any, name: str, outputs: int) -> np.ndarray:

@@ -21,15 +21,19 @@ tiers, calibrated offline so that the loss among prompts kept on the cheaper tie
 most `max_quality_loss` with probability `confidence` (`router/bound.py`); a prompt climbs
 the chain of tiers while the next tier's predicted gain is above the pair's threshold.
 Live traffic does not move these thresholds (that would void the bound); it is only counted.
+A bound may carry thresholds per traffic class (`router/classes.py`): a prompt whose
+features name its class uses that class's thresholds, an out-of-domain prompt the
+strictest of the classes' for each pair, and a prompt with no class the pooled ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tierline.router.bound import chain_start
+from tierline.router.classes import OUT_OF_DOMAIN
 from tierline.router.fallback import pinned, unusable, walk
 from tierline.router.types import Decision, RequestFeatures, RoutingError, TierState
 
@@ -45,6 +49,31 @@ class LossBound:
     max_quality_loss: float
     confidence: float
     thresholds: Mapping[tuple[str, str], float]
+    """Calibrated on all calibration rows pooled: for prompts with no class."""
+    classes: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
+    """Per traffic class, thresholds calibrated on that class's rows alone (empty: the
+    head has no classes, and every prompt gets the pooled thresholds)."""
+
+    def thresholds_for(self, traffic_class: str | None) -> Mapping[tuple[str, str], float]:
+        """The thresholds a prompt of `traffic_class` is routed with: its class's; for an
+        out-of-domain prompt (or a class the bound does not know), the strictest class
+        threshold of each pair (the one that keeps the fewest prompts cheap; a pair some
+        class lacks counts as `-inf`); with no class or no per-class thresholds, the pooled
+        ones."""
+        if traffic_class is None or not self.classes:
+            return self.thresholds
+        if traffic_class in self.classes:
+            return self.classes[traffic_class]
+        return strictest(self.classes.values())
+
+
+def strictest(
+    per_class: Iterable[Mapping[tuple[str, str], float]],
+) -> dict[tuple[str, str], float]:
+    """Each pair's lowest threshold over the classes (missing in a class: `-inf`)."""
+    tables = list(per_class)
+    pairs = {pair for t in tables for pair in t}
+    return {pair: min(t.get(pair, float("-inf")) for t in tables) for pair in pairs}
 
 
 @dataclass(frozen=True)
@@ -159,19 +188,23 @@ def decide_learned(
         )
     score = score_of(features.quality, tiers)
     share: float | None = None
+    traffic_class: str | None = None  # the class whose bound was used, if any
     if policy.bound is None:
         share = policy.share(preference)
         tol = tolerance(policy, state, share)
         meets, start = _ideal(features.quality, tiers, tol)
     else:
         names = [t.name for t in tiers]
-        start = chain_start(features.quality, names, policy.bound.thresholds)
+        if policy.bound.classes and features.traffic_class is not None:
+            traffic_class = features.traffic_class
+            if traffic_class not in policy.bound.classes:
+                traffic_class = OUT_OF_DOMAIN
+        thresholds = policy.bound.thresholds_for(traffic_class)
+        start = chain_start(features.quality, names, thresholds)
         # Only tiers from the start up may be taken (the latency preference's choice).
         meets = list(range(start, len(tiers)))
         tol = (
-            policy.bound.thresholds.get((names[0], names[1]), float("-inf"))
-            if len(names) > 1
-            else float("inf")
+            thresholds.get((names[0], names[1]), float("-inf")) if len(names) > 1 else float("inf")
         )
 
     steps: list[str] = []
@@ -201,6 +234,8 @@ def decide_learned(
                 chosen = j
                 break
 
+    if traffic_class is not None:
+        steps.insert(0, f"class:{traffic_class}")
     reason = f"auto:learned:{preference}" + "".join(f"+{s}" for s in steps)
     return Decision(
         tier=tiers[chosen].name,
@@ -211,6 +246,7 @@ def decide_learned(
         preference=preference,
         target_share=share,
         max_quality_loss=None if policy.bound is None else policy.bound.max_quality_loss,
+        traffic_class=traffic_class,
     )
 
 

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from tierline.router.bound import Bound, pair_thresholds
+from tierline.router.bound import Bound, class_pair_thresholds, pair_thresholds
+from tierline.router.classes import OUT_OF_DOMAIN
 from tierline.router.head import Head
 from tierline.router.learned import LossBound
 
@@ -107,15 +108,37 @@ def head_bounds(
     calibrated on the held-out rows shipped in the head: both their predictions and their
     labels are read onto the tiers the way the gateway reads predictions
     (`output_weights`)."""
-    if len(head.calibration_probs) == 0:
-        raise ValueError(
-            "the scorer carries no held-out calibration rows; retrain it with "
-            "`tierline router train --calibration-holdout 0.3` to use max_quality_loss"
-        )
+    _require_rows(head)
     weights = output_weights(tiers, head.outputs, mapping)
     return pair_thresholds(
         tier_matrix(head.calibration_probs, weights),
         tier_matrix(head.calibration_labels, weights),
+        list(tiers),
+        max_quality_loss,
+        1.0 - confidence,
+    )
+
+
+def head_class_bounds(
+    head: Head,
+    tiers: Sequence[str],
+    mapping: Mapping[str, str],
+    max_quality_loss: float,
+    confidence: float,
+) -> dict[str, dict[tuple[str, str], Bound]]:
+    """`head_bounds` per traffic class, each calibrated on the held-out rows the classifier
+    put in that class alone (`router.bound.class_pair_thresholds`; rows out of domain count
+    for no class); empty for a head without classes."""
+    if head.classes is None:
+        return {}
+    _require_rows(head)
+    weights = output_weights(tiers, head.outputs, mapping)
+    names = head.classes.names
+    return class_pair_thresholds(
+        tier_matrix(head.calibration_probs, weights),
+        tier_matrix(head.calibration_labels, weights),
+        [names[i] if i >= 0 else OUT_OF_DOMAIN for i in head.calibration_classes],
+        names,
         list(tiers),
         max_quality_loss,
         1.0 - confidence,
@@ -130,8 +153,21 @@ def head_loss_bound(
     confidence: float,
 ) -> LossBound:
     """The learned policy's `bound` for `router.max_quality_loss`: `head_bounds`'
-    thresholds, by tier pair."""
+    thresholds by tier pair, and for a head with traffic classes `head_class_bounds`'
+    thresholds by class and pair."""
     bounds = head_bounds(head, tiers, mapping, max_quality_loss, confidence)
+    per_class = head_class_bounds(head, tiers, mapping, max_quality_loss, confidence)
     return LossBound(
-        max_quality_loss, confidence, {pair: b.threshold for pair, b in bounds.items()}
+        max_quality_loss,
+        confidence,
+        {pair: b.threshold for pair, b in bounds.items()},
+        {c: {pair: b.threshold for pair, b in bs.items()} for c, bs in per_class.items()},
     )
+
+
+def _require_rows(head: Head) -> None:
+    if len(head.calibration_probs) == 0:
+        raise ValueError(
+            "the scorer carries no held-out calibration rows; retrain it with "
+            "`tierline router train --calibration-holdout 0.3` to use max_quality_loss"
+        )

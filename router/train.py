@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from tierline.router.classes import class_indices, fit_classes
 from tierline.router.head import Head
 
 OUTPUTS = ("weak", "strong")
@@ -199,7 +200,11 @@ def train_artifact(
     """The shipped head: fit on everything but a held-out share of each source
     (`calibration_holdout`); its calibration quantiles come from out-of-fold scores, so
     they describe prompts the head has not seen. The held-out rows' predictions and labels
-    go into the artifact for the quality-loss bound (`router/bound.py`)."""
+    go into the artifact for the quality-loss bound (`router/bound.py`). Each source
+    becomes a traffic class (`router/classes.py`) whose centroid and cutoff come from its
+    training rows' embeddings (`x` without its last column, the length feature
+    `Head.features` appends); each held-out row's class is the classifier's verdict on it
+    (as a live prompt's will be), -1 when out of domain."""
     held = holdout_mask(groups, calibration_holdout, seed)
     fit = ~held
     fit_groups = [g for g, keep in zip(groups, fit, strict=True) if keep]
@@ -208,6 +213,8 @@ def train_artifact(
         x[fit], y[fit], sample_weights(fit_groups, params.balance_sources), params, seed=seed
     )
     quantiles = np.quantile(oof, np.linspace(0.0, 1.0, QUANTILE_POINTS))
+    classes = fit_classes(x[fit][:, :-1], fit_groups)
+    row_classes = class_indices(classes, x[held][:, :-1]) if held.any() else np.zeros(0, np.int64)
     meta = {
         "params": {k: v for k, v in params.__dict__.items()},
         "rows": int(fit.sum()),
@@ -219,5 +226,7 @@ def train_artifact(
         calibration_quantiles=quantiles,
         calibration_probs=head.predict(x[held]) if held.any() else np.zeros((0, y.shape[1])),
         calibration_labels=y[held] if held.any() else np.zeros((0, y.shape[1])),
+        classes=classes,
+        calibration_classes=row_classes,
         meta=meta,
     )

@@ -22,6 +22,9 @@ class RequestFeatures:
     """Learned policy: predicted probability that each tier answers well enough."""
     preference: str | None = None
     """Learned policy: the request's cost|balanced|quality|latency preference, if any."""
+    traffic_class: str | None = None
+    """Learned policy under a per-class bound: the prompt's traffic class
+    (`router.classes.classify`, or `out-of-domain`); None: the pooled bound."""
 
     def context_needed(self, tier: str) -> int:
         return self.prompt_tokens[tier] + self.completion_tokens
@@ -71,6 +74,9 @@ class Decision:
     """Learned policy: the share of traffic above the cheapest tier this preference aims for."""
     max_quality_loss: float | None = None
     """Learned policy under a quality-loss bound: the bound in force (then no target share)."""
+    traffic_class: str | None = None
+    """Learned policy under a per-class bound: the class whose thresholds were used
+    (`out-of-domain`: the strictest of each pair); None: the pooled bound or none."""
 
 
 class RoutingError(Exception):

@@ -9,7 +9,12 @@ from tierline.cluster.spec import LearnedParams
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.routing import artifact_path, learned_policy
 from tierline.router.head import Head
-from tierline.router.scorer import CALIBRATED_ARTIFACT, SHIPPED_ARTIFACT, head_bounds
+from tierline.router.scorer import (
+    CALIBRATED_ARTIFACT,
+    SHIPPED_ARTIFACT,
+    head_bounds,
+    head_class_bounds,
+)
 
 SPEC = """
 tiers:
@@ -34,6 +39,12 @@ def test_the_bound_sets_the_policys_thresholds_from_the_calibrated_head() -> Non
     assert policy.bound.max_quality_loss == 0.15
     expected = head_bounds(head, ["small", "large"], {}, 0.15, 0.9)
     assert policy.bound.thresholds == {p: b.threshold for p, b in expected.items()}
+    # the shipped head has traffic classes: a threshold per class and pair as well
+    per_class = head_class_bounds(head, ["small", "large"], {}, 0.15, 0.9)
+    assert set(policy.bound.classes) == {"gsm8k", "mmlu"}
+    assert policy.bound.classes == {
+        c: {p: b.threshold for p, b in bs.items()} for c, bs in per_class.items()
+    }
     # no bound: the share calibration, as before
     plain = load_spec_text(SPEC.replace("  max_quality_loss: {alpha}\n", ""))
     assert learned_policy(plain, Head.load(SHIPPED_ARTIFACT)).bound is None
