@@ -161,6 +161,15 @@ class LoopShare:
             cost = step_cost(step_s, spec.long_step_s, spec.window_s)
             self.uses[tenant] = charged(use, cost, self.clock(), spec.window_s)
 
+    def charge_work(self, tenant: str, cpu_s: float) -> None:
+        """Charge `tenant` `cpu_s` of CPU its request's work took in worker threads (here
+        or in the RAG replica: `tierline.rag.work`). Charged as it is, not weighted like a
+        long step: a thread gives the loop the GIL back every few milliseconds."""
+        use = self.uses.get(tenant)
+        if use is not None:
+            window = self.spec.window_s
+            self.uses[tenant] = charged(use, min(cpu_s, window), self.clock(), window)
+
     def _forget(self, now: float) -> None:
         """Drop tenants idle for many windows whose use has decayed to nothing."""
         if len(self.uses) < 64:

@@ -21,8 +21,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tierline.deployments.auth import KeyStore
 from tierline.deployments.errors import APIError, error_response
+from tierline.deployments.heap import HeapSettle
 from tierline.deployments.logs import bind_request
 from tierline.deployments.loop_share import LoopShare, metered
+from tierline.rag.work import metering
 
 REQUEST_ID_HEADER = "x-request-id"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -72,8 +74,10 @@ class GatewayMiddleware:
         edge: Edge | None = None,
         edge_paths: frozenset[str] = frozenset(),
         loop_share: LoopShare | None = None,
+        heap: HeapSettle | None = None,
     ) -> None:
         self.app = app
+        self.heap = heap  # settles the replica's heap after its first requests
         self.loop_share = loop_share  # per-tenant fair share of the event loop
         self.edge = edge
         self.edge_paths = edge_paths
@@ -86,6 +90,8 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.heap is not None:
+            self.heap.request()
         headers = Headers(scope=scope)
         given = headers.get(REQUEST_ID_HEADER)
         rid = (given or uuid.uuid4().hex)[:128]
@@ -129,13 +135,15 @@ class GatewayMiddleware:
             if over is not None
             else self._serve(scope, receive, send_with_id, state)
         )
-        # charged until the answer starts: the rest of a stream is the engine's bytes
-        await metered(
-            answer,
-            share.step_clock,
-            lambda step_s: share.charge(tenant, step_s),
-            until=lambda: answering,
-        )
+        # charged until the answer starts: the rest of a stream is the engine's bytes;
+        # the work it hands to threads (and to the RAG replica) is charged as it is done
+        with metering(lambda cpu_s: share.charge_work(tenant, cpu_s)):
+            await metered(
+                answer,
+                share.step_clock,
+                lambda step_s: share.charge(tenant, step_s),
+                until=lambda: answering,
+            )
 
     async def _serve(
         self, scope: Scope, receive: Receive, send_with_id: Send, state: dict[str, Any]

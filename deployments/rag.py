@@ -22,11 +22,13 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from tierline.cluster.spec import ClusterSpec, RagSpec
 from tierline.deployments.embeddings import HandleEmbedder
+from tierline.deployments.heap import settle
 from tierline.deployments.rag_env import chunk_store, rag_actor_options
 from tierline.rag.embed import Embedded, SentenceTransformerModel, TokenizerOffsets
 from tierline.rag.records import RagError
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import is_remote
+from tierline.rag.work import Tally, metering, off_loop, report
 
 logger = logging.getLogger("tierline.rag")
 
@@ -52,6 +54,7 @@ def settings_of(spec: RagSpec) -> RagSettings:
         max_documents_per_request=spec.max_documents_per_request,
         max_collections_per_tenant=spec.max_collections_per_tenant,
         max_top_k=spec.max_top_k,
+        max_query_chars=spec.max_query_chars,
         rrf_k=spec.rrf_k,
         fusion=spec.fusion,
         bm25_weight=spec.bm25_weight,
@@ -209,18 +212,23 @@ class RagServer:
                 owned = await asyncio.to_thread(core.list_collections, "", True)
                 logger.info("RAG store %s open: %d collections", s.uri, len(owned))
                 self._core = core
+                settle()  # the store, tokenizer and index live as long as the replica
         return self._core
 
     async def call(self, op: str, *args: Any) -> dict[str, Any]:
         if op not in OPS:
             return _error(RagError(400, f"unknown RAG operation {op!r}"))
         core = await self._started()
+        tally = Tally()  # the call's thread work, charged by the gateway to its tenant
         try:
-            if op == "list_collections":
-                return {"ok": await asyncio.to_thread(core.list_collections, *args)}
-            return {"ok": await getattr(core, op)(*args)}
+            with metering(tally):
+                if op == "list_collections":
+                    ok = await off_loop(core.list_collections, *args)
+                else:
+                    ok = await getattr(core, op)(*args)
         except RagError as err:
-            return _error(err)
+            return {**_error(err), "cpu_s": tally.cpu_s}
+        return {"ok": ok, "cpu_s": tally.cpu_s}
 
     async def pid(self) -> int:
         import os
@@ -241,6 +249,7 @@ class ServeRagClient:
 
     async def _call(self, op: str, *args: Any) -> Any:
         out = await self._rag.call.remote(op, *args)
+        report(out.get("cpu_s", 0.0))  # the RAG replica's thread work, to this request
         if "error" in out:
             e = out["error"]
             raise RagError(e["status"], e["message"], e["code"], e["param"])

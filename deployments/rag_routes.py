@@ -384,13 +384,16 @@ async def ground_chat(
     default_top_k: int = 4,
     metrics: RagMetrics | None = None,
     fits: Fits | None = None,
+    max_query_chars: int | None = None,
 ) -> tuple[ChatCompletionBody, list[dict[str, Any]] | None]:
     """The body with retrieved context in its messages (and no `rag` field), and citations.
 
     Bodies without a `rag` field come back as they are, with citations None. With `fits`
     (can some tier the caller may use take these messages?), the lowest-ranked chunks are
     left out until the grounded prompt fits: retrieval never turns an answerable question
-    into a context-length 400, and the citations are the chunks the model was given."""
+    into a context-length 400, and the citations are the chunks the model was given.
+    The retrieval query is the last user message's first `max_query_chars` characters
+    (`rag.max_query_chars`): the model is given all of it."""
     extra = body.model_extra or {}
     if "rag" not in extra:
         return body, None
@@ -403,7 +406,7 @@ async def ground_chat(
             400, f"rag: {err}".splitlines()[0], code="invalid_request", param="rag"
         ) from None
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    query = query_text(messages)
+    query = query_text(messages)[:max_query_chars]
     if not query.strip():
         raise APIError(400, "rag needs a user message to retrieve for", param="messages")
     top_k = opts.top_k if opts.top_k is not None else default_top_k

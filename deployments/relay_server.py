@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tierline.deployments.heap import HeapSettle
 from tierline.deployments.pacing import PacedSend, parse_interval
 
 __all__ = [
@@ -93,6 +94,7 @@ class RelayMiddleware:
         self.load = load
         self.active = 0
         """Relayed requests in progress (a stopping replica waits for them)."""
+        self.heap = HeapSettle()  # vLLM's API layer allocates its long-lived parts lazily
 
     async def drained(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for the relayed requests in progress to end; returns how
@@ -121,6 +123,7 @@ class RelayMiddleware:
         if token is None or not hmac.compare_digest(token, self.token):
             await _refuse(send, 403, "not the gateway", "permission_error")
             return
+        self.heap.request()
         if adapter:
             try:
                 await self.load(adapter)

@@ -9,7 +9,6 @@ nothing here does I/O at import or construction.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ import numpy as np
 from tierline.cluster.spec import ClusterSpec, LearnedParams
 from tierline.deployments.engine_client import EngineClient, EngineItem, Method
 from tierline.deployments.metrics import RouterMetrics
+from tierline.rag.work import off_loop
 from tierline.router.embedders import open_embedder
 from tierline.router.embedding import Embedder, check_probe
 from tierline.router.head import Head, prompt_words
@@ -33,7 +33,7 @@ from tierline.router.scorer import (
     share_for_quality,
     tier_quality,
 )
-from tierline.router.types import Decision, RequestFeatures, TierState
+from tierline.router.types import Decision, RequestFeatures, TierQuality, TierState
 
 PREFERENCE_HEADER = "x-tierline-preference"
 DEFAULT_STRONG_SHARE = 0.3
@@ -133,15 +133,18 @@ class LearnedRouter:
                 self.load[name].ttft_s = seconds
 
     # -- signals ---------------------------------------------------------------------------
-    def quality(self, text: str) -> dict[str, float]:
-        """Predicted quality per tier for one prompt (blocking: embedding on the CPU)."""
+    def quality(self, text: str) -> TierQuality:
+        """Predicted quality per tier for one prompt (blocking: embedding on the CPU), with
+        its traffic class when a per-class quality-loss bound is in force."""
         emb = self.embedder.embed([text])[0]
         probs = self.head.predict(self.head.features(emb, prompt_words(text)))[0]
-        return tier_quality(probs, self.weights)
+        bound = self.policy.bound
+        traffic_class = self.head.traffic_class(emb) if bound and bound.classes else None
+        return TierQuality(tier_quality(probs, self.weights), traffic_class)
 
-    async def quality_async(self, text: str) -> dict[str, float]:
+    async def quality_async(self, text: str) -> TierQuality:
         """`quality` off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.quality, text)
+        return await off_loop(self.quality, text)
 
     def tier_states(self, states: Sequence[TierState]) -> list[TierState]:
         out = []
@@ -176,6 +179,7 @@ class LearnedRouter:
             features,
             quality={k: v for k, v in quality.items() if k in names},
             preference=preference,
+            traffic_class=getattr(quality, "traffic_class", None),
         )
         decision = decide_learned(feats, tiers, self.policy, self.state)
         # A request with one candidate (its capabilities or its tenant left one tier) was

@@ -33,6 +33,7 @@ from tierline.rag.searcher import Collection, InProcessSearcher, Searcher, Searc
 from tierline.rag.store import CHUNK_FIELDS, SPARSE_FIELD, ChunkStore, StoreWriteError
 from tierline.rag.tenancy import owner_of, physical_name
 from tierline.rag.versions import new_version
+from tierline.rag.work import off_loop
 
 COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
@@ -49,6 +50,7 @@ class RagSettings:
     max_collections_per_tenant: int = 100
     max_metadata_bytes: int = 4096
     max_top_k: int = 50
+    max_query_chars: int = 4096
     candidates: int = 50
     rrf_k: int = 60
     fusion: str = "confidence"
@@ -218,9 +220,7 @@ class RagCore:
         physical = self._physical(tenant, name)
         lock = self._locks.get(physical)
         if lock is None:
-            if self.searcher.holds_index or not await asyncio.to_thread(
-                self.searcher.known, physical
-            ):
+            if self.searcher.holds_index or not await off_loop(self.searcher.known, physical):
                 raise _not_found(name)
             lock = self._locks.setdefault(physical, asyncio.Lock())
         return physical, lock
@@ -243,10 +243,10 @@ class RagCore:
         physical = physical_name(tenant, name)
         created = physical not in self._locks
         if created and not self.searcher.holds_index:
-            created = not await asyncio.to_thread(self.searcher.known, physical)
+            created = not await off_loop(self.searcher.known, physical)
         if created:
             most = self.settings.max_collections_per_tenant
-            if len(await asyncio.to_thread(self._owned, tenant)) >= most:
+            if len(await off_loop(self._owned, tenant)) >= most:
                 raise RagError(
                     403,
                     f"this tenant already has {most} collections, the most it may hold "
@@ -254,7 +254,7 @@ class RagCore:
                     code="collection_limit_reached",
                     param="name",
                 )
-            await asyncio.to_thread(self.store.create_collection, physical, self.settings.dim)
+            await off_loop(self.store.create_collection, physical, self.settings.dim)
             self.searcher.create(physical)
         self._locks.setdefault(physical, asyncio.Lock())
         return {"name": name, "created": created}
@@ -264,9 +264,9 @@ class RagCore:
         tenant's, as for a missing one)."""
         physical, lock = await self._find(tenant, name)
         async with lock:
-            documents, chunks = await asyncio.to_thread(self.searcher.counts, physical)
-            await asyncio.to_thread(self.store.drop_collection, physical)
-            await asyncio.to_thread(self.searcher.removed, physical)
+            documents, chunks = await off_loop(self.searcher.counts, physical)
+            await off_loop(self.store.drop_collection, physical)
+            await off_loop(self.searcher.removed, physical)
             self._locks.pop(physical, None)
         return {"name": name, "deleted": True, "documents": documents, "chunks": chunks}
 
@@ -301,7 +301,7 @@ class RagCore:
         s = self.settings
         version = new_version()
         per_doc = [
-            await asyncio.to_thread(
+            await off_loop(
                 chunk_document, d, self.tokenize, s.chunk_tokens, s.chunk_overlap_tokens, version
             )
             for d in docs
@@ -316,7 +316,7 @@ class RagCore:
             # One store call for the whole batch: it is validated and embedded by now. The
             # searcher hears of it only once the store has the new version.
             try:
-                await asyncio.to_thread(
+                await off_loop(
                     self.store.replace_documents, physical, [d.id for d in docs], chunks, vectors
                 )
             except StoreWriteError as err:
@@ -325,9 +325,7 @@ class RagCore:
                     f"{err}; the documents' previous versions are unchanged",
                     code="store_write_failed",
                 ) from None
-            await asyncio.to_thread(
-                self.searcher.replaced, physical, [d.id for d in docs], chunks, vectors
-            )
+            await off_loop(self.searcher.replaced, physical, [d.id for d in docs], chunks, vectors)
         return {
             "collection": name,
             "documents": [
@@ -340,7 +338,7 @@ class RagCore:
     async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
         physical, lock = await self._find(tenant, name)
         async with lock:
-            removed = await asyncio.to_thread(self.searcher.document_chunks, physical, document_id)
+            removed = await off_loop(self.searcher.document_chunks, physical, document_id)
             if not removed:
                 raise RagError(
                     404,
@@ -348,8 +346,8 @@ class RagCore:
                     code="document_not_found",
                     param="document_id",
                 )
-            await asyncio.to_thread(self.store.delete_document, physical, document_id)
-            await asyncio.to_thread(self.searcher.dropped, physical, document_id)
+            await off_loop(self.store.delete_document, physical, document_id)
+            await off_loop(self.searcher.dropped, physical, document_id)
         return {"collection": name, "id": document_id, "deleted": True, "chunks": removed}
 
     def _top_k(self, top_k: Any) -> int:
@@ -400,17 +398,19 @@ class RagCore:
         _, lock = await self._find(tenant, name)
         if not isinstance(query, str) or not query.strip():
             raise bad("query must be a non-empty string", param="query")
+        if len(query) > self.settings.max_query_chars:
+            raise bad(
+                f"query is {len(query)} characters; the most is "
+                f"{self.settings.max_query_chars} (rag.max_query_chars)",
+                param="query",
+            )
         self._top_k(top_k)
         self._check_filter(filter)  # a bad filter fails before the embedding is paid for
         embedded = await self.embedder.embed([query])
         vector = embedded.vectors[0]
         if self.searcher.holds_index:
             async with lock:  # off the event loop, and never beside a write to the index
-                hits = await asyncio.to_thread(
-                    self.retrieve, tenant, name, query, vector, top_k, filter
-                )
+                hits = await off_loop(self.retrieve, tenant, name, query, vector, top_k, filter)
         else:  # Milvus orders reads and writes itself
-            hits = await asyncio.to_thread(
-                self.retrieve, tenant, name, query, vector, top_k, filter
-            )
+            hits = await off_loop(self.retrieve, tenant, name, query, vector, top_k, filter)
         return [h.as_result() for h in hits], embedded.tokens

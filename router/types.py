@@ -30,6 +30,16 @@ class RequestFeatures:
         return self.prompt_tokens[tier] + self.completion_tokens
 
 
+class TierQuality(dict[str, float]):
+    """Predicted quality per tier (a plain mapping), carrying the traffic class of the
+    prompt it was predicted for (`Head.traffic_class`; None: no per-class bound), so the
+    class computed from the prompt's embedding travels with the prediction."""
+
+    def __init__(self, quality: Mapping[str, float], traffic_class: str | None = None) -> None:
+        super().__init__(quality)
+        self.traffic_class = traffic_class
+
+
 @dataclass(frozen=True)
 class TierState:
     """A tier as the router sees it at decision time."""

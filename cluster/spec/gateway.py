@@ -174,7 +174,9 @@ class RequestLimitsSpec(Strict):
 class LoopShareSpec(Strict):
     """Each tenant's fair share of a gateway replica's event loop (`deployments.loop_share`).
     Every request's loop time (reading, parsing and validating its body, counting its
-    tokens, passing its answer on) is charged to its tenant; while another tenant has
+    tokens, passing its answer on) is charged to its tenant, and so is the CPU time of the
+    work it hands to worker threads, here or in the RAG replica (counting a long prompt's
+    tokens, a filtered RAG search, chunking an upload); while another tenant has
     requests at the replica, a tenant past its share is refused with 429
     `loop_share_exceeded` and `Retry-After` before its body is read."""
 

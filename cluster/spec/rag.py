@@ -107,6 +107,16 @@ class RagSpec(Strict):
     )
     default_top_k: PositiveInt = Field(4, description="Chunks a grounded chat retrieves.")
     max_top_k: PositiveInt = Field(50, description="Upper bound on top_k.")
+    max_query_chars: int = Field(
+        4096,
+        ge=64,
+        le=1_048_576,
+        description="Longest retrieval query, in characters. A search whose query is longer "
+        "gets 400; a grounded chat retrieves for the first this many characters of its last "
+        "user message (the model still gets all of it). The embedding model reads only "
+        "its first few hundred tokens anyway; the cap bounds the work BM25 and the "
+        "embedder's tokenizer do per request.",
+    )
     fusion: Literal["confidence", "weighted", "rrf"] = Field(
         "confidence",
         description="How dense and BM25 results are merged: confidence (the two rankings "

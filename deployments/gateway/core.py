@@ -64,6 +64,7 @@ from tierline.deployments.watch import (
     watch_health,
     watch_replicas,
 )
+from tierline.rag.work import off_loop
 from tierline.router import Decision
 from tierline.router.capabilities import Capabilities
 
@@ -178,7 +179,7 @@ class GatewayCore:
                 for n in names
             )
 
-        return await asyncio.to_thread(check)
+        return await off_loop(check)
 
     def admit_at_edge(self, where: Scope) -> Slot | None:
         """Refuse now (503, Retry-After) when no tier the request may use has room: before
@@ -205,7 +206,7 @@ class GatewayCore:
         call (inline when there is nothing to tokenise)."""
         names = where.names
         if needs_tokenizer(body, self.counters, names):
-            longest, total = await asyncio.to_thread(count_prompts, body, self.counters, names)
+            longest, total = await off_loop(count_prompts, body, self.counters, names)
         else:
             longest, total = count_prompts(body, self.counters, names)
         return where.plan(longest, body.text(), total)  # type: ignore[attr-defined]

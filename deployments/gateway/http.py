@@ -28,6 +28,7 @@ from tierline.deployments.embeddings import (
 )
 from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.gateway.core import GatewayCore
+from tierline.deployments.heap import HeapSettle
 from tierline.deployments.loop_share import LoopShare
 from tierline.deployments.middleware import GatewayMiddleware, tenant_of
 from tierline.deployments.plan import (
@@ -127,6 +128,7 @@ def create_app(
         edge=edge,
         edge_paths=EDGE_PATHS,
         loop_share=loop_share,
+        heap=HeapSettle(),
     )
 
     @app.exception_handler(APIError)
@@ -204,7 +206,13 @@ def create_app(
                 return core.fits_context(plain, tenant, messages)
 
             grounded, citations = await ground_chat(
-                rag, plain, tenant, core.spec.rag.default_top_k, core.metrics.rag, fits
+                rag,
+                plain,
+                tenant,
+                core.spec.rag.default_top_k,
+                core.metrics.rag,
+                fits,
+                core.spec.rag.max_query_chars,
             )
             return grounded
 

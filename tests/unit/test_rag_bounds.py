@@ -18,7 +18,7 @@ import yaml
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tierline.cluster.spec import GatewaySpec
+from tierline.cluster.spec import GatewaySpec, RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.embeddings import EmbeddingsCard, embeddings_router
 from tierline.deployments.errors import APIError, error_response
@@ -313,3 +313,42 @@ def test_rag_routes_hold_a_concurrent_request_until_their_work_is_done() -> None
 
     codes, in_flight = asyncio.run(run())
     assert codes == [429, 429, 200, 200] and in_flight == 0
+
+
+def test_a_long_query_is_refused_and_a_grounded_chat_retrieves_for_its_head() -> None:
+    """Before: a 100 kB message was embedded and BM25-tokenised whole, on every grounded
+    chat (the embedding model reads only its first few hundred tokens of it)."""
+    cap = RagSettings().max_query_chars
+    assert cap == RagSpec().max_query_chars == 4096  # one default, in the spec
+
+    async def search_route() -> tuple[int, int]:
+        async with gateway(rpm=1000) as c:
+            r = await c.post("/v1/rag/collections", json={"name": "kb"})
+            assert r.status_code in (200, 201), r.text
+            long = await c.post("/v1/rag/collections/kb/search", json={"query": "w " * cap})
+            short = await c.post("/v1/rag/collections/kb/search", json={"query": "w " * 100})
+            return long.status_code, short.status_code
+
+    long_status, short_status = asyncio.run(search_route())
+    assert (long_status, short_status) == (400, 200)
+
+    queries: list[str] = []
+
+    class Recorded(Retrieved):
+        async def search(self, tenant: str, name: str, query: Any, top_k: Any, filter: Any) -> Any:
+            queries.append(query)
+            return await super().search(tenant, name, query, top_k, filter)
+
+    message = "question " + "w " * 60_000
+    body = ChatCompletionBody.model_validate(
+        {
+            "model": "auto",
+            "messages": [{"role": "user", "content": message}],
+            "rag": {"collection": "kb"},
+        }
+    )
+    client = Recorded(hits(2))
+    grounded, cites = asyncio.run(ground_chat(client, body, "t", 2, None, None, cap))  # type: ignore[arg-type]
+    assert queries == [message[:cap]]
+    assert cites is not None and len(cites) == 2
+    assert message in str(grounded.messages[-1].content)  # the model still gets all of it
