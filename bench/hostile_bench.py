@@ -31,13 +31,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from tierline.deployments.heap import SETTLE_AT
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.5
+COST_TARGET_S_PER_1K = 1.0
+"""Issue 27: no request costs more than 1 s of shared CPU per 1,000 tokens it is charged."""
 
 SPEC = """
 tiers:
@@ -74,6 +76,7 @@ def summarize(latencies_s: Sequence[float], statuses: Sequence[int]) -> dict[str
         "p99_ms": round(percentile(latencies_s, 99) * 1000, 2),
         "max_ms": round(max(latencies_s, default=math.nan) * 1000, 2),
         "errors": sum(1 for s in statuses if s != 200),
+        "error_statuses": dict(Counter(str(s) for s in statuses if s != 200)),
     }
 
 
@@ -238,13 +241,49 @@ def hostile_requests() -> dict[str, Request]:
     }
 
 
+def cost_row(samples: Sequence[tuple[float, int, int]]) -> dict[str, Any]:
+    """One class's cost from (gateway CPU seconds, tokens charged, status) per request:
+    medians, and the CPU per 1,000 tokens charged (None where nothing was charged)."""
+    cpu_s = percentile([c for c, _, _ in samples], 50)
+    tokens = int(percentile([t for _, t, _ in samples], 50))
+    return {
+        "n": len(samples),
+        "cpu_ms": round(cpu_s * 1000, 2),
+        "tokens_charged": tokens,
+        "cpu_s_per_1k_tokens": round(cpu_s / (tokens / 1000), 4) if tokens else None,
+        "statuses": dict(Counter(str(st) for _, _, st in samples)),
+    }
+
+
+def cost_table(costs: Mapping[str, dict[str, Any]]) -> str:
+    lines = [f"{'class':24} {'cpu ms':>8} {'tokens':>8} {'s/1k tok':>9}  statuses", "-" * 64]
+    for name, r in costs.items():
+        per = r["cpu_s_per_1k_tokens"]
+        per_s = "-" if per is None else f"{per:.4f}"
+        lines.append(
+            f"{name:24} {r['cpu_ms']:8.2f} {r['tokens_charged']:8d} {per_s:>9}  {r['statuses']}"
+        )
+    return "\n".join(lines)
+
+
 # -- the gateway under test -----------------------------------------------------------------
-def build_app(engine_delay_s: float) -> tuple[Any, Any]:
+class Gateway(NamedTuple):
+    app: Any
+    rag_core: Any
+    ledger: Any
+    """The quota ledger: what each tenant has been charged."""
+    share: Any
+    """The loop share, keeping the raw CPU seconds each tenant's requests took
+    (`cpu_s`: their loop steps and their threads' work, unweighted)."""
+
+
+def build_app(engine_delay_s: float) -> Gateway:
     """The gateway app and its RAG core (started and seeded by `seed`)."""
     from tierline.cluster.specfile import load_spec_text
     from tierline.deployments.auth import KeyStore, hash_key
     from tierline.deployments.engine_client import EngineItem, Method
     from tierline.deployments.gateway import GatewayCore, create_app
+    from tierline.deployments.loop_share import LoopShare
     from tierline.deployments.quota import LocalQuota, ledger_for
     from tierline.deployments.rag_routes import InProcessRagClient
     from tierline.deployments.tokens import EstimatingCounter
@@ -264,8 +303,24 @@ def build_app(engine_delay_s: float) -> tuple[Any, Any]:
             async for item in super().generate(method, body):
                 yield item
 
+    class CountedShare(LoopShare):
+        """The gateway's loop share, also adding up each tenant's raw CPU seconds."""
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.cpu_s: Counter[str] = Counter()
+
+        def charge(self, tenant: str, step_s: float) -> None:
+            self.cpu_s[tenant] += step_s
+            super().charge(tenant, step_s)
+
+        def charge_work(self, tenant: str, cpu_s: float) -> None:
+            self.cpu_s[tenant] += cpu_s
+            super().charge_work(tenant, cpu_s)
+
     spec = load_spec_text(SPEC)
-    quota = LocalQuota(ledger_for(spec.gateway), time.monotonic)
+    ledger = ledger_for(spec.gateway)
+    quota = LocalQuota(ledger, time.monotonic)
     core = GatewayCore(
         spec, {"small": DelayedEngine("small")}, {"small": EstimatingCounter()}, quota
     )
@@ -273,7 +328,9 @@ def build_app(engine_delay_s: float) -> tuple[Any, Any]:
     settings = RagSettings(dim=DIM, chunk_tokens=50, chunk_overlap_tokens=5)
     rag_core = RagCore(settings, MemoryChunkStore(), embedder, word_offsets)
     keys = KeyStore({hash_key(k): t for t, k in KEYS.items()})
-    return create_app(core, keys, InProcessRagClient(rag_core, embedder, "hash-embedder")), rag_core
+    share = CountedShare(spec.gateway.loop_share, time.monotonic, time.thread_time)
+    rag = InProcessRagClient(rag_core, embedder, "hash-embedder")
+    return Gateway(create_app(core, keys, rag, loop_share=share), rag_core, ledger, share)
 
 
 async def seed(c: httpx.AsyncClient, chunks: int = 1000) -> None:
@@ -349,8 +406,29 @@ async def phase(
     return row
 
 
+async def costs(
+    c: httpx.AsyncClient, gw: Gateway, attacks: Mapping[str, Request], n: int
+) -> dict[str, Any]:
+    """Each class's worst request sent `n` times, one at a time, by the hostile tenant
+    alone (so the loop share never refuses it): the gateway CPU it took (its loop steps
+    until the answer started and its threads' work, as the loop share times them) and
+    the tokens the quota charged it."""
+    rows: dict[str, Any] = {}
+    for name, send in attacks.items():
+        samples = []
+        for _ in range(n):
+            cpu0 = gw.share.cpu_s["hostile"]
+            tokens0 = gw.ledger.tokens_used("hostile", time.monotonic())
+            r = await send(c, _auth("hostile"))
+            tokens = gw.ledger.tokens_used("hostile", time.monotonic()) - tokens0
+            samples.append((gw.share.cpu_s["hostile"] - cpu0, tokens, r.status_code))
+        rows[name] = cost_row(samples)
+    return rows
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    app, rag_core = build_app(args.engine_delay_ms / 1000)
+    gw = build_app(args.engine_delay_ms / 1000)
+    app, rag_core = gw.app, gw.rag_core
     await rag_core.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=120) as c:
@@ -369,6 +447,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             phases[name] = await phase(c, args.seconds, args.rate, send, args.workers)
             print(f"{name}: {phases[name]}", flush=True)
         phases["baseline_end"] = await phase(c, args.seconds, args.rate, None, 0)
+        await asyncio.sleep(5 * gw.share.spec.window_s)  # the normal tenant goes quiet
+        cost = await costs(c, gw, attacks, args.cost_samples)
     rows = with_ratios(phases)
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -382,6 +462,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_end_p99_ratio": rows["baseline_end"]["p99_ratio"],
         "note": "in-process: RAG search/grounding share the gateway's event loop here",
         "phases": rows,
+        "cost_target_s_per_1k_tokens": COST_TARGET_S_PER_1K,
+        "worst_cpu_s_per_1k_tokens": max(
+            (r["cpu_s_per_1k_tokens"] or 0.0 for r in cost.values()), default=0.0
+        ),
+        "costs": cost,
     }
 
 
@@ -391,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=40.0, help="normal chats per second")
     ap.add_argument("--workers", type=int, default=2, help="hostile requests in flight")
     ap.add_argument("--engine-delay-ms", type=float, default=20.0)
+    ap.add_argument("--cost-samples", type=int, default=5, help="requests per class, costs")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile.json")
     args = ap.parse_args(argv)
     logging.disable(logging.INFO)  # one log line per request would be most of the output
@@ -399,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result["phases"]))
     print(f"load average {result['load_average']}; worst p99 ratio {result['worst_p99_ratio']}")
+    print(cost_table(result["costs"]))
 
 
 if __name__ == "__main__":

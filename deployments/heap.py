@@ -28,11 +28,11 @@ SETTLE_AT = (64, 512, 4096)
 """Request counts after which a replica settles its heap again."""
 
 
-def settle() -> int:
-    """Collect what is garbage now and freeze the rest; the number of frozen objects."""
+def settle() -> None:
+    """Collect what is garbage now and freeze the rest. (Not `gc.get_freeze_count`: it
+    walks the whole permanent generation, 18 ms over a gateway's heap.)"""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 class HeapSettle:

@@ -117,6 +117,16 @@ class QuotaLedger:
         with self._lock:
             self._release(ticket, used_tokens, now)
 
+    def tokens_used(self, tenant: str, now: float) -> int:
+        """Tokens charged to `tenant` in the window ending `now` (open reservations as
+        reserved)."""
+        with self._lock:
+            st = self._tenants.get(tenant)
+            if st is None:
+                return 0
+            st.expire(now)
+            return st.tokens_used()
+
     def in_flight(self, tenant: str) -> int:
         with self._lock:
             st = self._tenants.get(tenant)

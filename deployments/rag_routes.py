@@ -344,22 +344,40 @@ def rag_router(
     async def search(name: str, body: SearchBody, request: Request) -> dict[str, Any]:
         tenant = tenant_of(request.state)
         estimate = EstimatingCounter().text(body.query)
-        async with held(tenant, estimate) as settle:
+        retrieval = retrieval_tokens(body.top_k, settings)
+        async with held(tenant, estimate + retrieval) as settle:
             hits, counted = await _guard(
                 client.search_counted(tenant, name, body.query, body.top_k, body.filter)
             )
-            usage = _settled(settle, counted, estimate)
+            usage = _settled(settle, counted, estimate, retrieval)
         return {"results": hits, "usage": usage}
 
     return router
 
 
-def _settled(settle: Settle, counted: int | None, estimate: int) -> dict[str, int]:
+def retrieval_tokens(top_k: int, spec: RagSpec) -> int:
+    """What a search is charged beside its query's embedding: `top_k` chunks of
+    `rag.chunk_tokens`, the most it can return. The work of a search (scoring, a filter
+    over every chunk) does not shrink with the tokens of its query, so a three-word query
+    with a wide filter would otherwise cost seconds of shared CPU per 1,000 tokens charged."""
+    return min(max(top_k, 1), spec.max_top_k) * spec.chunk_tokens
+
+
+def _settled(
+    settle: Settle, counted: int | None, estimate: int, retrieval: int = 0
+) -> dict[str, int]:
     """Settle a held route to the embedding model's own count (`counted`; None: the
-    embedder does not count, and the reserved `estimate` stands); its answer's usage."""
+    embedder does not count, and the reserved `estimate` stands), plus a search's
+    `retrieval` charge; its answer's usage."""
     tokens = estimate if counted is None else counted
-    settle(tokens)
-    return {"prompt_tokens": tokens, "total_tokens": tokens}
+    settle(tokens + retrieval)
+    if not retrieval:
+        return {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {
+        "prompt_tokens": tokens,
+        "retrieval_tokens": retrieval,
+        "total_tokens": tokens + retrieval,
+    }
 
 
 def _estimated_tokens(documents: Any) -> int:

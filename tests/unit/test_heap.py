@@ -27,8 +27,8 @@ def test_settle_collects_garbage_and_freezes_what_lives() -> None:
     kept = [{"long": "lived"} for _ in range(1000)]
     cycle_alive = Node()
     Node()  # garbage now
-    frozen = settle()
-    assert frozen >= len(kept) and frozen == gc.get_freeze_count()
+    settle()
+    assert gc.get_freeze_count() >= len(kept)
     assert gc.get_count()[0] < 10
     assert not any(o is cycle_alive for o in gc.get_objects())  # out of every pass
     assert sum(isinstance(o, Node) for o in gc.get_objects()) == 0

@@ -6,6 +6,8 @@ import math
 
 from bench.hostile_bench import (
     TARGET_RATIO,
+    cost_row,
+    cost_table,
     hostile_requests,
     percentile,
     summarize,
@@ -26,7 +28,14 @@ def test_percentile_is_the_nearest_rank() -> None:
 
 def test_summary_is_in_milliseconds_and_counts_errors() -> None:
     row = summarize([0.010] * 98 + [0.100, 0.200], [200] * 99 + [429])
-    assert row == {"n": 100, "p50_ms": 10.0, "p99_ms": 100.0, "max_ms": 200.0, "errors": 1}
+    assert row == {
+        "n": 100,
+        "p50_ms": 10.0,
+        "p99_ms": 100.0,
+        "max_ms": 200.0,
+        "errors": 1,
+        "error_statuses": {"429": 1},
+    }
 
 
 def test_ratios_are_over_the_baseline_and_the_target_is_judged_on_p99() -> None:
@@ -60,3 +69,26 @@ def test_every_hostile_class_has_a_request() -> None:
         "rag_filter",
         "upload_many_files",
     } <= names
+
+
+def test_cost_rows_give_cpu_per_thousand_tokens_charged() -> None:
+    row = cost_row([(0.002, 500, 200), (0.004, 500, 200), (0.003, 1000, 200)])
+    assert row["cpu_ms"] == 3.0 and row["tokens_charged"] == 500
+    assert row["cpu_s_per_1k_tokens"] == 0.006
+    refused = cost_row([(0.009, 0, 400), (0.008, 0, 400)])
+    assert refused["cpu_s_per_1k_tokens"] is None and refused["statuses"] == {"400": 2}
+    assert "refused" not in cost_table({"a": row, "b": refused})
+    assert cost_table({"b": refused}).splitlines()[-1].split()[3] == "-"
+
+
+def test_the_ledger_reports_what_a_tenant_was_charged() -> None:
+    from tierline.cluster.spec import GatewaySpec
+    from tierline.deployments.quota import ledger_for
+
+    ledger = ledger_for(GatewaySpec())
+    assert ledger.tokens_used("t", 0.0) == 0
+    ticket = ledger.admit("t", 300, 0.0).ticket
+    assert ledger.tokens_used("t", 1.0) == 300  # reserved counts as charged
+    ledger.release(ticket, 120, 2.0)
+    assert ledger.tokens_used("t", 3.0) == 120
+    assert ledger.tokens_used("t", 1000.0) == 0  # out of the window

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.engine_client import EngineItem, Method
@@ -179,8 +180,10 @@ def _events(text: str) -> list[Any]:
 
 def cost_of(kind: str, body: dict[str, Any], r: httpx.Response) -> int:
     """What a served request should be charged, from what the fakes reported."""
-    if kind == "rag_search":  # the embedder's count of the query, not bytes / 4
-        assert r.json()["usage"]["total_tokens"] == CountingEmbedder.count(body["query"])
+    if kind == "rag_search":  # the embedder's count of the query (not bytes / 4) and top_k
+        retrieval = body["top_k"] * RagSpec().chunk_tokens  # chunks, the most it returns
+        want = CountingEmbedder.count(body["query"]) + retrieval
+        assert r.json()["usage"]["total_tokens"] == want
     if kind in ("chat_tools", "grounded_chat", "embeddings", "rag_search"):
         return int(r.json()["usage"]["total_tokens"])
     if kind == "chat_tools_stream":

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
 from tierline.deployments.quota import LocalQuota, QuotaLedger, ledger_for
@@ -94,8 +95,13 @@ def test_ingest_and_search_are_charged_the_embedders_own_count() -> None:
             assert r.status_code == 200, r.text
             assert r.json()["results"]
             assert estimate(QUERY) == 2 and CountingEmbedder.count(QUERY) == 6
-            assert charged == 6
-            assert r.json()["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
+            retrieval = 2 * RagSpec().chunk_tokens  # top_k chunks: the most it returns
+            assert charged == 6 + retrieval
+            assert r.json()["usage"] == {
+                "prompt_tokens": 6,
+                "retrieval_tokens": retrieval,
+                "total_tokens": 6 + retrieval,
+            }
             assert ledger.in_flight(TENANT) == 0
 
     asyncio.run(run())
@@ -116,7 +122,8 @@ def test_an_embedder_without_a_count_leaves_the_estimate_charged() -> None:
             charged, r = await charged_for(
                 client, ledger, "/v1/rag/collections/kb/search", {"query": QUERY}
             )
-            assert r.status_code == 200 and charged == estimate(QUERY)
+            assert r.status_code == 200
+            assert charged == estimate(QUERY) + 5 * RagSpec().chunk_tokens  # top_k 5
             assert r.json()["usage"]["total_tokens"] == charged
 
     asyncio.run(run())
@@ -168,6 +175,7 @@ def test_charges_match_the_count_over_generated_documents(texts: list[str], quer
                 client, ledger, "/v1/rag/collections/kb/search", {"query": query}
             )
             assert r.status_code == 200, r.text
-            assert charged == embedder.tokens - counted == CountingEmbedder.count(query)
+            assert embedder.tokens - counted == CountingEmbedder.count(query)
+            assert charged == CountingEmbedder.count(query) + 5 * RagSpec().chunk_tokens
 
     asyncio.run(run())

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.engine_client import EngineItem, Method
@@ -457,14 +458,16 @@ class EmbeddingRag(CountingRag):
 
 
 def test_rag_routes_and_embeddings_count_against_the_tenant() -> None:
-    core, quota, _ = core_with("  default_quota: {tokens_per_min: 100}\n")
+    retrieval = 5 * RagSpec().chunk_tokens  # a search's top_k (5) chunks
+    core, quota, _ = core_with(f"  default_quota: {{tokens_per_min: {retrieval + 100}}}\n")
     rag = EmbeddingRag()
     client = client_of(core, rag=rag)  # type: ignore[arg-type]
     ok = client.post("/v1/embeddings", json={"input": ["a" * 200], "model": "embedder"})
     # reserved as 200 bytes / 4 = 50 tokens, then charged what the model reported (1)
     assert ok.status_code == 200 and quota.released == [1]
     search = client.post("/v1/rag/collections/kb/search", json={"query": "q" * 200})
-    assert search.status_code == 200 and rag.searches == 1 and quota.released[-1] == 50
+    assert search.status_code == 200 and rag.searches == 1
+    assert quota.released[-1] == 50 + retrieval  # the query's estimate and its chunks
     over = client.post("/v1/embeddings", json={"input": ["a" * 200], "model": "embedder"})
     assert assert_openai_error(over, 429)["code"] == "quota_exceeded"
     assert rag.embedded == 1  # refused before embedding
