@@ -72,7 +72,7 @@ DEFINITIONS: dict[str, MetricDef] = {
         _c(
             "tierline_gateway_rejections",
             "Requests refused before reaching an engine (auth, quota, backpressure, drain, "
-            "bad_input, not_found, forbidden, too_large)",
+            "bad_input, not_found, forbidden, too_large, loop_share)",
             "reason",
             "tenant",
         ),

@@ -204,6 +204,8 @@ def rejection_reason(status: int, code: str | None) -> str | None:
         return "drain"
     if code in ("overloaded", "tier_at_capacity"):
         return "backpressure"
+    if code == "loop_share_exceeded":
+        return "loop_share"
     if status in _REJECTIONS:
         return _REJECTIONS[status]
     if 400 <= status < 500:

@@ -70,7 +70,7 @@ class GatewayMiddleware:
         max_body_bytes: int,
         keys: KeyStore | None,
         route_limits: Sequence[RouteLimit] = (),
-        on_reject: Callable[[APIError], None] | None = None,
+        on_reject: Callable[[APIError, str], None] | None = None,
         edge: Edge | None = None,
         edge_paths: frozenset[str] = frozenset(),
         loop_share: LoopShare | None = None,
@@ -81,7 +81,9 @@ class GatewayMiddleware:
         self.loop_share = loop_share  # per-tenant fair share of the event loop
         self.edge = edge
         self.edge_paths = edge_paths
-        self.on_reject = on_reject  # metrics: auth and size rejections never reach the app
+        # metrics: auth, size and loop-share refusals never reach the app; called with the
+        # refusal and its tenant ("none" where the key was not accepted)
+        self.on_reject = on_reject
         self.default_limit = BodyLimit(max_body_bytes, "gateway.max_body_bytes")
         self.route_limits = tuple(route_limits)
         self.keys = keys
@@ -117,7 +119,7 @@ class GatewayMiddleware:
         bind_request(rid, state.get("tenant", ANONYMOUS_TENANT))
         if rejection is not None:
             if self.on_reject is not None:
-                self.on_reject(rejection)
+                self.on_reject(rejection, state.get("tenant", "none"))
             await error_response(rejection)(scope, receive, send_with_id)
             return
         if self.loop_share is None or scope["path"] in PUBLIC_PATHS:
@@ -127,7 +129,7 @@ class GatewayMiddleware:
         share = self.loop_share
         over = share.admit(tenant)
         if over is not None and self.on_reject is not None:
-            self.on_reject(over)
+            self.on_reject(over, tenant)
         # Refused before its body is read, so the refusal costs next to nothing; what it
         # does cost is charged too: a tenant that retries at once stays out.
         answer = (
@@ -151,7 +153,7 @@ class GatewayMiddleware:
         received = 0
         limit = body_limit(scope["path"], self.default_limit, self.route_limits)
         if self.edge is not None and scope["method"] == "POST" and scope["path"] in self.edge_paths:
-            raw = await self._body(receive, limit)
+            raw = await self._body(receive, limit, state.get("tenant", ANONYMOUS_TENANT))
             if raw is None:  # the client went away before sending its body
                 return
             if isinstance(raw, APIError):
@@ -175,7 +177,9 @@ class GatewayMiddleware:
 
         await self.app(scope, limited_receive, send_with_id)
 
-    async def _body(self, receive: Receive, limit: BodyLimit) -> bytes | APIError | None:
+    async def _body(
+        self, receive: Receive, limit: BodyLimit, tenant: str
+    ) -> bytes | APIError | None:
         """The whole request body, the 413 when it passes `limit`, or None when the client
         disconnected first."""
         chunks: list[bytes] = []
@@ -189,7 +193,7 @@ class GatewayMiddleware:
             if size > limit.bytes:
                 err = too_large(None, limit)
                 if self.on_reject is not None:
-                    self.on_reject(err)
+                    self.on_reject(err, tenant)
                 return err
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -123,7 +123,9 @@ def create_app(
         GatewayMiddleware,
         max_body_bytes=core.spec.gateway.max_body_bytes,
         keys=keys,
-        on_reject=lambda err: core.metrics.failed(err.status, err.code, "none", "none", "none"),
+        on_reject=lambda err, tenant: core.metrics.failed(
+            err.status, err.code, "none", "none", tenant
+        ),
         route_limits=upload_limits(core.spec.rag) if rag is not None else (),
         edge=edge,
         edge_paths=EDGE_PATHS,

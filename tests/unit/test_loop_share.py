@@ -328,3 +328,25 @@ def test_no_one_is_refused_while_the_loop_has_room() -> None:
     assert refusal(uses, "heavy", 0.0, SPEC) is None
     busy = {**uses, "heavy": TenantUse(used_s=0.9, at=0.0, last_seen=0.0)}
     assert refusal(busy, "heavy", 0.0, SPEC) is not None  # contended: the share applies
+
+
+def test_a_refusal_for_the_share_is_counted_under_the_refused_tenant() -> None:
+    """Before: the gateway counted it as a quota rejection of tenant `none`."""
+    from tierline.deployments.metrics import PromRecorder
+
+    spec = load_spec_text(GATEWAY)
+    clock = FakeClock()
+    core = GatewayCore(spec, {"small": FakeEngine("small")}, {"small": CostlyCounter(clock)})
+    keys = KeyStore({hash_key(k): t for t, k in KEYS.items()})
+    app = create_app(core, keys, loop_share=LoopShare(spec.gateway.loop_share, clock, clock))
+    client = TestClient(app, raise_server_exceptions=False)
+    expensive = chat("word " * 60_000)
+    assert post(client, "normal", chat()).status_code == 200
+    assert post(client, "hostile", expensive).status_code in (200, 400)
+    refused = post(client, "hostile", expensive)
+    assert assert_openai_error(refused, 429)["code"] == "loop_share_exceeded"
+    recorder = core.metrics.recorder
+    assert isinstance(recorder, PromRecorder)
+    rejections = "ray_tierline_gateway_rejections_total"
+    assert recorder.value(rejections, reason="loop_share", tenant="hostile") == 1
+    assert not recorder.value(rejections, reason="quota", tenant="none")
