@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from tierline.cluster.specfile import SpecError, load_spec
 from tierline.router.bound import evaluate as bound_eval
-from tierline.router.bound import prompt_losses
+from tierline.router.bound import evaluate_classes, prompt_losses
+from tierline.router.classes import class_indices
 from tierline.router.data import LabelledSet, load_files
 from tierline.router.embedding import MINILM_NAME
 from tierline.router.evaluate import (
@@ -94,9 +95,10 @@ def _concat(sets: list[LabelledSet]) -> LabelledSet:
 
 def _router_scores(
     data: LabelledSet, artifact: Path | None, spec_path: Path
-) -> tuple[str, np.ndarray, Head | None]:
-    """Scores of the router under test (an artifact, or the one the spec routes with), and
-    its head (None for the rules policy)."""
+) -> tuple[str, np.ndarray, Head | None, np.ndarray | None]:
+    """Scores of the router under test (an artifact, or the one the spec routes with), its
+    head (None for the rules policy), and each prompt's traffic class as an index into
+    the head's class names (-1: out of domain; None: a head without classes)."""
     if artifact is None:
         try:
             spec = load_spec(spec_path)
@@ -104,7 +106,7 @@ def _router_scores(
             err.print(f"[red]{e}[/]")
             raise typer.Exit(1) from None
         if spec.router.policy == "rules":
-            return f"rules ({spec_path})", _rules_scores(data, spec_path), None
+            return f"rules ({spec_path})", _rules_scores(data, spec_path), None, None
         from tierline.deployments.routing import artifact_path
 
         artifact = artifact_path(spec.router.learned)
@@ -116,7 +118,8 @@ def _router_scores(
     with err.status(f"embedding prompts with {head.embedder}"):
         emb = cached_embeddings(open_embedder(head.embedder), data.prompts, CACHE)
     x = head.features(emb, np.asarray([prompt_words(p) for p in data.prompts]))
-    return f"learned ({artifact})", gap_scores(head, x), head
+    classes = None if head.classes is None else class_indices(head.classes, emb)
+    return f"learned ({artifact})", gap_scores(head, x), head, classes
 
 
 def _rules_scores(data: LabelledSet, spec_path: Path) -> np.ndarray:
@@ -180,7 +183,7 @@ def evaluate(
         raise typer.Exit(2)
     raw = load_files([data])
     weak, strong = raw.normalised()
-    name, scores, head = _router_scores(raw, router, spec)
+    name, scores, head, classes = _router_scores(raw, router, spec)
     curves = {
         "router": curve(scores, weak, strong),
         "length": curve(length_scores(raw.prompts), weak, strong),
@@ -202,14 +205,29 @@ def evaluate(
     if head is not None:
         cal, test, test_idx = _bound_split(head, scores, weak, strong, calibration_share, seed)
         alphas = SWEEP if max_quality_loss is None else (max_quality_loss,)
-        bound_rows = [dict(bound_eval(cal, test, a, 1.0 - confidence)) for a in alphas]
+        if head.classes is not None and classes is not None:  # as the gateway routes
+            cal_classes, test_classes = _class_split(head, classes, calibration_share, seed)
+            names = head.classes.names
+            runs = [
+                evaluate_classes(
+                    (*cal, cal_classes), (*test, test_classes), names, a, 1.0 - confidence
+                )
+                for a in alphas
+            ]
+            bound_rows = [r for r, _ in runs]
+            cheap = runs[0][1]
+        else:
+            bound_rows = [dict(bound_eval(cal, test, a, 1.0 - confidence)) for a in alphas]
+            limit = bound_rows[0]["threshold"]
+            cheap = test[0] <= (float("-inf") if limit is None else float(limit))  # type: ignore[arg-type]
         result["bound_calibration"] = "artifact" if calibration_share == 0 else "split"
+        result["bound_policy"] = "per_class" if head.classes is not None else "pooled"
         if max_quality_loss is None:
             result["bound_sweep"] = bound_rows
         else:
             result.update(bound_rows[0])
             if decisions is not None:
-                _write_decisions(decisions, raw, test_idx, bound_rows[0]["threshold"], scores)
+                _write_decisions(decisions, raw, test_idx, cheap)
     elif max_quality_loss is not None:
         err.print("[red]the quality-loss bound calibrates the learned router's scores[/]")
         raise typer.Exit(2)
@@ -269,13 +287,23 @@ def _bound_split(
     return (scores[c], losses[c]), (scores[t], losses[t]), t
 
 
-def _write_decisions(
-    path: Path, raw: LabelledSet, rows: np.ndarray, threshold: object, scores: np.ndarray
-) -> None:
-    limit = float("-inf") if threshold is None else float(threshold)  # type: ignore[arg-type]
+def _class_split(
+    head: Head, classes: np.ndarray, calibration_share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The traffic class of each calibration and test row, split as `_bound_split` splits
+    the rows (the artifact's rows carry the class the classifier gave them)."""
+    if calibration_share == 0:
+        return np.asarray(head.calibration_classes), classes
+    perm = np.random.default_rng(seed).permutation(len(classes))
+    k = round(calibration_share * len(classes))
+    return classes[np.sort(perm[:k])], classes[np.sort(perm[k:])]
+
+
+def _write_decisions(path: Path, raw: LabelledSet, rows: np.ndarray, cheap: np.ndarray) -> None:
+    """One line per test row (`rows`, in order), cheap where `cheap` says so."""
     with path.open("w", encoding="utf-8") as f:
-        for i in rows:
-            tier = "cheap" if scores[i] <= limit else "strong"
+        for i, kept in zip(rows, cheap, strict=True):
+            tier = "cheap" if kept else "strong"
             f.write(json.dumps({"id": raw.ids[i], "tier": tier}) + "\n")
 
 

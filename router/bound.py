@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from tierline.router.classes import OUT_OF_DOMAIN
 
 DEFAULT_GRID = np.linspace(-1.0, 1.0, 801)
 """Thresholds tried: the learned router's score is a difference of probabilities."""
@@ -312,3 +314,60 @@ def evaluate(
         "cheap_share": round(share, 4),
         "held": loss <= alpha,
     }
+
+
+def evaluate_classes(
+    calibration: tuple[np.ndarray, np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    names: Sequence[str],
+    alpha: float,
+    delta: float,
+    grid: np.ndarray = DEFAULT_GRID,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """`evaluate` with a bound per traffic class, as the gateway routes under a head with
+    classes: (scores, losses, class index) rows, the index into `names` or -1 for out of
+    domain. Each class is calibrated on its own calibration rows; a test row takes its
+    class's threshold, an out-of-domain row the strictest class's. The figures, with one
+    entry per class, and the mask of test rows kept cheap."""
+    c_s, c_x, c_k = (np.asarray(a) for a in calibration)
+    t_s, t_x, t_k = (np.asarray(a) for a in test)
+    bounds = [
+        calibrate(c_s[c_k == i], c_x[c_k == i], alpha, delta, grid) for i in range(len(names))
+    ]
+    limits = np.array([b.threshold for b in bounds] or [float("-inf")], dtype=np.float64)
+    strictest = float(limits.min())
+    per_row = np.where(t_k >= 0, limits[np.clip(t_k, 0, None)], strictest)
+    loss, share, cheap = realised(t_s, t_x, per_row)
+    cal_row = np.where(c_k >= 0, limits[np.clip(c_k, 0, None)], strictest)
+    cal_cheap = float((c_s <= cal_row).mean()) if len(c_s) else 0.0
+    per_class: dict[str, Any] = {}
+    for i, name in enumerate([*names, OUT_OF_DOMAIN]):
+        rows = t_k == (i if i < len(names) else -1)
+        kept = cheap & rows
+        per_class[name] = {
+            "threshold": _finite(float(limits[i]) if i < len(names) else strictest),
+            "calibration_rows": int((c_k == (i if i < len(names) else -1)).sum()),
+            "test_rows": int(rows.sum()),
+            "cheap_rows": int(kept.sum()),
+            "realised_loss": round(float(t_x[kept].mean()), 4) if kept.any() else 0.0,
+        }
+    out: dict[str, Any] = {
+        "max_quality_loss": alpha,
+        "confidence": round(1.0 - delta, 6),
+        "policy": "per_class",
+        "threshold": None,
+        "calibration_rows": len(c_s),
+        "calibration_cheap_share": round(cal_cheap, 4),
+        "calibration_upper_bound": round(max((b.upper_bound for b in bounds), default=0.0), 4),
+        "test_rows": len(cheap),
+        "cheap_rows": int(cheap.sum()),
+        "realised_loss": round(loss, 4),
+        "cheap_share": round(share, 4),
+        "held": loss <= alpha,
+        "classes": per_class,
+    }
+    return out, cheap
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -141,3 +141,29 @@ def test_spec_bound_fields() -> None:
 def test_spec_bound_errors_name_the_field(router: str, needle: str) -> None:
     errs = _errors(MINIMAL + "router:\n" + router)
     assert any(needle in e for e in errs), errs
+
+
+def test_the_eval_routes_with_a_bound_per_traffic_class_as_the_gateway_does(
+    labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `router eval` calibrated one pooled bound while the gateway routed per
+    class, so its realised loss was not the gateway's."""
+    result = _eval(
+        tmp_path,
+        monkeypatch,
+        "--data",
+        str(labelled),
+        "--max-quality-loss",
+        "0.2",
+        "--calibration-share",
+        "0",
+    )
+    assert result["bound_policy"] == "per_class"
+    classes = result["classes"]
+    assert set(classes) == {"gsm8k", "mmlu", "out-of-domain"}
+    assert sum(c["test_rows"] for c in classes.values()) == result["test_rows"] == 600
+    assert sum(c["cheap_rows"] for c in classes.values()) == result["cheap_rows"]
+    limits = [c["threshold"] for n, c in classes.items() if n != "out-of-domain"]
+    finite = [t for t in limits if t is not None]
+    strictest = None if len(finite) < len(limits) else min(finite)
+    assert classes["out-of-domain"]["threshold"] == strictest

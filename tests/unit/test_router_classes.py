@@ -336,3 +336,26 @@ def test_the_shipped_head_bounds_each_class_on_its_own_rows() -> None:
         kept = (names == name) & (gain <= t)
         assert kept.any() and loss[kept].mean() <= alpha
     assert bound.thresholds_for(OUT_OF_DOMAIN)[PAIR] == bound.classes["gsm8k"][PAIR]
+
+
+def test_evaluate_classes_routes_each_row_with_its_class_and_the_rest_strictest() -> None:
+    from tierline.router.bound import evaluate_classes
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    # class 0: cheap is safe below score 0.5; class 1: cheap is never safe
+    c_s = rng.uniform(0, 1, n)
+    c_k = rng.integers(0, 2, n)
+    c_x = np.where((c_k == 0) & (c_s < 0.5), 0.0, 1.0)
+    t_s = rng.uniform(0, 1, n)
+    t_k = rng.integers(-1, 2, n)
+    t_x = np.where((t_k == 0) & (t_s < 0.5), 0.0, 1.0)
+    out, cheap = evaluate_classes((c_s, c_x, c_k), (t_s, t_x, t_k), ["a", "b"], 0.1, 0.1)
+    a, b, ood = out["classes"]["a"], out["classes"]["b"], out["classes"]["out-of-domain"]
+    # kept below t, the loss is (t - 0.5) / t: at most alpha = 0.1 means t <= 0.5 / 0.9
+    assert a["threshold"] is not None and 0.45 < a["threshold"] <= 0.5 / 0.9
+    assert b["threshold"] is None and b["cheap_rows"] == 0  # nothing certifiable: go up
+    assert ood["threshold"] is None and ood["cheap_rows"] == 0  # the strictest: b's
+    assert out["held"] and out["realised_loss"] <= 0.1
+    assert cheap.sum() == out["cheap_rows"] == a["cheap_rows"] > 0
+    assert not cheap[t_k != 0].any()
