@@ -584,6 +584,24 @@ def test_directory_benches_a_failing_replica_for_a_while() -> None:
     assert d.urls("small") == {"a": "u1", "b": "u2"}
 
 
+@asynccontextmanager
+async def relayed_app(app: Any) -> AsyncIterator[RelayDirectory]:
+    """`app` behind a real relay server (the engine replica's door), and a directory
+    naming it as tier `small`'s one replica."""
+
+    async def load(name: str) -> None:
+        return None
+
+    handle = await start_relay_server(RelayMiddleware(app, TOKEN, load), "127.0.0.1")
+    directory = RelayDirectory()
+    directory.token = TOKEN
+    directory.set("small", {"r": handle.url})
+    try:
+        yield directory
+    finally:
+        await handle.stop()
+
+
 async def test_a_stopping_replica_waits_for_the_requests_it_relays() -> None:
     engine = EngineApp("r1", delay_s=0.05)
 
@@ -627,19 +645,12 @@ async def test_relayed_items_hold_whole_events_however_the_bytes_were_cut() -> N
             await asyncio.sleep(0.02)
         await send({"type": "http.response.body", "body": b""})
 
-    async def load(name: str) -> None:
-        return None
-
-    handle = await start_relay_server(RelayMiddleware(engine, TOKEN, load), "127.0.0.1")
-    directory = RelayDirectory()
-    directory.token = TOKEN
-    directory.set("small", {"r": handle.url})
-    client = RelayEngineClient("small", FakeEngine("x"), directory)
-    try:
-        items = [i async for i in client.generate("chat", {"model": "x", "stream": True})]
-    finally:
-        await client.close()
-        await handle.stop()
+    async with relayed_app(engine) as directory:
+        client = RelayEngineClient("small", FakeEngine("x"), directory)
+        try:
+            items = [i async for i in client.generate("chat", {"model": "x", "stream": True})]
+        finally:
+            await client.close()
     assert all(isinstance(i, bytes) and i.endswith(b"\n\n") for i in items), items
     assert b"".join(items) == b"".join(parts)  # type: ignore[arg-type]
 
@@ -663,27 +674,20 @@ async def test_a_relayed_stream_is_paced_by_the_gateways_interval() -> None:
             await asyncio.sleep(0.001)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
-    async def load(name: str) -> None:
-        return None
-
-    handle = await start_relay_server(RelayMiddleware(engine, TOKEN, load), "127.0.0.1")
-    directory = RelayDirectory()
-    directory.token = TOKEN
-    directory.set("small", {"r": handle.url})
-    paced = RelayEngineClient("small", FakeEngine("x"), directory, stream_interval_ms=200)
-    plain = RelayEngineClient("small", FakeEngine("x"), directory)
     expected = b"".join(b"data: %d\n\n" % i for i in range(30)) + b"data: [DONE]\n\n"
-    try:
-        items = [i async for i in paced.generate("chat", {"model": "x", "stream": True})]
-        assert b"".join(items) == expected  # type: ignore[arg-type]
-        assert len(items) <= 5, items  # two at once, the rest in one to three writes
-        assert items[0] == b"data: 0\n\n"
-        unpaced = [i async for i in plain.generate("chat", {"model": "x", "stream": True})]
-        assert b"".join(unpaced) == expected  # type: ignore[arg-type]
-    finally:
-        await paced.close()
-        await plain.close()
-        await handle.stop()
+    async with relayed_app(engine) as directory:
+        paced = RelayEngineClient("small", FakeEngine("x"), directory, stream_interval_ms=200)
+        plain = RelayEngineClient("small", FakeEngine("x"), directory)
+        try:
+            items = [i async for i in paced.generate("chat", {"model": "x", "stream": True})]
+            assert b"".join(items) == expected  # type: ignore[arg-type]
+            assert len(items) <= 5, items  # two at once, the rest in one to three writes
+            assert items[0] == b"data: 0\n\n"
+            unpaced = [i async for i in plain.generate("chat", {"model": "x", "stream": True})]
+            assert b"".join(unpaced) == expected  # type: ignore[arg-type]
+        finally:
+            await paced.close()
+            await plain.close()
 
 
 async def test_the_pace_header_goes_with_streams_only() -> None:
