@@ -154,10 +154,13 @@ bench-flood: models
 	$(BIN)/python -m bench.flood_bench --out bench/results/flood.json
 
 # A normal tenant's chat p50/p99 while a hostile tenant sends the worst request of each
-# class, against no hostile tenant (issue 27, target <= 1.5x); in-process, fake engines
-# -> bench/results/hostile.json
+# class, against no hostile tenant (issue 27, target <= 1.5x), fake engines: in process,
+# with each class's gateway CPU per 1,000 tokens charged -> bench/results/hostile.json;
+# then gateway, attacker and normal client in three processes over TCP
+# -> bench/results/hostile_tcp.json
 bench-hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile_bench --out bench/results/hostile.json
+	$(BIN)/python -m bench.hostile_tcp --out bench/results/hostile_tcp.json
 
 # Replica routing benchmark: prefix-cache affinity vs power of two choices on two replicas
 # of a tiny CPU tier (configs/prefix.yaml): hit rate and TTFT -> bench/results/prefix.json
