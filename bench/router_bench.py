@@ -42,7 +42,13 @@ from tierline.router.evaluate import (
 )
 from tierline.router.head import Head
 from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
-from tierline.router.scorer import SHIPPED_ARTIFACT, output_weights, tier_quality
+from tierline.router.scorer import (
+    CALIBRATED_ARTIFACT,
+    SHIPPED_ARTIFACT,
+    head_loss_bound,
+    output_weights,
+    tier_quality,
+)
 from tierline.router.static_embedding import STATIC_NAME, minilm_path
 from tierline.router.train import HeadParams, fit_head, gap_scores, out_of_fold, sample_weights
 from tierline.router.types import RequestFeatures, TierState
@@ -165,12 +171,20 @@ def calibration(oof: np.ndarray, prior: np.ndarray, groups: list[str]) -> dict:
     return out
 
 
-def latency(head: Head, embedder: Embedder, words: list[str], runs: int) -> dict:
+def latency(
+    head: Head, embedder: Embedder, words: list[str], runs: int, bounded: bool = False
+) -> dict:
+    """Decision latency at 50, 500 and 2,000 tokens: the share policy, or (`bounded`) the
+    quality-loss bound at 0.2 with each prompt's traffic class, as the gateway decides
+    under `router.max_quality_loss` with a head that has classes."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))  # both embedders' tokenizer
     tiers = [TierState("small", 10**6), TierState("large", 10**6)]
     policy = LearnedPolicy(strong_share=0.3, prior_quantiles=tuple(head.calibration_quantiles))
+    if bounded:
+        bound = head_loss_bound(head, ["small", "large"], {}, 0.2, 0.9)
+        policy = LearnedPolicy(0.3, tuple(head.calibration_quantiles), bound=bound)
     weights = output_weights(["small", "large"], head.outputs, {})
     out = {}
     rng = np.random.default_rng(3)
@@ -189,7 +203,11 @@ def latency(head: Head, embedder: Embedder, words: list[str], runs: int) -> dict
             emb = embedder.embed([p])[0]
             probs = head.predict(head.features(emb, len(p.split())))[0]
             feats = RequestFeatures(
-                p, {"small": 1, "large": 1}, 1, quality=tier_quality(probs, weights)
+                p,
+                {"small": 1, "large": 1},
+                1,
+                quality=tier_quality(probs, weights),
+                traffic_class=head.traffic_class(emb) if bounded else None,
             )
             d = decide_learned(feats, tiers, policy, state)
             state = recalibrate(state, d, "small", policy)
@@ -222,7 +240,10 @@ def latency_section(shipped: Head, words: list[str], runs: int) -> dict:
         "load_avg_1m_before": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
-    section.update(latency(shipped, open_embedder(shipped.embedder, threads=1), words, runs))
+    embedder = open_embedder(shipped.embedder, threads=1)
+    section.update(latency(shipped, embedder, words, runs))
+    calibrated = Head.load(CALIBRATED_ARTIFACT)
+    section["bounded_per_class"] = latency(calibrated, embedder, words, runs, bounded=True)
     section["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     return section
 
