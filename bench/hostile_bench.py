@@ -426,42 +426,43 @@ async def costs(
     return rows
 
 
+async def started(
+    c: httpx.AsyncClient, attacks: Mapping[str, Request], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Seed the gateway, warm it up and measure the baseline phase (the phases so far)."""
+    await seed(c)
+    # warm-up: first calls import and compile what a long-running replica has loaded, and
+    # the replica settles its heap after its first requests (deployments.heap): that one
+    # full collection is part of starting, not of any measured phase
+    await phase(c, max(1.0, 1.5 * SETTLE_AT[0] / args.rate), args.rate, None, 0)
+    for send in attacks.values():
+        await send(c, _auth("hostile"))
+    phases = {"baseline": await phase(c, args.seconds, args.rate, None, 0)}
+    print(f"baseline: {phases['baseline']}", flush=True)
+    return phases
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     gw = build_app(args.engine_delay_ms / 1000)
     app, rag_core = gw.app, gw.rag_core
     await rag_core.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=120) as c:
-        await seed(c)
         attacks = hostile_requests()
-        # warm-up: first calls import and compile what a long-running replica has loaded,
-        # and the replica settles its heap after its first requests (deployments.heap):
-        # that one full collection is part of starting, not of any measured phase
-        await phase(c, max(1.0, 1.5 * SETTLE_AT[0] / args.rate), args.rate, None, 0)
-        for send in attacks.values():
-            await send(c, _auth("hostile"))
-        phases: dict[str, dict[str, Any]] = {}
-        phases["baseline"] = await phase(c, args.seconds, args.rate, None, 0)
-        print(f"baseline: {phases['baseline']}", flush=True)
+        phases = await started(c, attacks, args)
         for name, send in attacks.items():
             phases[name] = await phase(c, args.seconds, args.rate, send, args.workers)
             print(f"{name}: {phases[name]}", flush=True)
         phases["baseline_end"] = await phase(c, args.seconds, args.rate, None, 0)
         await asyncio.sleep(5 * gw.share.spec.window_s)  # the normal tenant goes quiet
         cost = await costs(c, gw, attacks, args.cost_samples)
-    rows = with_ratios(phases)
     return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bench.hostile_bench "
-        + f"--seconds {args.seconds} --rate {args.rate} --workers {args.workers} "
-        + f"--engine-delay-ms {args.engine_delay_ms}",
-        "load_average": list(os.getloadavg()),
-        "cpus": os.cpu_count(),
-        "target_p99_ratio": TARGET_RATIO,
-        "worst_p99_ratio": worst_ratio(rows),
-        "baseline_end_p99_ratio": rows["baseline_end"]["p99_ratio"],
-        "note": "in-process: RAG search/grounding share the gateway's event loop here",
-        "phases": rows,
+        **phases_result(
+            "bench.hostile_bench",
+            args,
+            phases,
+            "in-process: RAG search/grounding share the gateway's event loop here",
+        ),
         "cost_target_s_per_1k_tokens": COST_TARGET_S_PER_1K,
         "worst_cpu_s_per_1k_tokens": max(
             (r["cpu_s_per_1k_tokens"] or 0.0 for r in cost.values()), default=0.0
@@ -470,12 +471,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def phases_result(
+    module: str, args: argparse.Namespace, phases: Mapping[str, dict[str, Any]], note: str
+) -> dict[str, Any]:
+    """A run's figures (phases with their ratios, the worst, the machine) as written to
+    `--out` by this bench and bench/hostile_tcp.py."""
+    rows = with_ratios(phases)
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": f"python -m {module} "
+        + f"--seconds {args.seconds} --rate {args.rate} --workers {args.workers} "
+        + f"--engine-delay-ms {args.engine_delay_ms}",
+        "load_average": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "target_p99_ratio": TARGET_RATIO,
+        "worst_p99_ratio": worst_ratio(rows),
+        "baseline_end_p99_ratio": rows["baseline_end"]["p99_ratio"],
+        "note": note,
+        "phases": rows,
+    }
+
+
+def phase_args(ap: argparse.ArgumentParser) -> None:
+    """The options both hostile benches take."""
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each phase")
     ap.add_argument("--rate", type=float, default=40.0, help="normal chats per second")
     ap.add_argument("--workers", type=int, default=2, help="hostile requests in flight")
     ap.add_argument("--engine-delay-ms", type=float, default=20.0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    phase_args(ap)
     ap.add_argument("--cost-samples", type=int, default=5, help="requests per class, costs")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile.json")
     args = ap.parse_args(argv)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 import time
@@ -34,16 +33,14 @@ import httpx
 
 from bench.hostile_bench import (
     ROOT,
-    SETTLE_AT,
-    TARGET_RATIO,
     _auth,
     build_app,
     hostile_requests,
     phase,
-    seed,
+    phase_args,
+    phases_result,
+    started,
     table,
-    with_ratios,
-    worst_ratio,
 )
 
 
@@ -170,15 +167,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await _wait_ready(url, server, 180)
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-            await seed(c)
             attacks = hostile_requests()
-            # warm-up, as in hostile_bench: imports, compiles and the heap's first settle
-            await phase(c, max(1.0, 1.5 * SETTLE_AT[0] / args.rate), args.rate, None, 0)
-            for send in attacks.values():
-                await send(c, _auth("hostile"))
-            phases: dict[str, dict[str, Any]] = {}
-            phases["baseline"] = await phase(c, args.seconds, args.rate, None, 0)
-            print(f"baseline: {phases['baseline']}", flush=True)
+            phases = await started(c, attacks, args)
             for name in attacks:
                 phases[name] = await _attacked_phase(c, url, name, args)
                 print(f"{name}: {phases[name]}", flush=True)
@@ -186,29 +176,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.terminate()
         await server.wait()
-    rows = with_ratios(phases)
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bench.hostile_tcp "
-        + f"--seconds {args.seconds} --rate {args.rate} --workers {args.workers} "
-        + f"--engine-delay-ms {args.engine_delay_ms}",
-        "load_average": list(os.getloadavg()),
-        "cpus": os.cpu_count(),
-        "target_p99_ratio": TARGET_RATIO,
-        "worst_p99_ratio": worst_ratio(rows),
-        "baseline_end_p99_ratio": rows["baseline_end"]["p99_ratio"],
-        "note": "gateway (uvicorn, httptools, uvloop), hostile client and normal client in "
+    return phases_result(
+        "bench.hostile_tcp",
+        args,
+        phases,
+        "gateway (uvicorn, httptools, uvloop), hostile client and normal client in "
         "three processes over TCP on one 2-core machine",
-        "phases": rows,
-    }
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--seconds", type=float, default=6.0, help="length of each phase")
-    ap.add_argument("--rate", type=float, default=40.0, help="normal chats per second")
-    ap.add_argument("--workers", type=int, default=2, help="hostile requests in flight")
-    ap.add_argument("--engine-delay-ms", type=float, default=20.0)
+    phase_args(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile_tcp.json")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the gateway's process
     ap.add_argument("--attack", help=argparse.SUPPRESS)  # the hostile tenant's process
