@@ -134,6 +134,18 @@ def fused_hits(
     return [Hit(chunks[i], score) for i, score in fused]
 
 
+def collection_missing(err: BaseException | None) -> bool:
+    """Whether a Milvus error (or what it wraps) says the collection is not there: another
+    replica dropped it after this one had opened it."""
+    from pymilvus.exceptions import ErrorCode, MilvusException
+
+    while err is not None:
+        if isinstance(err, MilvusException) and err.code == ErrorCode.COLLECTION_NOT_FOUND:
+            return True
+        err = err.__cause__
+    return False
+
+
 def _chunk(row: dict[str, Any]) -> Chunk:
     e = row.get("entity", row)
     return Chunk(

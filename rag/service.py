@@ -16,10 +16,11 @@ exactly as one that does not exist.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -80,6 +81,12 @@ def searcher_for(store: ChunkStore, settings: RagSettings) -> Searcher:
 
         return MilvusServerSearcher(store, settings.search_settings())
     return InProcessSearcher(store, settings.search_settings())
+
+
+def _collection_missing(err: BaseException) -> bool:
+    from tierline.rag.milvus_search import collection_missing
+
+    return collection_missing(err)
 
 
 def bad(message: str, code: str = "invalid_request", param: str | None = None) -> RagError:
@@ -225,6 +232,20 @@ class RagCore:
             lock = self._locks.setdefault(physical, asyncio.Lock())
         return physical, lock
 
+    @contextlib.contextmanager
+    def _held(self, physical: str, name: str) -> Iterator[None]:
+        """On a server, a collection another replica dropped is forgotten here and answered
+        404, like one never made (a search, write or delete by this replica after the drop
+        would otherwise surface Milvus's own error as a 500)."""
+        try:
+            yield
+        except Exception as err:
+            if self.searcher.holds_index or not _collection_missing(err):
+                raise
+            self._locks.pop(physical, None)
+            self.searcher.removed(physical)
+            raise _not_found(name) from None
+
     def _get(self, tenant: str, name: str) -> tuple[str, Collection]:
         """The in-process indexes of a collection (embedded path only: benchmarks read them)."""
         physical = self._physical(tenant, name)
@@ -264,7 +285,8 @@ class RagCore:
         tenant's, as for a missing one)."""
         physical, lock = await self._find(tenant, name)
         async with lock:
-            documents, chunks = await off_loop(self.searcher.counts, physical)
+            with self._held(physical, name):
+                documents, chunks = await off_loop(self.searcher.counts, physical)
             await off_loop(self.store.drop_collection, physical)
             await off_loop(self.searcher.removed, physical)
             self._locks.pop(physical, None)
@@ -285,7 +307,11 @@ class RagCore:
                 continue
             if not self.searcher.holds_index and not self.searcher.known(physical):
                 continue
-            documents, chunks = self.searcher.counts(physical)
+            try:
+                with self._held(physical, owner[1]):
+                    documents, chunks = self.searcher.counts(physical)
+            except RagError:  # dropped by another replica since the listing
+                continue
             row: dict[str, Any] = {"name": owner[1], "documents": documents, "chunks": chunks}
             if all_tenants:
                 row["tenant"] = owner[0]
@@ -316,9 +342,14 @@ class RagCore:
             # One store call for the whole batch: it is validated and embedded by now. The
             # searcher hears of it only once the store has the new version.
             try:
-                await off_loop(
-                    self.store.replace_documents, physical, [d.id for d in docs], chunks, vectors
-                )
+                with self._held(physical, name):
+                    await off_loop(
+                        self.store.replace_documents,
+                        physical,
+                        [d.id for d in docs],
+                        chunks,
+                        vectors,
+                    )
             except StoreWriteError as err:
                 raise RagError(
                     503,
@@ -338,7 +369,8 @@ class RagCore:
     async def delete_document(self, tenant: str, name: str, document_id: str) -> dict[str, Any]:
         physical, lock = await self._find(tenant, name)
         async with lock:
-            removed = await off_loop(self.searcher.document_chunks, physical, document_id)
+            with self._held(physical, name):
+                removed = await off_loop(self.searcher.document_chunks, physical, document_id)
             if not removed:
                 raise RagError(
                     404,
@@ -412,5 +444,6 @@ class RagCore:
             async with lock:  # off the event loop, and never beside a write to the index
                 hits = await off_loop(self.retrieve, tenant, name, query, vector, top_k, filter)
         else:  # Milvus orders reads and writes itself
-            hits = await off_loop(self.retrieve, tenant, name, query, vector, top_k, filter)
+            with self._held(self._physical(tenant, name), name):
+                hits = await off_loop(self.retrieve, tenant, name, query, vector, top_k, filter)
         return [h.as_result() for h in hits], embedded.tokens

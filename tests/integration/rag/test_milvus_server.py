@@ -311,3 +311,29 @@ def test_two_replicas_writing_one_document_at_once_never_lose_it(server: str) ->
     rows = store.client.query(physical, filter='document_id == "doc"', output_fields=["text"])
     assert sorted(r["text"] for r in rows) == ["newest Zorblax", "older Zorblax"]
     assert [h["text"] for h in run(core.search("race", "kb", "Zorblax", 5))] == ["newest Zorblax"]
+
+
+def test_a_collection_another_replica_deleted_is_gone_here_too(server: str) -> None:
+    """Replica b knew the collection; a deletes it: b answers 404, not a Milvus error, and
+    a collection made again under the same name is served by b fresh."""
+    a = started(server)
+    b = started(server)
+    run(a.create_collection("stale", "kb"))
+    run(a.ingest("stale", "kb", CORPUS))
+    assert run(b.search("stale", "kb", "QX-4471", 3))  # b now holds the collection open
+    run(a.delete_collection("stale", "kb"))
+    for call in (
+        lambda: b.search("stale", "kb", "QX-4471", 3),
+        lambda: b.ingest("stale", "kb", [{"id": "x", "text": "Zorblax storm"}]),
+        lambda: b.delete_document("stale", "kb", "floods"),
+        lambda: b.delete_collection("stale", "kb"),
+    ):
+        with pytest.raises(RagError) as err:
+            run(call())
+        assert err.value.status == 404, err.value
+    assert b.list_collections("stale") == []
+    run(a.create_collection("stale", "kb"))
+    run(a.ingest("stale", "kb", [{"id": "new", "text": "Zorblax storm city"}]))
+    assert docs_of(run(b.search("stale", "kb", "Zorblax", 3))) == ["new"]
+    run(b.ingest("stale", "kb", [{"id": "more", "text": "flood town repair"}]))
+    assert a.list_collections("stale") == [{"name": "kb", "documents": 2, "chunks": 2}]
