@@ -2,7 +2,8 @@
 each tenant's share of the event loop (`deployments.loop_share`: a tenant past it is
 refused before its body is read, and every admitted request's loop time is charged to its
 tenant) and admission at the edge (`deployments.edge`: a generation request that cannot be
-admitted is refused here, before FastAPI parses it).
+admitted is refused here, before FastAPI parses it). A request refused for its content
+is charged its body's tokens to the tenant's quota once answered (`refusal_tokens`).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which buffers and re-wraps
 streaming responses and adds latency to every token.
@@ -10,9 +11,10 @@ streaming responses and adds latency to every token.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +26,15 @@ from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.heap import HeapSettle
 from tierline.deployments.logs import bind_request
 from tierline.deployments.loop_share import LoopShare, metered
+from tierline.deployments.quota import tickets_noted
 from tierline.rag.work import metering
 
 REQUEST_ID_HEADER = "x-request-id"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 ANONYMOUS_TENANT = "default"
+BODY_BYTES = "body_bytes"  # request state: the body bytes read so far
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,17 @@ class BodyLimit:
     bytes: int
     setting: str
     hint: str = ""
+
+
+CHARGED_REFUSALS = frozenset({400, 413, 422})
+"""Refusals for what a request carried: its body was read and judged, so it is charged
+(`refusal_tokens`); 401, 403, 404 and 429 come before that work and are not."""
+
+
+def refusal_tokens(body_bytes: int) -> int:
+    """What a request refused for its content is charged: its body's tokens as the gateway
+    estimates a prompt's (4 bytes a token), at least 1."""
+    return max(1, (body_bytes + 3) // 4)
 
 
 RouteLimit = tuple[re.Pattern[str], BodyLimit]
@@ -75,8 +92,11 @@ class GatewayMiddleware:
         edge_paths: frozenset[str] = frozenset(),
         loop_share: LoopShare | None = None,
         heap: HeapSettle | None = None,
+        on_refused: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
+        # charges a tenant `refusal_tokens` for a request refused for its content
+        self.on_refused = on_refused
         self.heap = heap  # settles the replica's heap after its first requests
         self.loop_share = loop_share  # per-tenant fair share of the event loop
         self.edge = edge
@@ -101,13 +121,15 @@ class GatewayMiddleware:
         state["request_id"] = rid
 
         answering = False
+        status = 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal answering
+            nonlocal answering, status
             # Ray Serve's proxy sends its own request id and puts it on the response
             # itself; only a request that came without one gets ours.
             if message["type"] == "http.response.start":
                 answering = True
+                status = message["status"]
                 if not given:
                     message["headers"] = [
                         *message.get("headers", []),
@@ -122,10 +144,24 @@ class GatewayMiddleware:
                 self.on_reject(rejection, state.get("tenant", "none"))
             await error_response(rejection)(scope, receive, send_with_id)
             return
+        tenant = state.get("tenant", ANONYMOUS_TENANT)
+        with tickets_noted() as ticketed:
+            await self._answer(scope, receive, send_with_id, state, tenant, lambda: answering)
+        if not ticketed():  # one that took a quota ticket keeps what the ticket charged
+            await self._charge_refusal(status, tenant, state)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_with_id: Send,
+        state: dict[str, Any],
+        tenant: str,
+        answering: Callable[[], bool],
+    ) -> None:
         if self.loop_share is None or scope["path"] in PUBLIC_PATHS:
             await self._serve(scope, receive, send_with_id, state)
             return
-        tenant = state.get("tenant", ANONYMOUS_TENANT)
         share = self.loop_share
         over = share.admit(tenant)
         if over is not None and self.on_reject is not None:
@@ -144,8 +180,19 @@ class GatewayMiddleware:
                 answer,
                 share.step_clock,
                 lambda step_s: share.charge(tenant, step_s),
-                until=lambda: answering,
+                until=answering,
             )
+
+    async def _charge_refusal(self, status: int, tenant: str, state: dict[str, Any]) -> None:
+        """Charge a request refused for its content (after its answer is sent: the client
+        waits for nothing); a quota service that cannot be reached loses the charge, not
+        the answer."""
+        if self.on_refused is None or status not in CHARGED_REFUSALS:
+            return
+        try:
+            await self.on_refused(tenant, refusal_tokens(state.get(BODY_BYTES, 0)))
+        except Exception:
+            logger.warning("refused request of tenant %r not charged", tenant, exc_info=True)
 
     async def _serve(
         self, scope: Scope, receive: Receive, send_with_id: Send, state: dict[str, Any]
@@ -153,7 +200,7 @@ class GatewayMiddleware:
         received = 0
         limit = body_limit(scope["path"], self.default_limit, self.route_limits)
         if self.edge is not None and scope["method"] == "POST" and scope["path"] in self.edge_paths:
-            raw = await self._body(receive, limit, state.get("tenant", ANONYMOUS_TENANT))
+            raw = await self._body(receive, limit, state)
             if raw is None:  # the client went away before sending its body
                 return
             if isinstance(raw, APIError):
@@ -171,6 +218,7 @@ class GatewayMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                state[BODY_BYTES] = received
                 if received > limit.bytes:
                     raise HTTPException(413, too_large(None, limit).message)
             return message
@@ -178,10 +226,10 @@ class GatewayMiddleware:
         await self.app(scope, limited_receive, send_with_id)
 
     async def _body(
-        self, receive: Receive, limit: BodyLimit, tenant: str
+        self, receive: Receive, limit: BodyLimit, state: dict[str, Any]
     ) -> bytes | APIError | None:
         """The whole request body, the 413 when it passes `limit`, or None when the client
-        disconnected first."""
+        disconnected first (the bytes read so far in `state[BODY_BYTES]`)."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -190,10 +238,11 @@ class GatewayMiddleware:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
+            state[BODY_BYTES] = size
             if size > limit.bytes:
                 err = too_large(None, limit)
                 if self.on_reject is not None:
-                    self.on_reject(err, tenant)
+                    self.on_reject(err, state.get("tenant", ANONYMOUS_TENANT))
                 return err
             chunks.append(chunk)
             if not message.get("more_body", False):

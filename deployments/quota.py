@@ -25,8 +25,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +117,17 @@ class QuotaLedger:
         """End a request; `used_tokens` replaces its reservation when known."""
         with self._lock:
             self._release(ticket, used_tokens, now)
+
+    def debit(self, tenant: str, tokens: int, now: float) -> None:
+        """Charge `tokens` to the tenant's window whatever its room: work already done for
+        a request that was then refused (its body read and judged), so no request is
+        free. It holds no concurrent slot and no request of `requests_per_min`."""
+        if tokens <= 0:
+            return
+        with self._lock:
+            st = self._tenants.setdefault(tenant, _Tenant())
+            st.expire(now)
+            st.tokens.append((now, 0, tokens))
 
     def tokens_used(self, tenant: str, now: float) -> int:
         """Tokens charged to `tenant` in the window ending `now` (open reservations as
@@ -282,6 +294,29 @@ Settle = Callable[[int], None]
 """Records the tokens a held request really used (the model's own count)."""
 
 
+_TICKETS_TAKEN: ContextVar[list[int] | None] = ContextVar("tierline_tickets_taken", default=None)
+
+
+@contextmanager
+def tickets_noted() -> Iterator[Callable[[], bool]]:
+    """Within the block (one request), note whether the request took a quota ticket:
+    yields a function that says so. The middleware charges a refused request its body
+    only when it was charged nothing else."""
+    taken: list[int] = []
+    reset = _TICKETS_TAKEN.set(taken)
+    try:
+        yield lambda: bool(taken)
+    finally:
+        _TICKETS_TAKEN.reset(reset)
+
+
+def note_ticket(admission: Admission) -> None:
+    """Record an admitted ticket for the request being served (see `tickets_noted`)."""
+    taken = _TICKETS_TAKEN.get()
+    if taken is not None and admission.ok:
+        taken.append(admission.ticket)
+
+
 class Hold(Protocol):
     """`async with hold(tenant, tokens) as settle:` reserves `tokens` against the tenant's
     quota and holds one of its concurrent requests (`max_concurrent`) while the block
@@ -304,6 +339,7 @@ class QuotaHold:
             yield _ignore
             return
         admission = await self._quota.admit(tenant, tokens)
+        note_ticket(admission)
         if not admission.ok:
             raise APIError(
                 429,
@@ -355,6 +391,8 @@ class QuotaClient(Protocol):
 
     async def release(self, ticket: int, used_tokens: int | None) -> None: ...
 
+    async def debit(self, tenant: str, tokens: int) -> None: ...
+
 
 class LocalQuota:
     """A ledger in this process (one gateway replica, or tests)."""
@@ -371,6 +409,9 @@ class LocalQuota:
 
     async def release(self, ticket: int, used_tokens: int | None) -> None:
         self._ledger.release(ticket, used_tokens, self._clock())
+
+    async def debit(self, tenant: str, tokens: int) -> None:
+        self._ledger.debit(tenant, tokens, self._clock())
 
 
 class QuotaService:
@@ -458,6 +499,9 @@ class QuotaService:
     def release(self, ticket: int, used_tokens: int | None) -> None:
         self._ledger.release(ticket, used_tokens, self._clock())
 
+    def debit(self, tenant: str, tokens: int) -> None:
+        self._ledger.debit(tenant, tokens, self._clock())
+
 
 class ServeQuota:
     """`QuotaClient` over a handle to the `QuotaService` deployment."""
@@ -475,3 +519,6 @@ class ServeQuota:
 
     async def release(self, ticket: int, used_tokens: int | None) -> None:
         await self._handle.release.remote(ticket, used_tokens)
+
+    async def debit(self, tenant: str, tokens: int) -> None:
+        await self._handle.debit.remote(tenant, tokens)

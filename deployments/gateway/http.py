@@ -131,6 +131,7 @@ def create_app(
         edge_paths=EDGE_PATHS,
         loop_share=loop_share,
         heap=HeapSettle(),
+        on_refused=core.tickets.debit,
     )
 
     @app.exception_handler(APIError)

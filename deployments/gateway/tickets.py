@@ -2,7 +2,9 @@
 
 A generation reserves its worst case before it runs (`admit`; a grounded chat resizes its
 ticket once its prompt is known) and gives the ticket back with the tokens it really used;
-work that is not a generation is charged before it is done (`charge`, `charged`). Over
+work that is not a generation is charged before it is done (`charge`, `charged`); a
+request refused for its content that took no ticket is charged its body's estimated
+tokens (`debit`). Over
 quota: `APIError` 429 with Retry-After. No quota client, or a tenant without limits: no
 ticket (None) and nothing to give back.
 """
@@ -14,7 +16,13 @@ from contextlib import asynccontextmanager
 
 from tierline.cluster.spec import QuotaSpec
 from tierline.deployments.errors import APIError
-from tierline.deployments.quota import Admission, QuotaClient, is_limited, retry_after_header
+from tierline.deployments.quota import (
+    Admission,
+    QuotaClient,
+    is_limited,
+    note_ticket,
+    retry_after_header,
+)
 
 __all__ = ["Tickets"]
 
@@ -42,8 +50,11 @@ class Tickets:
         if self.quota is None or not is_limited(self.quota_for(tenant)):
             return None
         if downgrade:
-            return await self.quota.admit(tenant, tokens, downgrade=True)
-        return await self.quota.admit(tenant, tokens)
+            admission = await self.quota.admit(tenant, tokens, downgrade=True)
+        else:
+            admission = await self.quota.admit(tenant, tokens)
+        note_ticket(admission)
+        return admission
 
     async def resize(
         self, tenant: str, ticket: int, tokens: int, headers: Mapping[str, str]
@@ -58,6 +69,12 @@ class Tickets:
         """Give a ticket back with the tokens used (None: unknown, the reservation stays)."""
         if ticket is not None and self.quota is not None:
             await self.quota.release(ticket, used_tokens)
+
+    async def debit(self, tenant: str, tokens: int) -> None:
+        """Charge `tokens` already spent on a refused request (past the tenant's budget if
+        need be: the work is done). Nothing when the tenant has no quota."""
+        if self.quota is not None and is_limited(self.quota_for(tenant)):
+            await self.quota.debit(tenant, tokens)
 
     def over_quota(
         self, tenant: str, tokens: int, admission: Admission, headers: Mapping[str, str]

@@ -140,7 +140,7 @@ API_KEY = add_key(KEYS_FILE, "tests")
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # Tenants with quotas or fewer tiers, for the clusters whose specs list them
 # (tests/integration/local, tests/integration/tiers); elsewhere they are plain tenants.
-TENANT_KEYS = {t: add_key(KEYS_FILE, t) for t in ("metered", "strict", "trickle", "narrow")}
+TENANT_KEYS = {t: add_key(KEYS_FILE, t) for t in ("metered", "strict", "kept", "trickle", "narrow")}
 
 
 def one_tier(spec: ClusterSpec) -> ClusterSpec:

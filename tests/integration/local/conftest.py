@@ -51,12 +51,13 @@ def serve_log_records() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
-    # Two metered tenants for test_quotas.py (the rest of the package uses tenant `tests`,
+    # Three metered tenants for test_quotas.py (the rest of the package uses tenant `tests`,
     # unlimited); with a quota set, the cluster runs the `quota` deployment too. RAG is on,
     # as in configs/tiny.yaml.
     tenants = [
         TenantSpec(name="metered", tokens_per_min=600),
         TenantSpec(name="strict", tokens_per_min=300),
+        TenantSpec(name="kept", tokens_per_min=200),  # test_quotas.py: survives a crash
     ]
     spec = local_spec(free_port(), rag=True, tenants=tenants)
     run = local.start(spec, ready_timeout_s=600)

@@ -71,3 +71,80 @@ def test_missing_max_tokens_and_prompt_lists_reserve_their_worst_case(cluster: C
     assert too_many.value.code == "too_many_prompts" and "64" in too_many.value.message
     one = c.completions.create(model="tiny-large", prompt=prompts[:2], max_tokens=4)
     assert one.usage is not None and len(one.choices) == 2
+
+
+def _quota_replica() -> str:
+    """The actor name of the `quota` deployment's one running replica."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "#quota#" in a["name"]
+    ]
+    alive = []
+    for name in names:
+        try:
+            ray.get_actor(name, namespace="serve")
+            alive.append(name)
+        except ValueError:
+            pass
+    assert len(alive) == 1, names
+    return alive[0]
+
+
+def _quota_running() -> bool:
+    from ray import serve
+
+    for app in serve.status().applications.values():
+        dep = app.deployments.get("quota")
+        if dep is not None:
+            return dep.status == "HEALTHY" and dep.replica_states.get("RUNNING") == 1
+    return False
+
+
+def test_a_tenant_at_its_budget_is_still_refused_after_the_quota_replica_crashes(
+    cluster: Cluster,
+) -> None:
+    """The quota windows live in the Responses store (saved every 5 s): a crash of the one
+    quota replica (killed, so no last save) does not hand the tenant a fresh minute."""
+    import time
+
+    import ray
+    from tierline.deployments.quota import SAVE_EVERY_S
+
+    c = tenant(cluster, "kept")  # 200 tokens a minute
+    codes = []
+    for _ in range(20):
+        try:
+            c.chat.completions.create(model="tiny-small", messages=MSG, max_tokens=16)
+            codes.append(200)
+        except openai.RateLimitError as err:
+            codes.append(429)
+            assert "tokens per minute" in err.message
+            break
+    assert codes[0] == 200 and codes[-1] == 429, codes
+    time.sleep(SAVE_EVERY_S + 1.5)  # one periodic save has run since the last charge
+    old = _quota_replica()
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 45
+    new = None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            new = _quota_replica()
+        except AssertionError:  # none running yet
+            continue
+        if new != old:
+            break
+    assert new is not None and new != old, "Serve did not start a new quota replica in 45 s"
+    while time.monotonic() < deadline and not _quota_running():
+        time.sleep(0.5)
+    assert _quota_running(), "the new quota replica did not become healthy in 45 s"
+    with pytest.raises(openai.RateLimitError) as refused:
+        c.chat.completions.create(model="tiny-small", messages=MSG, max_tokens=16)
+    assert "tokens per minute" in refused.value.message
+    assert refused.value.response.headers.get("retry-after")
+    # the unlimited tenant is served by the new replica as before
+    ok = cluster.client().chat.completions.create(model="tiny-small", messages=MSG, max_tokens=1)
+    assert ok.usage is not None
