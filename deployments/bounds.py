@@ -110,18 +110,26 @@ GRAMMAR_FIELDS = (
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = np.zeros(256, dtype=np.int64)
-_STEP[[ord("["), ord("{")]] = 1
-_STEP[[ord("]"), ord("}")]] = -1
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as int8: +1 opens, -1 closes
+
+
+def outside_strings(raw: bytes) -> bytes:
+    """A JSON text with its strings cut out. Where no quote follows a backslash, every
+    quote opens or closes a string, so the text between every other pair of quotes is all
+    there is (a split, 7x faster than the regex on a megabyte of tool definitions); else
+    the regex, which reads escapes."""
+    if b'\\"' not in raw:
+        return b"".join(raw.split(b'"')[::2])
+    return _STRING.sub(b"", raw)
 
 
 def json_depth(raw: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest (brackets inside strings do
-    not count). Linear in C: strings cut out by a regex, then a running sum of brackets."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    if not brackets:
+    not count). Linear in C: strings cut out, then a running sum of brackets."""
+    steps = outside_strings(raw).translate(_STEP, _NOT_BRACKETS)
+    if not steps:
         return 0
-    return int(np.cumsum(_STEP[np.frombuffer(brackets, dtype=np.uint8)]).max())
+    return int(np.frombuffer(steps, dtype=np.int8).cumsum(dtype=np.int64).max())
 
 
 def too_deep(raw: bytes, max_depth: int) -> APIError | None:

@@ -58,8 +58,9 @@ def refusal_tokens(body_bytes: int) -> int:
 
 
 RouteLimit = tuple[re.Pattern[str], BodyLimit]
-Edge = Callable[[bytes, str], "APIError | None"]
-"""`(raw body, tenant)` -> the refusal of a generation request, or None to let it in."""
+Edge = Callable[[bytes, str, dict[str, Any]], "APIError | None"]
+"""`(raw body, tenant, request state)` -> the refusal of a generation request, or None to
+let it in (it may leave its parse of the body in the state)."""
 
 
 def body_limit(path: str, default: BodyLimit, routes: Sequence[RouteLimit]) -> BodyLimit:
@@ -206,7 +207,7 @@ class GatewayMiddleware:
             if isinstance(raw, APIError):
                 await error_response(raw)(scope, receive, send_with_id)
                 return
-            refusal = self.edge(raw, state.get("tenant", ANONYMOUS_TENANT))
+            refusal = self.edge(raw, state.get("tenant", ANONYMOUS_TENANT), state)
             if refusal is not None:
                 await error_response(refusal)(scope, receive, send_with_id)
                 return

@@ -195,11 +195,14 @@ class GatewayCore:
             raise every_tier_full()
         return None
 
-    def refusal_at_edge(self, raw: bytes, tenant: str) -> APIError | None:
+    def refusal_at_edge(
+        self, raw: bytes, tenant: str, keep: dict[str, Any] | None = None
+    ) -> APIError | None:
         """The 503 for a generation request with body `raw`, decided before it is parsed
-        (drain, a full pinned tier, no room for auto; `deployments.edge`); None: go on."""
+        (drain, a full pinned tier, no room for auto; `deployments.edge`); None: go on,
+        the parsed body left in `keep`."""
         quota = self.quota_for(tenant)
-        return edge_refusal(self.spec, self.board, quota, self.draining, raw)
+        return edge_refusal(self.spec, self.board, quota, self.draining, raw, keep)
 
     async def plan(self, body: _Generation, where: Scope) -> RequestPlan:
         """The request's plan: its prompt counted once per candidate tier, in one thread

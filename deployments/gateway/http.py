@@ -18,9 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tierline.deployments.answer import encoded, with_citations
 from tierline.deployments.auth import KeyStore
-from tierline.deployments.edge import (
-    EDGE_PATHS,
-)
+from tierline.deployments.edge import EDGE_PATHS, ParsedBodyRoute
 from tierline.deployments.embeddings import (
     Embedder,
     EmbeddingsCard,
@@ -105,8 +103,8 @@ def create_app(
         core.metrics.failed(err.status, err.code, tier, reason, tenant)
         core.answered(err.headers, tenant, err.status, None)
 
-    def edge(raw: bytes, tenant: str) -> APIError | None:
-        err = core.refusal_at_edge(raw, tenant)
+    def edge(raw: bytes, tenant: str, state: dict[str, Any]) -> APIError | None:
+        err = core.refusal_at_edge(raw, tenant, state)
         if err is not None:
             err.headers.setdefault(TIER_HEADER, "none")
             err.headers.setdefault(REASON_HEADER, f"rejected:{err.code or err.status}")
@@ -114,6 +112,7 @@ def create_app(
         return err
 
     app = FastAPI(title="tierline gateway", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = ParsedBodyRoute  # the edge's parse is the body's
     share = core.spec.gateway.loop_share
     if loop_share is None and share.enabled:
         # steps timed in the loop thread's CPU time: a step the OS preempted (a busy host)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from tierline.cluster.spec import ClusterSpec
 from tierline.deployments.answer import Answer, StreamAnswer
+from tierline.deployments.edge import ParsedBodyRoute
 from tierline.deployments.engine_client import Method
 from tierline.deployments.errors import APIError
 from tierline.deployments.metrics import GatewayMetrics
@@ -155,7 +156,7 @@ async def translated(
 
 
 def responses_router(core: Answerer, store: ResponseStore) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=ParsedBodyRoute)  # the edge's parse is the body's
     settings = core.spec.gateway.responses
 
     @router.post("/v1/responses")

@@ -159,6 +159,42 @@ def test_requests_let_through_keep_their_body_and_stream() -> None:
     asyncio.run(scenario())
 
 
+def test_a_body_the_edge_parsed_is_not_parsed_again(monkeypatch: Any) -> None:
+    """Each generation route's body model reads the edge's parse: a big body costs the
+    loop one json.loads, not two; a body that is not a JSON object is parsed as before."""
+    real_loads = json.loads
+    parsed: list[bytes] = []
+
+    def loads(text: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(text, bytes | bytearray):
+            parsed.append(bytes(text))
+        return real_loads(text, *args, **kw)
+
+    monkeypatch.setattr(json, "loads", loads)
+
+    async def scenario() -> None:
+        g = Gateway()
+        g.gate.set()
+        async with g.client() as c:
+            long = [{"role": "user", "content": "a few words " * 20}]
+            responses = {"model": "small", "input": "hi", "max_output_tokens": 4}
+            for path, body in (
+                ("/v1/chat/completions", {**CHAT, "messages": long}),
+                ("/v1/completions", {"model": "large", "prompt": "hi", "max_tokens": 4}),
+                ("/v1/responses", responses),
+            ):
+                sent = raw(body)
+                headers = {"content-type": "application/json"}
+                r = await c.post(path, content=sent, headers=headers)
+                assert r.status_code == 200, (path, r.text)
+                assert parsed.count(sent) == 1, path
+            listed = raw([CHAT])
+            r = await c.post("/v1/chat/completions", content=listed, headers=headers)
+            assert r.status_code == 400 and parsed.count(listed) == 2  # edge, then FastAPI
+
+    asyncio.run(scenario())
+
+
 def test_draining_refuses_generation_at_the_edge_and_keeps_the_rest() -> None:
     async def scenario() -> None:
         g = Gateway()

@@ -346,6 +346,15 @@ def test_json_depth_agrees_with_the_parsed_value(value: Any) -> None:
     assert (too_deep(raw, deep) is None) and (deep == 0 or too_deep(raw, deep - 1) is not None)
 
 
+@settings(max_examples=300, deadline=None)
+@given(value=_json)
+def test_cutting_strings_by_split_agrees_with_the_regex(value: Any) -> None:
+    from tierline.deployments.bounds import _STRING, outside_strings
+
+    for raw in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode()):
+        assert outside_strings(raw) == _STRING.sub(b"", raw)
+
+
 def test_json_depth_of_a_megabyte_needs_no_recursion() -> None:
     # Brackets inside strings do not count; a million levels are counted without
     # recursing (json.loads would raise RecursionError long before).
