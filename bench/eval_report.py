@@ -26,7 +26,9 @@ def section(result: dict[str, Any]) -> str:
         "",
         "Targets (issue 26, held-out splits): grounded accuracy with RAG >= 0.80, follow-up "
         "recall 1.00, Agents SDK tool runs >= 0.90. Figures below a target are misses, kept "
-        "as measured.",
+        "as measured. An answer holds a fact when it contains it as whole words, in any case; "
+        'a ship date also counts written day first ("7th of September" for '
+        '"September 7"; `eval_sets.contains`).',
         "",
         "Grounded answers (the answer contains the planted fact):",
         "",

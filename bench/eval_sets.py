@@ -15,6 +15,7 @@ Tool runs use made-up order ids whose tool result carries a planted ship date.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 SEED = 26
@@ -173,5 +174,24 @@ def split(items: list, dev: int) -> dict[str, list]:
     return {"dev": items[:dev], "held_out": items[dev:]}
 
 
+_ALL_MONTHS = {
+    m.lower()
+    for m in (
+        "January February March April May June July August September October November December"
+    ).split()
+}
+
+
 def contains(answer: str, expected: str) -> bool:
-    return expected.lower() in answer.lower()
+    """Whether `answer` states `expected`: as whole words, any case ("September 2" is not
+    in "September 27"). A date "Month D" counts in the other orders English writes it
+    too: "Month Dth", "D Month", "Dth of Month" (the same fact, as a model may restate a
+    tool's result)."""
+    text = answer.lower()
+    date = re.fullmatch(r"([a-z]+) (\d{1,2})", expected.lower())
+    if date is not None and date.group(1) in _ALL_MONTHS:
+        month, day = date.groups()
+        nth = rf"{day}(?:st|nd|rd|th)?"
+        forms = (rf"\b{month}\s+{nth}\b", rf"\b{nth}\s+(?:of\s+)?{month}\b")
+        return any(re.search(f, text) for f in forms)
+    return re.search(rf"(?<!\w){re.escape(expected.lower())}(?!\w)", text) is not None
