@@ -175,11 +175,9 @@ def split(items: list, dev: int) -> dict[str, list]:
 
 
 _ALL_MONTHS = {
-    m.lower()
-    for m in (
-        "January February March April May June July August September October November December"
-    ).split()
-}
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+}  # fmt: skip
 
 
 def contains(answer: str, expected: str) -> bool:
