@@ -310,13 +310,13 @@ def build_app(engine_delay_s: float) -> Gateway:
             super().__init__(*args)
             self.cpu_s: Counter[str] = Counter()
 
-        def charge(self, tenant: str, step_s: float) -> None:
+        def charge(self, tenant: str, step_s: float) -> float:
             self.cpu_s[tenant] += step_s
-            super().charge(tenant, step_s)
+            return super().charge(tenant, step_s)
 
-        def charge_work(self, tenant: str, cpu_s: float) -> None:
+        def charge_work(self, tenant: str, cpu_s: float, local: bool = True) -> float:
             self.cpu_s[tenant] += cpu_s
-            super().charge_work(tenant, cpu_s)
+            return super().charge_work(tenant, cpu_s, local)
 
     spec = load_spec_text(SPEC)
     ledger = ledger_for(spec.gateway)

@@ -17,6 +17,12 @@ A tenant alone on the replica is never refused (the loop is all its own), and ne
 one that takes less of it than another active tenant (a light tenant is never refused
 because a heavy one is there), nor anyone while the tenants' loop time together is under
 `busy_fraction` of the window (the loop has room, so no one waits for it).
+A request's cost is charged as its steps run, so two requests of one tenant arriving
+together would both be admitted before either had cost anything. Each admitted request
+is therefore charged up front what the tenant's requests have recently cost (`reserve`:
+an exponential average of their costs, `next_estimate`), and that reservation is taken
+back when the request ends (`finish`): a tenant whose requests are expensive cannot land
+two of them back to back, and a cheap tenant's reservation is next to nothing.
 The decisions are pure functions of `TenantUse`; `LoopShare` keeps the state of one
 replica and reads the clock.
 """
@@ -24,6 +30,7 @@ replica and reads the clock.
 from __future__ import annotations
 
 import math
+import sys
 import types
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
@@ -37,14 +44,18 @@ Clock = Callable[[], float]
 
 __all__ = [
     "LoopShare",
+    "Reservation",
     "TenantUse",
     "charged",
     "decayed",
     "heaviest_other",
     "metered",
+    "next_estimate",
     "refusal",
+    "released",
     "retry_after_s",
     "step_cost",
+    "work_cost",
 ]
 
 
@@ -74,9 +85,49 @@ def step_cost(step_s: float, long_step_s: float, window_s: float) -> float:
     return min(step_s * max(1.0, step_s / long_step_s), window_s)
 
 
+def work_cost(
+    cpu_s: float, long_step_s: float, window_s: float, switch_s: float | None = None
+) -> float:
+    """What `cpu_s` of a worker thread's CPU in this process is charged: a thread holds
+    the GIL in turns of up to the switch interval (`sys.getswitchinterval()`, 5 ms), so
+    to a request waiting on the loop it is a step of min(cpu_s, interval), repeated; each
+    second of it is weighted as such a step is (`step_cost`)."""
+    interval = sys.getswitchinterval() if switch_s is None else switch_s
+    cpu_s = max(0.0, cpu_s)
+    turn = min(cpu_s, interval)
+    return min(cpu_s * max(1.0, turn / long_step_s), window_s)
+
+
 def charged(use: TenantUse, cost_s: float, now: float, window_s: float) -> TenantUse:
     """`use` with `cost_s` of (weighted) loop time added at `now`."""
     return TenantUse(decayed(use, now, window_s) + max(0.0, cost_s), now, use.last_seen)
+
+
+ESTIMATE_WEIGHT = 0.5
+"""Weight of a finished request's cost in its tenant's estimate (`next_estimate`)."""
+
+
+def next_estimate(estimate: float | None, cost: float) -> float:
+    """A tenant's per-request cost estimate after a request that cost `cost` (the first
+    request sets it)."""
+    if estimate is None:
+        return cost
+    return (1 - ESTIMATE_WEIGHT) * estimate + ESTIMATE_WEIGHT * cost
+
+
+def released(use: TenantUse, held: float, held_at: float, now: float, window_s: float) -> TenantUse:
+    """`use` without a reservation of `held` made at `held_at` (decayed as the rest since)."""
+    left = decayed(use, now, window_s) - held * math.exp(-max(0.0, now - held_at) / window_s)
+    return TenantUse(max(0.0, left), now, use.last_seen)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What an admitted request was charged up front (`LoopShare.reserve`)."""
+
+    tenant: str
+    held: float
+    at: float
 
 
 def heaviest_other(
@@ -141,6 +192,7 @@ class LoopShare:
         self.clock = clock
         self.step_clock = step_clock
         self.uses: dict[str, TenantUse] = {}
+        self.estimates: dict[str, float] = {}  # per tenant: a request's recent cost
 
     def admit(self, tenant: str) -> APIError | None:
         """The refusal of a request of `tenant` arriving now; when admitted, the tenant
@@ -153,22 +205,53 @@ class LoopShare:
             self._forget(now)
         return err
 
-    def charge(self, tenant: str, step_s: float) -> None:
-        """Charge `tenant` one step of `step_s` its request took on the loop."""
+    def reserve(self, tenant: str) -> Reservation:
+        """Charge an admitted request of `tenant` its tenant's recent per-request cost now,
+        before any of its steps run; `finish` takes it back."""
+        held = self.estimates.get(tenant, 0.0)
+        now = self.clock()
         use = self.uses.get(tenant)
-        if use is not None:
-            spec = self.spec
-            cost = step_cost(step_s, spec.long_step_s, spec.window_s)
-            self.uses[tenant] = charged(use, cost, self.clock(), spec.window_s)
+        if use is not None and held > 0:
+            self.uses[tenant] = charged(use, held, now, self.spec.window_s)
+        return Reservation(tenant, held, now)
 
-    def charge_work(self, tenant: str, cpu_s: float) -> None:
-        """Charge `tenant` `cpu_s` of CPU its request's work took in worker threads (here
-        or in the RAG replica: `tierline.rag.work`). Charged as it is, not weighted like a
-        long step: a thread gives the loop the GIL back every few milliseconds."""
+    def finish(self, reservation: Reservation, cost: float) -> None:
+        """The request ended having been charged `cost` (its steps and its threads' work):
+        its reservation is taken back and the tenant's estimate learns the cost."""
+        t = reservation.tenant
+        self.estimates[t] = next_estimate(self.estimates.get(t), cost)
+        use = self.uses.get(t)
+        if use is not None and reservation.held > 0:
+            now = self.clock()
+            self.uses[t] = released(use, reservation.held, reservation.at, now, self.spec.window_s)
+
+    def charge(self, tenant: str, step_s: float) -> float:
+        """Charge `tenant` one step of `step_s` its request took on the loop; returns the
+        (weighted) cost charged."""
         use = self.uses.get(tenant)
-        if use is not None:
-            window = self.spec.window_s
-            self.uses[tenant] = charged(use, min(cpu_s, window), self.clock(), window)
+        if use is None:
+            return 0.0
+        spec = self.spec
+        cost = step_cost(step_s, spec.long_step_s, spec.window_s)
+        self.uses[tenant] = charged(use, cost, self.clock(), spec.window_s)
+        return cost
+
+    def charge_work(self, tenant: str, cpu_s: float, local: bool = True) -> float:
+        """Charge `tenant` `cpu_s` of CPU its request's work took in worker threads (here,
+        `local`, or in the RAG replica: `tierline.rag.work`). Returns the cost charged.
+
+        Work in this process's threads is weighted like a step of at most the GIL's
+        switch interval (`work_cost`): while such a thread runs, the loop waits up to one
+        interval for the GIL each time it has a request to serve. Another process's work
+        does not hold this loop and is charged as it is."""
+        use = self.uses.get(tenant)
+        if use is None:
+            return 0.0
+        spec = self.spec
+        cost = work_cost(cpu_s, spec.long_step_s, spec.window_s) if local else cpu_s
+        cost = min(max(0.0, cost), spec.window_s)
+        self.uses[tenant] = charged(use, cost, self.clock(), spec.window_s)
+        return cost
 
     def _forget(self, now: float) -> None:
         """Drop tenants idle for many windows whose use has decayed to nothing."""
@@ -178,6 +261,7 @@ class LoopShare:
         for t, u in list(self.uses.items()):
             if now - u.last_seen > horizon and now - u.at > horizon:
                 del self.uses[t]
+                self.estimates.pop(t, None)
 
 
 def _never() -> bool:

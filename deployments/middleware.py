@@ -169,20 +169,30 @@ class GatewayMiddleware:
             self.on_reject(over, tenant)
         # Refused before its body is read, so the refusal costs next to nothing; what it
         # does cost is charged too: a tenant that retries at once stays out.
-        answer = (
-            error_response(over)(scope, receive, send_with_id)
-            if over is not None
-            else self._serve(scope, receive, send_with_id, state)
-        )
+        if over is not None:
+            answer = error_response(over)(scope, receive, send_with_id)
+            reservation = None
+        else:
+            answer = self._serve(scope, receive, send_with_id, state)
+            reservation = share.reserve(tenant)  # its recent cost, charged up front
+        spent = 0.0
+
+        def step(step_s: float) -> None:
+            nonlocal spent
+            spent += share.charge(tenant, step_s)
+
+        def work(cpu_s: float, local: bool) -> None:
+            nonlocal spent
+            spent += share.charge_work(tenant, cpu_s, local)
+
         # charged until the answer starts: the rest of a stream is the engine's bytes;
         # the work it hands to threads (and to the RAG replica) is charged as it is done
-        with metering(lambda cpu_s: share.charge_work(tenant, cpu_s)):
-            await metered(
-                answer,
-                share.step_clock,
-                lambda step_s: share.charge(tenant, step_s),
-                until=answering,
-            )
+        try:
+            with metering(work):
+                await metered(answer, share.step_clock, step, until=answering)
+        finally:
+            if reservation is not None:
+                share.finish(reservation, spent)
 
     async def _charge_refusal(self, status: int, tenant: str, state: dict[str, Any]) -> None:
         """Charge a request refused for its content (after its answer is sent: the client

@@ -249,7 +249,8 @@ class ServeRagClient:
 
     async def _call(self, op: str, *args: Any) -> Any:
         out = await self._rag.call.remote(op, *args)
-        report(out.get("cpu_s", 0.0))  # the RAG replica's thread work, to this request
+        # the RAG replica's thread work, to this request (done in another process)
+        report(out.get("cpu_s", 0.0), local=False)
         if "error" in out:
             e = out["error"]
             raise RagError(e["status"], e["message"], e["code"], e["param"])

@@ -7,7 +7,9 @@ every such call goes through `off_loop`, which runs it in a thread, times it in 
 thread's own CPU time (`time.thread_time`: time the OS gave another thread is not
 counted) and `report`s it to the meter of the request that asked for it.
 
-A meter is a callable taking seconds, set for the duration of one request with
+A meter is a callable taking seconds and whether the work ran in this process (where
+its threads held this process's GIL) or in another one; it is set for the duration of
+one request with
 `metering` (a context variable, so concurrent requests each have their own and a call
 made in a thread or a child task reports to its request). Where none is set, the work
 is only done. A replica serving another process's requests (the RAG replica) meters
@@ -25,18 +27,21 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-Meter = Callable[[float], None]
+Meter = Callable[[float, bool], None]
+"""`meter(cpu_s, local)`: `local` when the work ran in this process's threads."""
 
 __all__ = ["Meter", "Tally", "metering", "off_loop", "report"]
 
 _meter: ContextVar[Meter | None] = ContextVar("tierline_work_meter", default=None)
 
 
-def report(cpu_s: float) -> None:
-    """Charge `cpu_s` of thread work to the current request's meter, if it has one."""
+def report(cpu_s: float, local: bool = True) -> None:
+    """Charge `cpu_s` of thread work to the current request's meter, if it has one
+    (`local`: done in this process; False for another replica's, returned with its
+    answer)."""
     meter = _meter.get()
     if meter is not None and cpu_s > 0:
-        meter(cpu_s)
+        meter(cpu_s, local)
 
 
 @contextmanager
@@ -56,7 +61,7 @@ class Tally:
     def __init__(self) -> None:
         self.cpu_s = 0.0
 
-    def __call__(self, cpu_s: float) -> None:
+    def __call__(self, cpu_s: float, local: bool = True) -> None:
         self.cpu_s += cpu_s
 
 

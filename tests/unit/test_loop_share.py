@@ -350,3 +350,81 @@ def test_a_refusal_for_the_share_is_counted_under_the_refused_tenant() -> None:
     rejections = "ray_tierline_gateway_rejections_total"
     assert recorder.value(rejections, reason="loop_share", tenant="hostile") == 1
     assert not recorder.value(rejections, reason="quota", tenant="none")
+
+
+# -- the admission reservation -------------------------------------------------------------------
+def test_the_estimate_follows_a_tenants_request_costs() -> None:
+    from tierline.deployments.loop_share import next_estimate
+
+    assert next_estimate(None, 0.4) == 0.4
+    assert next_estimate(0.4, 0.0) == pytest.approx(0.2)
+    e = None
+    for _ in range(20):
+        e = next_estimate(e, 0.1)
+    assert e == pytest.approx(0.1)
+
+
+def test_a_reservation_taken_back_later_leaves_only_what_was_charged() -> None:
+    from tierline.deployments.loop_share import released
+
+    use = TenantUse(used_s=0.5 + 0.3, at=0.0, last_seen=0.0)  # 0.3 of it reserved at 0
+    back = released(use, 0.3, 0.0, 0.7, SPEC.window_s)
+    assert back.used_s == pytest.approx(0.5 * math.exp(-0.7 / SPEC.window_s))
+    assert released(TenantUse(0.1, 0.0, 0.0), 0.3, 0.0, 0.0, SPEC.window_s).used_s == 0.0
+
+
+def test_an_expensive_tenants_second_request_is_refused_while_its_first_runs() -> None:
+    """Both arrive before the first has run a step: before the reservation, both were in,
+    so two expensive requests landed back to back; now the second sees the first's
+    expected cost."""
+    clock = FakeClock()
+    share = LoopShare(SPEC, clock, clock)
+    assert share.admit("normal") is None
+    share.charge_work("normal", 0.3, local=False)  # busy: the share applies
+    assert share.admit("hostile") is None
+    first = share.reserve("hostile")
+    assert first.held == 0.0  # nothing known about it yet
+    share.finish(first, share.charge_work("hostile", 0.6, local=False))  # it cost 0.6
+    clock.now += 2.0  # the hostile tenant's use decays below its share
+    assert share.admit("normal") is None
+    share.charge_work("normal", 0.3, local=False)
+    assert share.admit("hostile") is None
+    held = share.reserve("hostile")
+    assert held.held == pytest.approx(0.6)
+    err = share.admit("hostile")  # the second, arriving before the first ran
+    assert err is not None and err.code == "loop_share_exceeded"
+    share.finish(held, 0.0)  # it turned out cheap: the reservation is taken back
+    assert share.admit("hostile") is None
+    assert share.estimates["hostile"] == pytest.approx(0.3)
+
+
+def test_the_gateway_takes_each_reservation_back_when_the_request_ends() -> None:
+    spec = load_spec_text(GATEWAY)
+    clock = FakeClock()
+    core = GatewayCore(spec, {"small": FakeEngine("small")}, {"small": CostlyCounter(clock)})
+    keys = KeyStore({hash_key(k): t for t, k in KEYS.items()})
+    share = LoopShare(spec.gateway.loop_share, clock, clock)
+    client = TestClient(create_app(core, keys, loop_share=share))
+    assert post(client, "hostile", chat("word " * 2_000)).status_code == 200
+    cost = share.estimates["hostile"]  # its first request's cost, learned
+    assert 0 < cost < 0.5
+    share.estimates["hostile"] = 5.0  # a reservation far above what a request costs
+    assert post(client, "hostile", chat("word " * 2_000)).status_code == 200
+    # the 5.0 held at admission went back when the request ended; what it cost stayed
+    assert share.uses["hostile"].used_s < 2 * cost + 0.01
+    assert share.estimates["hostile"] == pytest.approx(0.5 * 5.0 + 0.5 * cost, rel=0.2)
+
+
+def test_thread_work_here_is_weighted_as_turns_of_the_gil_and_another_replicas_is_not() -> None:
+    from tierline.deployments.loop_share import work_cost
+
+    # 6 ms in a thread: turns of 5 ms (the switch interval), each weighted 5x
+    assert work_cost(0.006, 0.001, 1.0, switch_s=0.005) == pytest.approx(0.030)
+    assert work_cost(0.0005, 0.001, 1.0, switch_s=0.005) == pytest.approx(0.0005)
+    assert work_cost(0.003, 0.001, 1.0, switch_s=0.005) == pytest.approx(0.009)
+    assert work_cost(5.0, 0.001, 1.0, switch_s=0.005) == 1.0  # one request: a window at most
+    clock = FakeClock()
+    share = LoopShare(SPEC, clock, clock)
+    share.admit("t")
+    assert share.charge_work("t", 0.006, local=False) == pytest.approx(0.006)
+    assert share.charge_work("t", 0.006) == pytest.approx(work_cost(0.006, 0.001, 1.0))
