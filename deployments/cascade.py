@@ -14,7 +14,7 @@ from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, TierSpec
 from tierline.deployments.admission import Slot
-from tierline.deployments.engine_client import Method
+from tierline.deployments.engine_client import Method, usage_of
 from tierline.deployments.errors import APIError
 from tierline.deployments.failover import Failover
 from tierline.deployments.plan import REASON_HEADER, TIER_HEADER, RequestPlan
@@ -31,7 +31,7 @@ from tierline.router.cascade import (
     reason_suffix,
     request_threshold,
     should_escalate,
-    usage_of,
+    usage_counts,
 )
 
 __all__ = ["Cascade", "cascade_for", "escalate"]
@@ -81,7 +81,7 @@ async def escalate(
     Sets the answer's tier and `+cascade:...` reason in `headers`; moves `slot`."""
     policy = cascade.policy
     needed = {name: plan.needed(name) for name in plan.tiers}
-    steps = [CascadeStep(tier.name, mean_token_logprob(answer), usage_of(answer))]
+    steps = [CascadeStep(tier.name, mean_token_logprob(answer), usage_counts(usage_of(answer)))]
     while should_escalate(steps[-1].mean_logprob, len(steps) - 1, policy):
         up = next_tier(steps[-1].tier, failover.board.states(plan.tiers), needed)
         if up is None or not slot.move_to(up):
@@ -97,7 +97,9 @@ async def escalate(
         if not isinstance(item, dict):
             break
         answer = item
-        steps.append(CascadeStep(target.name, mean_token_logprob(item), usage_of(item)))
+        steps.append(
+            CascadeStep(target.name, mean_token_logprob(item), usage_counts(usage_of(item)))
+        )
     headers[TIER_HEADER] = steps[-1].tier
     headers[REASON_HEADER] += reason_suffix(steps)
     return cascaded_answer(answer, steps, policy, cascade.keep_logprobs)
