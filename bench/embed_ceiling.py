@@ -45,7 +45,7 @@ WORDS = [
 def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
-    from tierline.rag.embed import resolve_model
+    from tierline.cluster.embedding import resolve_model
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     out: dict[str, object] = {"cpus": os.cpu_count(), "batch": 64, "chunks_per_s": {}}

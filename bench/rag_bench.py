@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.cluster.embedding import SentenceEmbedder
 from tierline.rag.chunking import chunk_document
 from tierline.rag.dense import DenseIndex
-from tierline.rag.embed import LocalEmbedder, SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import LocalEmbedder, TokenizerOffsets
 from tierline.rag.parsing import html_to_text
 from tierline.rag.records import Chunk, Document
 from tierline.rag.service import RagCore, RagSettings
@@ -71,20 +72,20 @@ def corpus(tokenize: TokenizerOffsets, n_chunks: int) -> tuple[list[Chunk], dict
     return chunks, {"real_chunks": real, "generated_chunks": g, "html_files": len(files)}
 
 
-def embeddings(model: SentenceTransformerModel, texts: list[str]) -> tuple[np.ndarray, float]:
+def embeddings(model: SentenceEmbedder, texts: list[str]) -> tuple[np.ndarray, float]:
     key = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()[:16]
     path = CACHE / f"emb-{key}.npy"
     if path.exists():
         return np.load(path), 0.0
     t0 = time.perf_counter()
-    vecs = model.encode(texts)
+    vecs = model.embed(texts)
     took = time.perf_counter() - t0
     np.save(path, vecs)
     return vecs, took
 
 
 def mixed_vectors(
-    model: SentenceTransformerModel, chunks: list[Chunk], n_real: int, n_embed: int
+    model: SentenceEmbedder, chunks: list[Chunk], n_real: int, n_embed: int
 ) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(0)
     picked = np.sort(rng.choice(n_real, size=min(n_embed, n_real), replace=False))
@@ -164,7 +165,7 @@ async def store_and_index(
     vecs: np.ndarray,
     settings: RagSettings,
     tokenize: TokenizerOffsets,
-    model: SentenceTransformerModel,
+    model: SentenceEmbedder,
 ) -> tuple[RagCore, dict]:
     path = CACHE / "milvus-100k.db"
     shutil.rmtree(path, ignore_errors=True)
@@ -216,7 +217,7 @@ def milvus_server_side(core: RagCore, qvecs: np.ndarray, n: int) -> dict:
 
 
 async def ingestion(
-    tokenize: TokenizerOffsets, model: SentenceTransformerModel, settings: RagSettings, n_files: int
+    tokenize: TokenizerOffsets, model: SentenceEmbedder, settings: RagSettings, n_files: int
 ) -> dict:
     files = sorted(DOCS.rglob("*.html"))[:n_files]
     docs = [
@@ -418,7 +419,7 @@ def main() -> None:
     settings = RagSettings(chunk_tokens=CHUNK_TOKENS, chunk_overlap_tokens=OVERLAP)
     tokenize = TokenizerOffsets("all-MiniLM-L6-v2")
     tokenize.start()
-    model = SentenceTransformerModel("all-MiniLM-L6-v2")
+    model = SentenceEmbedder("all-MiniLM-L6-v2")
     model.start()
     result = {
         "machine": f"{os.cpu_count()} cores",
@@ -444,7 +445,7 @@ def main() -> None:
     rng = random.Random(1)
     picks = rng.sample(range(info["real_chunks"]), args.queries)
     queries = [" ".join(chunks[i].text.split()[3:15]) for i in picks]
-    qvecs = model.encode(queries)
+    qvecs = model.embed(queries)
     result["retrieval"] = retrieval(chunks, vecs, qvecs, queries, settings)
     print(json.dumps(result["retrieval"]), flush=True)
     core, store_info = asyncio.run(store_and_index(chunks, vecs, settings, tokenize, model))

@@ -22,9 +22,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tierline.cluster.embedding import SentenceEmbedder
 from tierline.cluster.specfile import load_spec
 from tierline.deployments.rag import settings_of
-from tierline.rag.embed import SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import TokenizerOffsets
 from tierline.rag.searcher import InProcessSearcher
 from tierline.rag.store import MemoryChunkStore
 
@@ -46,7 +47,7 @@ def main() -> None:
     settings = settings_of(spec.rag).search_settings()
     tokenize = TokenizerOffsets(spec.rag.embedding_model)
     tokenize.start()
-    model = SentenceTransformerModel(spec.rag.embedding_model)
+    model = SentenceEmbedder(spec.rag.embedding_model)
     model.start()
     chunks, info = corpus(tokenize, args.chunks)
     vecs, _ = mixed_vectors(model, chunks, info["real_chunks"], args.real_vectors)
@@ -59,7 +60,7 @@ def main() -> None:
     rng = random.Random(1)
     picks = rng.sample(range(info["real_chunks"]), args.queries)
     queries = [" ".join(chunks[i].text.split()[3:15]) for i in picks]
-    qvecs = model.encode(queries)
+    qvecs = model.embed(queries)
     out: dict[str, object] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": os.getloadavg(),

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.cluster.embedding import SentenceEmbedder
 from tierline.cluster.specfile import load_spec
 from tierline.deployments.rag import settings_of
-from tierline.rag.embed import Embedded, SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import Embedded, TokenizerOffsets
 from tierline.rag.searcher import InProcessSearcher
 from tierline.rag.service import RagCore
 from tierline.rag.store import MemoryChunkStore
@@ -67,7 +68,7 @@ METHODS = {
 class CachedEmbedder:
     """MiniLM, with the vectors of each batch of texts cached on disk by content."""
 
-    def __init__(self, model: SentenceTransformerModel) -> None:
+    def __init__(self, model: SentenceEmbedder) -> None:
         self.model = model
 
     async def embed(self, texts: list[str]) -> Embedded:
@@ -75,7 +76,7 @@ class CachedEmbedder:
         path = CACHE / f"{key}.npy"
         if path.exists():
             return Embedded(np.load(path), None)
-        vecs = await asyncio.to_thread(self.model.encode, texts)
+        vecs = await asyncio.to_thread(self.model.embed, texts)
         CACHE.mkdir(parents=True, exist_ok=True)
         np.save(path, vecs)
         return Embedded(vecs, None)
@@ -113,7 +114,7 @@ async def build(
         settings = replace(settings, **settings_override)
     tokenize = TokenizerOffsets(spec.rag.embedding_model)
     tokenize.start()
-    model = SentenceTransformerModel(spec.rag.embedding_model)
+    model = SentenceEmbedder(spec.rag.embedding_model)
     model.start()
     core = RagCore(settings, MemoryChunkStore(), CachedEmbedder(model), tokenize)
     await core.start()

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tierline.cluster.embedding import MINILM_NAME, Embedder
 from tierline.router.data import DEFAULT_TRAIN_FILES, LabelledSet, load_files
 from tierline.router.embedders import open_embedder
-from tierline.router.embedding import MINILM_NAME, Embedder, cached_embeddings
+from tierline.router.embedding import cached_embeddings
 from tierline.router.evaluate import (
     curve,
     length_scores,

@@ -10,12 +10,12 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from tierline.cluster.embedding import MINILM_NAME
 from tierline.cluster.specfile import SpecError, load_spec
 from tierline.router.bound import evaluate as bound_eval
 from tierline.router.bound import evaluate_classes, prompt_losses
 from tierline.router.classes import class_indices
 from tierline.router.data import LabelledSet, load_files
-from tierline.router.embedding import MINILM_NAME
 from tierline.router.evaluate import (
     RoutingCurve,
     curve,

@@ -1,6 +1,6 @@
 """`POST /v1/embeddings`, served whenever the spec has an embedding model.
 
-The route talks to an `Embedder` (the embeddings deployment's handle in Serve, an
+The route talks to an `EmbeddingService` (the embeddings deployment's handle in Serve, an
 in-process model in unit tests): with RAG on that is the RAG client's embeddings handle,
 with RAG off (`embeddings.enabled`) the embeddings deployment alone. Each call is
 quota-checked before the model runs (`Charge`, like the RAG routes) and metered
@@ -23,7 +23,7 @@ from tierline.deployments.errors import APIError
 from tierline.deployments.middleware import tenant_of
 from tierline.deployments.quota import Charge, Hold, charge_hold, no_charge
 from tierline.deployments.tokens import EstimatingCounter
-from tierline.rag.embed import Embedded, Embedder
+from tierline.rag.embed import Embedded, EmbeddingService
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDINGS_TIER",
     "MAX_EMBED_INPUTS",
-    "Embedder",
+    "EmbeddingService",
     "EmbeddingsBody",
     "EmbeddingsCard",
     "HandleEmbedder",
@@ -45,7 +45,7 @@ MAX_EMBED_INPUTS = 2048
 
 
 class HandleEmbedder:
-    """`rag.embed.Embedder` over the embeddings deployment's handle
+    """`rag.embed.EmbeddingService` over the embeddings deployment's handle
     (`deployments.rag.EmbeddingServer`): the RAG replicas' and the gateway's."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
@@ -109,7 +109,7 @@ def _unmetered(tenant: str, tokens: int, seconds: float) -> None:
 
 
 def embeddings_router(
-    embedder: Embedder,
+    embedder: EmbeddingService,
     card: EmbeddingsCard,
     charge: Charge = no_charge,
     metered: Metered = _unmetered,

@@ -20,11 +20,12 @@ import numpy as np
 from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
+from tierline.cluster.embedding import SentenceEmbedder
 from tierline.cluster.spec import ClusterSpec, RagSpec
 from tierline.deployments.embeddings import HandleEmbedder
 from tierline.deployments.heap import settle
 from tierline.deployments.rag_env import chunk_store, rag_actor_options
-from tierline.rag.embed import Embedded, SentenceTransformerModel, TokenizerOffsets
+from tierline.rag.embed import Embedded, TokenizerOffsets
 from tierline.rag.records import RagError
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import is_remote
@@ -104,7 +105,7 @@ class EmbeddingModel(Protocol):
 class ThreadedSentenceTransformer:
     """`EmbeddingModel` over a sentence-transformers model, off the event loop."""
 
-    def __init__(self, model: SentenceTransformerModel) -> None:
+    def __init__(self, model: SentenceEmbedder) -> None:
         self.model = model
 
     @property
@@ -117,7 +118,7 @@ class ThreadedSentenceTransformer:
     async def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         m = self.model
         return await asyncio.to_thread(
-            lambda: (m.encode(texts), [m.count_tokens([t]) for t in texts])
+            lambda: (m.embed(texts), [m.count_tokens([t]) for t in texts])
         )
 
 
@@ -127,7 +128,7 @@ def embedding_model(spec: RagSpec) -> EmbeddingModel:
 
         return VllmEmbeddingModel(spec.embedding_model, spec.embedding_engine_kwargs)
     return ThreadedSentenceTransformer(
-        SentenceTransformerModel(spec.embedding_model, spec.embedding_device)
+        SentenceEmbedder(spec.embedding_model, spec.embedding_device)
     )
 
 

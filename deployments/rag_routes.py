@@ -30,7 +30,7 @@ from tierline.deployments.middleware import BodyLimit, RouteLimit, is_operator, 
 from tierline.deployments.quota import Charge, Hold, Settle, charge_hold, no_charge
 from tierline.deployments.schemas import ChatCompletionBody
 from tierline.deployments.tokens import EstimatingCounter
-from tierline.rag.embed import Embedded, Embedder
+from tierline.rag.embed import Embedded, EmbeddingService
 from tierline.rag.parsing import ParseLimits, UploadParser
 from tierline.rag.prompt import citations as citation_list
 from tierline.rag.prompt import grounded_messages, query_text
@@ -40,8 +40,8 @@ from tierline.rag.service import RagCore
 _logger = logging.getLogger("ray.serve.tierline.rag")
 
 
-class RagClient(Embedder, Protocol):
-    """The gateway's RAG: an `Embedder` (it serves `/v1/embeddings` without RAG's own
+class RagClient(EmbeddingService, Protocol):
+    """The gateway's RAG: an `EmbeddingService` (it serves `/v1/embeddings` without RAG's own
     embeddings route) and the collection operations."""
 
     model: str
@@ -75,7 +75,7 @@ class RagClient(Embedder, Protocol):
 class InProcessRagClient:
     """`RagClient` over a `RagCore` in this process (unit tests, single-process tools)."""
 
-    def __init__(self, core: RagCore, embedder: Embedder, model: str = "embedder") -> None:
+    def __init__(self, core: RagCore, embedder: EmbeddingService, model: str = "embedder") -> None:
         self.core = core
         self.embedder = embedder
         self.model = model

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tierline.cluster.embedding import Embedder
 from tierline.cluster.spec import ClusterSpec, LearnedParams
 from tierline.deployments.engine_client import EngineClient, EngineItem, Method
 from tierline.deployments.metrics import RouterMetrics
 from tierline.rag.work import off_loop
 from tierline.router.embedders import open_embedder
-from tierline.router.embedding import Embedder, check_probe
+from tierline.router.embedding import check_probe
 from tierline.router.head import Head, prompt_words
 from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned, recalibrate
 from tierline.router.profile import load_ttft_priors

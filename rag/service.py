@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from tierline.rag.chunking import Tokenize, chunk_document
-from tierline.rag.embed import Embedder
+from tierline.rag.embed import EmbeddingService
 from tierline.rag.filters import KEY, parse_filter
 from tierline.rag.milvus_filter import to_expression
 from tierline.rag.records import Document, Hit, RagError
@@ -167,7 +167,7 @@ class RagCore:
         self,
         settings: RagSettings,
         store: ChunkStore,
-        embedder: Embedder,
+        embedder: EmbeddingService,
         tokenize: Tokenize,
         searcher: Searcher | None = None,
     ) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from tierline.rag.embed import resolve_model
+from tierline.cluster.embedding import resolve_model
 
 
 def unit_rows(rows: Sequence[Any]) -> np.ndarray:

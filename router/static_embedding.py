@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tierline.router.embedding import (
+from tierline.cluster.embedding import (
     CLIP_CHARS_PER_TOKEN,
     CLIP_MARGIN_TOKENS,
     MINILM_DIM,
@@ -137,7 +137,7 @@ class StaticMiniLMEmbedder:
 
     def clip(self, text: str) -> str:
         """A prefix long enough to hold more than `max_tokens` pieces: the tokenizer need
-        not split a long prompt past what is pooled (same rule as `MiniLMEmbedder.clip`)."""
+        not split a long prompt past what is pooled (same rule as `SentenceEmbedder.clip`)."""
         limit = (self.max_tokens + CLIP_MARGIN_TOKENS) * CLIP_CHARS_PER_TOKEN
         return text[:limit] if len(text) > limit else text
 

@@ -20,8 +20,8 @@ from tierline.deployments.answer import encoded, with_citations
 from tierline.deployments.auth import KeyStore
 from tierline.deployments.edge import EDGE_PATHS, ParsedBodyRoute
 from tierline.deployments.embeddings import (
-    Embedder,
     EmbeddingsCard,
+    EmbeddingService,
     embeddings_router,
 )
 from tierline.deployments.errors import APIError, error_response
@@ -75,7 +75,7 @@ def create_app(
     core: GatewayCore,
     keys: KeyStore | None = None,
     rag: RagClient | None = None,
-    embedder: Embedder | None = None,
+    embedder: EmbeddingService | None = None,
     responses: ResponseStore | None = None,
     loop_share: LoopShare | None = None,
 ) -> FastAPI:

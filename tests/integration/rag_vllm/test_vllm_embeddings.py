@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import psutil
-from tierline.rag.embed import SentenceTransformerModel
+from tierline.cluster.embedding import SentenceEmbedder
 
 from tests.integration.rag.conftest import RagCluster
 
@@ -33,9 +33,9 @@ def test_the_embeddings_replica_runs_a_vllm_engine(vllm_rag_cluster: RagCluster)
 
 
 def test_vectors_match_sentence_transformers(vllm_rag_cluster: RagCluster) -> None:
-    reference = SentenceTransformerModel("all-MiniLM-L6-v2")
+    reference = SentenceEmbedder("all-MiniLM-L6-v2")
     reference.start()
-    want = reference.encode(TEXTS)
+    want = reference.embed(TEXTS)
     got = vllm_rag_cluster.client().embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS)
     vectors = np.asarray([d.embedding for d in got.data], dtype=np.float32)
     assert vectors.shape == want.shape == (2, 384)
