@@ -120,8 +120,11 @@ class QuotaLedger:
 
     def export(self, now: float, wall_now: float) -> QuotaSnapshot:
         """Every tenant's windows as wall-clock entries (`now` on the ledger's clock is
-        `wall_now`), summed per whole second and stamped with its end. Open requests'
-        reservations are kept as charged; their concurrent slots are not exported."""
+        `wall_now`), summed per whole second and stamped with its end: strictly after every
+        instant in it (one on a second's boundary goes to the next second), so a restored
+        entry never leaves its window before the original would, whatever the floating
+        point of the two clocks' subtraction. Open requests' reservations are kept as
+        charged; their concurrent slots are not exported."""
         with self._lock:
             sums: dict[tuple[str, str, float], int] = {}
             for tenant, st in self._tenants.items():
@@ -133,7 +136,7 @@ class QuotaLedger:
                 )
                 for window, stamps in stamped:
                     for t, n in stamps:
-                        key = (tenant, window, float(math.ceil(wall_now - (now - t))))
+                        key = (tenant, window, float(math.floor(wall_now - (now - t)) + 1))
                         sums[key] = sums.get(key, 0) + n
             entries = tuple(QuotaEntry(t, w, at, n) for (t, w, at), n in sums.items())
             return QuotaSnapshot(wall_now, self._next_ticket, entries)

@@ -100,9 +100,9 @@ def test_export_import_round_trip_on_a_fake_clock() -> None:
     snap = led.export(40.0, WALL0 + 40.0)
     assert snap.next_ticket == b.ticket + 1 and snap.saved_at == WALL0 + 40.0
     assert sorted((e.window, e.at, e.amount) for e in snap.entries) == [
-        ("requests", WALL0 + 10.0, 1),
+        ("requests", WALL0 + 11.0, 1),  # 10.0 lies on a boundary: stamped at the next
         ("requests", WALL0 + 31.0, 1),  # 30.2 ends its second at 31
-        ("tokens", WALL0 + 10.0, 200),
+        ("tokens", WALL0 + 11.0, 200),
         ("tokens", WALL0 + 31.0, 400),
     ]
     assert QuotaSnapshot.from_json(snap.to_json()) == snap
@@ -111,7 +111,7 @@ def test_export_import_round_trip_on_a_fake_clock() -> None:
     assert new.import_(snap, 0.0, WALL0 + 45.0) == 4
     st_ = new._tenants["t"]
     assert st_.tokens_used() == 600 and len(st_.requests) == 2 and st_.in_flight == 0
-    assert [t for t, _, _ in st_.tokens] == [-35.0, -14.0]
+    assert [t for t, _, _ in st_.tokens] == [-34.0, -14.0]
     assert new.admit("t", 400, 0.0).ok and not new.admit("t", 1, 0.0).ok
     # The new ledger's tickets carry on after the old one's: a ticket a gateway replica
     # still holds from before the restart names no new request.
