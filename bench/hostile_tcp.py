@@ -31,10 +31,10 @@ from typing import Any
 
 import httpx
 
+from bench.hostile_app import build_app
 from bench.hostile_bench import (
     ROOT,
     _auth,
-    build_app,
     hostile_requests,
     phase,
     phase_args,
