@@ -1,8 +1,7 @@
 """The embedders a router head may name, opened by name (`Head.embedder`).
 
 Kept apart from `embedding` (full MiniLM as the router reads it) and `static_embedding` (the
-distilled table, which takes its constants from `embedding`), so neither imports the other
-back.
+distilled table), so neither imports the other back.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ of training embeddings, and the probe that ties a head to the embeddings it was 
 
 The router's pure core never embeds anything itself: the gateway (or the CLI, or the
 benchmark) turns text into vectors with an `Embedder` (the one embedding-model Protocol,
-`rag.embed`) and passes the vector in as a feature. Full MiniLM is `rag.embed.
-SentenceEmbedder`; the shipped head's static table is `router.static_embedding`.
+`cluster.embedding`) and passes the vector in as a feature. Full MiniLM is `cluster.
+embedding.SentenceEmbedder` (`minilm_embedder` configures it as the router reads it); the
+shipped head's static table is `router.static_embedding`.
 `HashingEmbedder` is a deterministic stand-in with the same shape for unit tests.
 """
 
