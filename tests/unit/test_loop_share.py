@@ -23,6 +23,7 @@ from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.gateway import GatewayCore, create_app
 from tierline.deployments.loop_share import (
+    ESTIMATE_WEIGHT,
     LoopShare,
     TenantUse,
     charged,
@@ -410,9 +411,12 @@ def test_the_gateway_takes_each_reservation_back_when_the_request_ends() -> None
     assert 0 < cost < 0.5
     share.estimates["hostile"] = 5.0  # a reservation far above what a request costs
     assert post(client, "hostile", chat("word " * 2_000)).status_code == 200
-    # the 5.0 held at admission went back when the request ended; what it cost stayed
-    assert share.uses["hostile"].used_s < 2 * cost + 0.01
-    assert share.estimates["hostile"] == pytest.approx(0.5 * 5.0 + 0.5 * cost, rel=0.2)
+    # the 5.0 held at admission went back when the request ended; what it cost stayed.
+    # What the second request cost is read back from the estimate it updated (its thread
+    # work is measured on the real CPU clock, so it is not exactly the first one's cost).
+    second = (share.estimates["hostile"] - (1 - ESTIMATE_WEIGHT) * 5.0) / ESTIMATE_WEIGHT
+    assert 0 < second < 0.5
+    assert share.uses["hostile"].used_s < cost + second + 0.01
 
 
 def test_thread_work_here_is_weighted_as_turns_of_the_gil_and_another_replicas_is_not() -> None:
