@@ -174,8 +174,8 @@ bench-responses: models
 
 # Answer quality of make run's models, live (configs/local.yaml, auth off, fresh store):
 # grounded accuracy with RAG on and off, citation precision, Responses follow-up recall,
-# OpenAI Agents SDK tool runs streamed and not, on bench/eval_sets.py's held-out splits
-# -> bench/results/eval.json and BENCHMARKS.md. (make test checks that the real models
+# OpenAI Agents SDK tool runs streamed and not, on bench/eval_sets.py's held-out splits,
+# and the router on live outcomes (bench/eval_router.py) -> bench/results/eval.json and BENCHMARKS.md. (make test checks that the real models
 # answer at all: tests/integration/real.)
 eval: models
 	$(BIN)/python -m bench.eval_quality --out bench/results/eval.json

@@ -1,6 +1,6 @@
 """`make eval`: answer quality of `make run`'s models, measured live.
 
-Starts configs/local.yaml (real models, RAG on, auth off, a fresh store, a free port),
+Starts configs/local.yaml or `--spec` (real models, RAG on, auth off, a fresh store, a free port),
 then, with the official `openai` client and the OpenAI Agents SDK as callers:
 - grounded-answer accuracy: the answer contains the planted fact, RAG on and RAG off,
   on each labelled set of bench/eval_sets.py (entities, policies), per split;
@@ -9,7 +9,10 @@ then, with the official `openai` client and the OpenAI Agents SDK as callers:
 - Responses follow-up recall: a fact told in one turn is in the answer to the next,
   chained by `previous_response_id`;
 - Agents SDK tool runs, streamed and not: the tool is called and its result (a planted
-  date) is in the final output.
+  date) is in the final output;
+- the router on live outcomes: each tier's accuracy on labelled questions, the live
+  `auto` answers', and the quality/cost curve of the router's scores where the tiers
+  differ (bench/eval_router.py).
 Writes bench/results/eval.json and the `make eval` section of BENCHMARKS.md.
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.eval_report import write_section
+from bench.eval_router import head_scores, notable, outcome, routing_sets, summarize
 from bench.eval_sets import (
     GroundedItem,
     MemoryItem,
@@ -41,6 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / ".cache" / "eval" / "milvus.db"
 COLLECTION = "eval_facts"
 CONCURRENCY = 4
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def free_port() -> int:
@@ -201,11 +212,35 @@ def rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+async def routing(client: Any, spec: Any, parts: tuple[str, ...]) -> dict[str, Any]:
+    """The router on live outcomes (bench/eval_router.py), per set and split in `parts`."""
+    tiers = [(t.name, t.model_name) for t in spec.tiers]
+    names = [name for name, _ in tiers]
+    out: dict[str, Any] = {"tiers": names}
+    for name, split_items in routing_sets().items():
+        for part, items in split_items.items():
+            if part not in parts:
+                continue
+            rows = await _bounded([outcome(client, i, tiers) for i in items])
+            scores = head_scores(spec, [i.question for i in items])
+            key = f"{name}/{part}"
+            out[key] = summarize(rows, names, scores)
+            out[key]["misses"] = notable(rows)
+            print(key, {k: v for k, v in out[key].items() if k != "misses"})
+    return out
+
+
 async def measure(
-    endpoint: str, api_key: str, quick: bool, parts: tuple[str, ...], top_k: int | None
+    endpoint: str,
+    api_key: str,
+    quick: bool,
+    parts: tuple[str, ...],
+    top_k: int | None,
+    spec: Any,
 ) -> dict[str, Any]:
-    """Grounded answers on each split in `parts`; follow-ups and tool runs on `held_out`,
-    or on `dev` when that is the only split asked for (tuning)."""
+    """Grounded answers and the router on live outcomes on each split in `parts`;
+    follow-ups and tool runs on `held_out`, or on `dev` when that is the only split asked
+    for (tuning)."""
     from agents import set_tracing_disabled
     from openai import AsyncOpenAI
 
@@ -238,13 +273,21 @@ async def measure(
             key = f"{'streamed' if streamed else 'not_streamed'}/tool_choice_{choice}"
             out["tools"][key] = rate(rows)
             print(key, out["tools"][key]["rate"], out["tools"][key].get("errors"))
+    out["routing"] = await routing(client, spec, parts)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
-    ap.add_argument("--endpoint", help="An already running cluster of local.yaml to measure.")
+    ap.add_argument(
+        "--spec",
+        type=Path,
+        default=ROOT / "configs" / "local.yaml",
+        help="The cluster spec: started (RAG on, auth off) unless --endpoint is given; its "
+        "tiers are the ones the router part asks by name.",
+    )
+    ap.add_argument("--endpoint", help="An already running cluster of --spec to measure.")
     ap.add_argument("--api-key", default="unused", help="Its API key (with --endpoint).")
     ap.add_argument("--quick", action="store_true", help="Held-out splits only, no auto tools.")
     ap.add_argument("--no-report", action="store_true", help="Leave BENCHMARKS.md alone.")
@@ -268,14 +311,15 @@ def main() -> None:
     endpoint = args.endpoint
     top_k: int | str = args.top_k or "rag.default_top_k"
     t0 = time.monotonic()
+    from tierline.cluster.specfile import load_spec
+
+    spec = load_spec(args.spec)
     if endpoint is None:
         from tierline.cli import local
         from tierline.cluster.real_models import ensure_real_models
-        from tierline.cluster.specfile import load_spec
         from tierline.router.static_embedding import cache_dir
 
         ensure_real_models(ROOT / "models", cache_dir() / "gguf")
-        spec = load_spec(ROOT / "configs" / "local.yaml")
         shutil.rmtree(STORE.parent, ignore_errors=True)
         STORE.parent.mkdir(parents=True, exist_ok=True)
         auth = spec.gateway.auth.model_copy(update={"enabled": False})
@@ -290,12 +334,12 @@ def main() -> None:
         ingest(endpoint, args.api_key, sets)
         result = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "spec": "configs/local.yaml"
+            "spec": _shown(args.spec)
             + (" (auth off, fresh store)" if started else f" at {endpoint} (`make run`)"),
             "ready_s": round(ready_s, 1) if started else None,
             "split": args.split,
             "top_k": top_k,
-            **asyncio.run(measure(endpoint, args.api_key, args.quick, parts, args.top_k)),
+            **asyncio.run(measure(endpoint, args.api_key, args.quick, parts, args.top_k, spec)),
             "took_s": round(time.monotonic() - t0, 1),
         }
     finally:

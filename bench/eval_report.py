@@ -59,8 +59,63 @@ def section(result: dict[str, Any]) -> str:
             f"| {mode.replace('_', ' ')} | {choice.removeprefix('tool_choice_')} | {t['n']} "
             f"| {_f(t['rate'])} | {_f(t.get('tool_called'))} |"
         )
+    lines += routing_lines(result.get("routing"))
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def routing_lines(routing: dict[str, Any] | None) -> list[str]:
+    """The router on live outcomes: per-tier and `auto` accuracy, and the curve where the
+    cheapest and the most capable tier differ."""
+    if not routing:
+        return []
+    tiers = routing["tiers"]
+    lines = [
+        "",
+        "The router on live outcomes (bench/eval_router.py): each question asked of every "
+        "tier by name and of `model: auto`; APGR and CPT (the strong-call share that "
+        "recovers 50% / 80% of the gap) of the shipped head's scores, where the cheapest and "
+        "the most capable tier differ:",
+        "",
+        "| set / split | n | " + " | ".join(tiers) + " | auto (above cheapest) | gap "
+        "| APGR router / length / random | CPT50 / CPT80 router |",
+        "| --- | ---: | " + " | ".join("---:" for _ in tiers) + " | ---: | ---: | --- | --- |",
+    ]
+    flat, differs = [], []
+    for key, r in routing.items():
+        if key == "tiers":
+            continue
+        name, split = key.split("/")
+        accs = " | ".join(_f(r["accuracy"][t]) for t in tiers)
+        auto = f"{_f(r['auto']['accuracy'])} ({_f(r['auto']['above_cheapest_share'])})"
+        if r.get("auto_differs"):
+            differs.append(f"{name} / {split} {r['auto_differs']}")
+        c = r.get("curve")
+        if c is None:
+            apgr, cpt = "-", "-"
+            flat.append(f"{name} / {split}")
+        else:
+            apgr = " / ".join(_f(c[k]["apgr"]) for k in ("router", "length", "random"))
+            cpt = f"{_f(c['router']['cpt50'])} / {_f(c['router']['cpt80'])}"
+        lines.append(
+            f"| {name} / {split} | {r['n']} | {accs} | {auto} | {_f(r['gap'])} | {apgr} | {cpt} |"
+        )
+    if flat or differs:
+        lines.append("")
+    if flat:
+        lines += [
+            f"- No curve for {', '.join(flat)}: {tiers[0]} and {tiers[-1]} are right on the "
+            "same share of questions there, so there is no quality gap for routing to "
+            "recover.",
+        ]
+    if differs:
+        lines += [
+            f"- `auto` was right otherwise than the tier it chose, asked by name, on "
+            f"{', '.join(differs)} question(s): the same prompt and greedy decoding, run in "
+            "another batch of concurrent requests (vLLM's CPU kernels are not "
+            "batch-invariant); bench/results/eval.json has the texts.",
+        ]
+    return lines
 
 
 def replace_section(text: str, new: str) -> str:
