@@ -273,7 +273,9 @@ async def measure(
             key = f"{'streamed' if streamed else 'not_streamed'}/tool_choice_{choice}"
             out["tools"][key] = rate(rows)
             print(key, out["tools"][key]["rate"], out["tools"][key].get("errors"))
-    out["routing"] = await routing(client, spec, parts)
+    out["routing"] = await routing(
+        client, spec, tuple(p for p in parts if not (quick and p == "dev"))
+    )
     return out
 
 
@@ -295,8 +297,9 @@ def main() -> None:
         "--split",
         choices=("all", "dev", "held_out"),
         default="all",
-        help="dev: the tune splits only (grounded, follow-ups and tool runs), for trying a "
-        "change; held_out: the reported splits only; all (default): grounded on both.",
+        help="dev: the tune splits only (grounded, router, follow-ups and tool runs), for "
+        "trying a change; held_out: the reported splits only; all (default): grounded and "
+        "router on both.",
     )
     ap.add_argument(
         "--top-k",

@@ -3,6 +3,7 @@ between its two markers on each run, appended with them the first time."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,25 @@ END = "<!-- make eval: end -->"
 
 def _f(x: Any) -> str:
     return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share measured on `n` items."""
+    if n <= 0:
+        return 0.0, 1.0
+    k = round(share * n)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ci(share: float | None, n: int) -> str:
+    """A share with its 95% interval: `0.75 (0.53-0.89)`."""
+    if share is None:
+        return "-"
+    low, high = wilson(share, n)
+    return f"{share:.2f} ({low:.2f}-{high:.2f})"
 
 
 def section(result: dict[str, Any]) -> str:
@@ -26,7 +46,8 @@ def section(result: dict[str, Any]) -> str:
         "",
         "Targets (issue 26, held-out splits): grounded accuracy with RAG >= 0.80, follow-up "
         "recall 1.00, Agents SDK tool runs >= 0.90. Figures below a target are misses, kept "
-        "as measured. An answer holds a fact when it contains it as whole words, in any case; "
+        "as measured; in brackets, each share's 95% interval (Wilson) over its n items. "
+        "An answer holds a fact when it contains it as whole words, in any case; "
         'a ship date also counts written day first ("7th of September" for '
         '"September 7"; `eval_sets.contains`).',
         "",
@@ -39,13 +60,14 @@ def section(result: dict[str, Any]) -> str:
         name, split, rag = key.split("/")
         tiers = ", ".join(f"{t} {n}" for t, n in sorted(g["tiers"].items(), key=str))
         lines.append(
-            f"| {name} / {split} | {rag.removeprefix('rag_')} | {g['n']} | {_f(g['accuracy'])} "
+            f"| {name} / {split} | {rag.removeprefix('rag_')} | {g['n']} "
+            f"| {_ci(g['accuracy'], g['n'])} "
             f"| {_f(g.get('citation_precision'))} | {_f(g.get('planted_doc_cited'))} | {tiers} |"
         )
     f = result["follow_up"]
     lines += [
         "",
-        f"Responses follow-up recall over `previous_response_id`: {_f(f['rate'])} "
+        f"Responses follow-up recall over `previous_response_id`: {_ci(f['rate'], f['n'])} "
         f"({f['n']} made-up facts, held out).",
         "",
         "OpenAI Agents SDK tool runs (the tool is called and its result is in the final output):",
@@ -57,7 +79,7 @@ def section(result: dict[str, Any]) -> str:
         mode, choice = key.split("/")
         lines.append(
             f"| {mode.replace('_', ' ')} | {choice.removeprefix('tool_choice_')} | {t['n']} "
-            f"| {_f(t['rate'])} | {_f(t.get('tool_called'))} |"
+            f"| {_ci(t['rate'], t['n'])} | {_f(t.get('tool_called'))} |"
         )
     lines += routing_lines(result.get("routing"))
     lines.append(END)

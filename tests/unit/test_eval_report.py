@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.eval_report import END, START, replace_section, section
+import pytest
+
+from bench.eval_report import END, START, replace_section, section, wilson
 
 RESULT = {
     "when": "2026-12-06 16:09 UTC",
@@ -27,10 +29,21 @@ RESULT = {
 def test_the_section_holds_every_figure() -> None:
     text = section(RESULT)
     assert text.startswith(START) and text.rstrip().endswith(END)
-    assert "| entities / held_out | on | 20 | 0.65 | 0.50 | 1.00 | large 19, small 1 |" in text
-    assert "| entities / held_out | off | 20 | 0.00 | - | - | small 20 |" in text
-    assert "0.85 (20 made-up facts" in text
-    assert "| streamed | required | 20 | 0.35 | 1.00 |" in text
+    row = "| entities / held_out | on | 20 | 0.65 (0.43-0.82) | 0.50 | 1.00 | large 19, small 1 |"
+    assert row in text
+    assert "| entities / held_out | off | 20 | 0.00 (0.00-0.16) | - | - | small 20 |" in text
+    assert "0.85 (0.64-0.95) (20 made-up facts" in text
+    assert "| streamed | required | 20 | 0.35 (0.18-0.57) | 1.00 |" in text
+
+
+def test_the_interval_is_wilson_s() -> None:
+    # no successes in 10: the upper end is z^2 / (n + z^2)
+    assert wilson(0.0, 10) == (0.0, pytest.approx(1.96**2 / (10 + 1.96**2)))
+    low, high = wilson(1.0, 10)
+    assert high == 1.0 and low == pytest.approx(10 / (10 + 1.96**2))
+    low, high = wilson(0.75, 20)  # 15 of 20
+    assert (round(low, 2), round(high, 2)) == (0.53, 0.89)
+    assert wilson(0.5, 0) == (0.0, 1.0)
 
 
 def test_a_second_run_replaces_the_section_and_keeps_the_rest() -> None:
