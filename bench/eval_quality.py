@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.eval_report import write_section
-from bench.eval_router import head_scores, notable, outcome, routing_sets, summarize
+from bench.eval_router import head_scorer, notable, outcome, routing_sets, summarize
 from bench.eval_sets import (
     GroundedItem,
     MemoryItem,
@@ -217,14 +217,14 @@ async def routing(client: Any, spec: Any, parts: tuple[str, ...]) -> dict[str, A
     tiers = [(t.name, t.model_name) for t in spec.tiers]
     names = [name for name, _ in tiers]
     out: dict[str, Any] = {"tiers": names}
+    scores = head_scorer(spec)
     for name, split_items in routing_sets().items():
         for part, items in split_items.items():
             if part not in parts:
                 continue
             rows = await _bounded([outcome(client, i, tiers) for i in items])
-            scores = head_scores(spec, [i.question for i in items])
             key = f"{name}/{part}"
-            out[key] = summarize(rows, names, scores)
+            out[key] = summarize(rows, names, scores([i.question for i in items]))
             out[key]["misses"] = notable(rows)
             print(key, {k: v for k, v in out[key].items() if k != "misses"})
     return out

@@ -19,7 +19,7 @@ curve is undefined (no gap to recover) and the summary says so instead.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,12 @@ async def outcome(client: Any, item: QAItem, tiers: Sequence[tuple[str, str]]) -
 
 
 # -- pure summary ----------------------------------------------------------------------------
+def auto_differs(row: dict[str, Any]) -> bool:
+    """`auto` was right otherwise than the tier it was served by, asked by name."""
+    tier = row["auto_tier"]
+    return tier in row["right"] and row["auto_right"] != row["right"][tier]
+
+
 def summarize(
     rows: Sequence[dict[str, Any]], tiers: Sequence[str], scores: np.ndarray
 ) -> dict[str, Any]:
@@ -174,13 +180,7 @@ def summarize(
         "always_strongest": round(float(strong.mean()), 3),
         "gap": round(float(strong.mean() - weak.mean()), 3),
         "disagree": int(np.sum(weak != strong)),
-        "auto_differs": int(
-            sum(
-                r["auto_right"] != r["right"][r["auto_tier"]]
-                for r in rows
-                if r["auto_tier"] in tiers
-            )
-        ),
+        "auto_differs": sum(auto_differs(r) for r in rows),
     }
     if abs(strong.mean() - weak.mean()) * n < 1:  # not one answer's worth of gap
         out["curve"] = None
@@ -203,16 +203,14 @@ def notable(rows: Sequence[dict[str, Any]], limit: int = 5) -> list[dict[str, An
     """The rows worth reading: `auto` answering otherwise than its tier asked by name
     first, then questions some tier got wrong."""
     keys = ("question", "answer", "right", "auto_tier", "auto_right", "auto_text", "texts")
-    differs = [
-        r for r in rows if r["auto_right"] != r["right"].get(r["auto_tier"], r["auto_right"])
-    ]
+    differs = [r for r in rows if auto_differs(r)]
     wrong = [r for r in rows if r not in differs and not all(r["right"].values())]
     return [{k: r[k] for k in keys} for r in (differs + wrong)[:limit]]
 
 
-def head_scores(spec: Any, prompts: Sequence[str]) -> np.ndarray:
+def head_scorer(spec: Any) -> Callable[[Sequence[str]], np.ndarray]:
     """The gateway's learned head's routing score per prompt (strong minus weak predicted
-    quality), from the same artifact and embedder the gateway loads."""
+    quality), from the same artifact and embedder the gateway loads (loaded once)."""
     from tierline.deployments.routing import artifact_path
     from tierline.router.embedders import open_embedder
     from tierline.router.head import Head
@@ -220,6 +218,9 @@ def head_scores(spec: Any, prompts: Sequence[str]) -> np.ndarray:
 
     head = Head.load(artifact_path(spec.router.learned, spec.router.max_quality_loss is not None))
     embedder = open_embedder(head.embedder, threads=1)
-    emb = embedder.embed(list(prompts))
-    x = head.features(emb, np.asarray([len(p.split()) for p in prompts]))
-    return gap_scores(head, x)
+
+    def scores(prompts: Sequence[str]) -> np.ndarray:
+        emb = embedder.embed(list(prompts))
+        return gap_scores(head, head.features(emb, np.asarray([len(p.split()) for p in prompts])))
+
+    return scores
