@@ -211,7 +211,7 @@ def notable(rows: Sequence[dict[str, Any]], limit: int = 5) -> list[dict[str, An
 def head_scorer(spec: Any) -> Callable[[Sequence[str]], np.ndarray]:
     """The gateway's learned head's routing score per prompt (strong minus weak predicted
     quality), from the same artifact and embedder the gateway loads (loaded once)."""
-    from tierline.deployments.routing import artifact_path
+    from tierline.deployments.gateway.pipeline.routing import artifact_path
     from tierline.router.embedders import open_embedder
     from tierline.router.head import Head
     from tierline.router.train import gap_scores

@@ -6,7 +6,7 @@ of 12).
 
 The cluster is `configs/bench.yaml` (configs/local.yaml's gateway section: one gateway
 replica, direct ingress, gRPC to the engine) with its tier's limits set to 4 running and
-8 queued, so the gateway admits 12 (`deployments.admission`). It is started through
+8 queued, so the gateway admits 12 (`deployments.gateway.pipeline.admission`). It is started through
 `bench/tierline_server.py`, the code path of `tierline up`.
 
 The client is deliberately lean, so that what is timed is the server: every connection is
@@ -212,8 +212,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from tierline.cluster.specfile import load_spec
-    from tierline.deployments.admission import tier_limit
-    from tierline.deployments.auth import add_key
+    from tierline.deployments.gateway.pipeline.admission import tier_limit
+    from tierline.deployments.gateway.pipeline.auth import add_key
 
     work = Path(tempfile.mkdtemp(prefix="tierline-flood-"))
     spec_path = flood_spec(args.spec, work)

@@ -43,13 +43,13 @@ class Gateway(NamedTuple):
 def build_app(engine_delay_s: float) -> Gateway:
     """The gateway app and its RAG core (started and seeded by `seed`)."""
     from tierline.cluster.specfile import load_spec_text
-    from tierline.deployments.auth import KeyStore, hash_key
-    from tierline.deployments.engine_client import EngineItem, Method
     from tierline.deployments.gateway import GatewayCore, create_app
-    from tierline.deployments.loop_share import LoopShare
-    from tierline.deployments.quota import LocalQuota, ledger_for
-    from tierline.deployments.rag_routes import InProcessRagClient
-    from tierline.deployments.tokens import EstimatingCounter
+    from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+    from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+    from tierline.deployments.gateway.pipeline.loop_share import LoopShare
+    from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+    from tierline.deployments.gateway.quota.service import LocalQuota, ledger_for
+    from tierline.deployments.gateway.rag_routes import InProcessRagClient
     from tierline.rag.service import RagCore, RagSettings
     from tierline.rag.store import MemoryChunkStore
 

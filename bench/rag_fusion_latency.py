@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tierline.cluster.embedding import SentenceEmbedder
 from tierline.cluster.specfile import load_spec
-from tierline.deployments.rag import settings_of
+from tierline.deployments.rag.deployment import settings_of
 from tierline.rag.embed import TokenizerOffsets
 from tierline.rag.searcher import InProcessSearcher
 from tierline.rag.store import MemoryChunkStore

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tierline.cluster.embedding import SentenceEmbedder
 from tierline.cluster.specfile import load_spec
-from tierline.deployments.rag import settings_of
+from tierline.deployments.rag.deployment import settings_of
 from tierline.rag.embed import Embedded, TokenizerOffsets
 from tierline.rag.searcher import InProcessSearcher
 from tierline.rag.service import RagCore

@@ -26,10 +26,10 @@ from typing import Any
 import httpx
 from tierline.cluster.spec import AuthSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import add_key, load_key_store
-from tierline.deployments.engine_client import EngineItem, Method
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.auth import add_key, load_key_store
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,7 +37,7 @@ from tierline.cluster.engine_metrics import delta, prefix_cache_by_replica, tota
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec
 from tierline.cluster.tiny_models import ensure_tiny_models
-from tierline.deployments.auth import add_key
+from tierline.deployments.gateway.pipeline.auth import add_key
 
 from bench.prefix_bench import _free_port, _pct, _quiet, _scrape, workload
 

@@ -5,12 +5,12 @@ queue-then-refuse), at 3x the strong tier's capacity.
     .venv/bin/python -m bench.router_flood_bench [--rounds 2] [--factor 3]
         [--out bench/results/router_flood.json]
 
-The cluster is `configs/tiny.yaml` (two tiny random-weight Llama tiers on CPU; the text is
-noise, the serving path is real) with RAG off, every `auto` request routed to the large
-tier (`learned.strong_share: 1.0`, so each request has somewhere to go down to) and the
-large tier's limits set to `--running` running and `--queued` queued: the gateway admits
-`capacity` requests there (`deployments.admission`). Each variant starts its own cluster
-(the spec differs only in `router.load_downgrade.enabled`), then sends `--rounds` floods
+The cluster is `configs/tiny.yaml` (two tiny random-weight Llama tiers on CPU; the text is noise,
+the serving path is real) with RAG off, every `auto` request routed to the large tier
+(`learned.strong_share: 1.0`, so each request has somewhere to go down to) and the large tier's
+limits set to `--running` running and `--queued` queued: the gateway admits `capacity` requests
+there (`deployments.gateway.pipeline.admission`). Each variant starts its own cluster (the spec
+differs only in `router.load_downgrade.enabled`), then sends `--rounds` floods
 of `factor x capacity` concurrent streaming chats, prompts drawn in turn from a fixed
 mixed list (easy and hard, so the scorer's predicted losses differ).
 
@@ -203,8 +203,8 @@ async def flood(url: str, api_key: str, n: int, max_tokens: int) -> tuple[list[O
 
 def run_variant(args: argparse.Namespace, downgrade: bool, work: Path) -> dict[str, Any]:
     from tierline.cluster.specfile import load_spec
-    from tierline.deployments.admission import tier_limit
-    from tierline.deployments.auth import add_key
+    from tierline.deployments.gateway.pipeline.admission import tier_limit
+    from tierline.deployments.gateway.pipeline.auth import add_key
 
     from bench.servers import Tierline, free_port
 

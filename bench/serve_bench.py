@@ -403,7 +403,7 @@ def main() -> None:
     args = _parse_args()
 
     from tierline.cluster.specfile import load_spec
-    from tierline.deployments.auth import add_key
+    from tierline.deployments.gateway.pipeline.auth import add_key
 
     spec = load_spec(args.spec)
     tier = spec.tiers[0] if args.tier is None else spec.tier(args.tier)

@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def vllm_engine_kwargs(tier: Any) -> dict[str, Any]:
     """The vLLM engine arguments of `tier`, as tierline's engine deployment gives them to
-    vLLM (see `deployments.engine.llm_config_kwargs`), less the model and its name. Both
+    vLLM (see `deployments.engine.deployment.llm_config_kwargs`), less the model and its name. Both
     peers get exactly these: bare vLLM as flags, Ray Serve LLM as `engine_kwargs`."""
     kwargs: dict[str, Any] = {
         "max_model_len": tier.max_context_tokens,
@@ -52,7 +52,7 @@ def vllm_engine_kwargs(tier: Any) -> dict[str, Any]:
 
 def bare_vllm_args(tier: Any) -> list[str]:
     """`vllm serve` arguments equal to what tierline's engine deployment gives vLLM for
-    `tier` (see `deployments.engine.llm_config_kwargs`)."""
+    `tier` (see `deployments.engine.deployment.llm_config_kwargs`)."""
     args = [str(tier.model_source), "--served-model-name", tier.model_name]
     for key, value in vllm_engine_kwargs(tier).items():
         flag = "--" + key.replace("_", "-")

@@ -24,7 +24,7 @@ def add(
     role: str = typer.Option("tenant", "--role", help="tenant or operator."),
 ) -> None:
     """Make a key for TENANT, store its hash in the keys file, print the key once."""
-    from tierline.deployments.auth import ROLES, add_key
+    from tierline.deployments.gateway.pipeline.auth import ROLES, add_key
 
     chosen = "operator" if operator else role
     if chosen not in ROLES:
@@ -43,7 +43,7 @@ def remove(
     ),
 ) -> None:
     """Revoke a key: drop its entry from the keys file."""
-    from tierline.deployments.auth import remove_keys
+    from tierline.deployments.gateway.pipeline.auth import remove_keys
 
     try:
         removed = remove_keys(keys_file, key=key, sha256_prefix=sha256)

@@ -107,7 +107,7 @@ def _router_scores(
             raise typer.Exit(1) from None
         if spec.router.policy == "rules":
             return f"rules ({spec_path})", _rules_scores(data, spec_path), None, None
-        from tierline.deployments.routing import artifact_path
+        from tierline.deployments.gateway.pipeline.routing import artifact_path
 
         artifact = artifact_path(spec.router.learned)
     from tierline.router.embedders import open_embedder

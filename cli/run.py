@@ -242,7 +242,7 @@ def _local_key(spec: ClusterSpec, console: Console) -> Path | None:
     auth = spec.gateway.auth
     if not auth.enabled or auth.keys_file is None:
         return None
-    from tierline.deployments.auth import ensure_local_key
+    from tierline.deployments.gateway.pipeline.auth import ensure_local_key
 
     keys_file = Path(auth.keys_file)
     _, created = ensure_local_key(keys_file.parent, keys_file)

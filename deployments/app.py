@@ -19,28 +19,28 @@ from ray.serve.handle import DeploymentHandle
 from tierline.cluster.render import GATEWAY_DEPLOYMENT, REQUEST_PATH_PROCESS_ENV
 from tierline.cluster.spec import ClusterSpec, TierSpec, deployment_name
 from tierline.cluster.specfile import parse_spec
-from tierline.deployments.adapters import adapter_sources
-from tierline.deployments.auth import load_key_store
-from tierline.deployments.embeddings import HandleEmbedder
-from tierline.deployments.engine import build_tier_app, request_path_env
-from tierline.deployments.engine_client import (
+from tierline.deployments.engine.adapters import adapter_sources
+from tierline.deployments.engine.deployment import build_tier_app, request_path_env
+from tierline.deployments.engine.relay_registry import GcsKV, cluster_token, fetch_relays
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.gateway.embeddings import HandleEmbedder
+from tierline.deployments.gateway.engines.engine_client import (
     EngineClient,
     ServeEngineClient,
     import_request_models,
 )
-from tierline.deployments.external import external_client, external_counter
-from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.gateway.engines.external import external_client, external_counter
+from tierline.deployments.gateway.engines.relay import RelayDirectory, RelayEngineClient
+from tierline.deployments.gateway.engines.replicas import ServeDetails, ServeReplicaWatcher
+from tierline.deployments.gateway.observe.metrics import GatewayMetrics, RayRecorder, RouterMetrics
+from tierline.deployments.gateway.pipeline.auth import load_key_store
+from tierline.deployments.gateway.pipeline.plan import spec_capabilities
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.tokens import load_counter
+from tierline.deployments.gateway.quota.service import QuotaService, ServeQuota, is_limited
+from tierline.deployments.gateway.responses.store import open_store, with_absolute_store
 from tierline.deployments.logs import serve_logging_kept
-from tierline.deployments.metrics import GatewayMetrics, RayRecorder, RouterMetrics
-from tierline.deployments.plan import spec_capabilities
-from tierline.deployments.quota import QuotaService, ServeQuota, is_limited
-from tierline.deployments.rag import ServeRagClient, build_embeddings_app, build_rag_apps
-from tierline.deployments.relay import RelayDirectory, RelayEngineClient
-from tierline.deployments.relay_registry import GcsKV, cluster_token, fetch_relays
-from tierline.deployments.replicas import ServeDetails, ServeReplicaWatcher
-from tierline.deployments.responses.store import open_store, with_absolute_store
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.tokens import load_counter
+from tierline.deployments.rag.deployment import ServeRagClient, build_embeddings_app, build_rag_apps
 from tierline.router.capabilities import read_model_config
 
 QUOTA_DEPLOYMENT = "quota"
@@ -127,7 +127,7 @@ class Gateway:
             )
         quota = ServeQuota(self._quota) if self._quota is not None else None
         # The learned router's MiniLM model loads here too (a second or two, off the loop).
-        # Metrics go through Ray's per-node metrics agent (see deployments.metrics).
+        # Metrics go through Ray's per-node metrics agent (see deployments.gateway.observe.metrics).
         replica = serve.get_replica_context().replica_id.unique_id
         recorder = RayRecorder()
         self._gauges = asyncio.get_running_loop().create_task(recorder.keep_gauges())
@@ -185,7 +185,7 @@ class Gateway:
 
 def relayed_tiers(spec: ClusterSpec) -> list[TierSpec]:
     """The engine tiers whose requests take the relay (`gateway.engine_path`): all of
-    them. Autoscaled tiers count relayed requests through `deployments.autoscale`, and a
+    them. Autoscaled tiers count relayed requests through `deployments.engine.autoscale`, and a
     tier at zero replicas has no relay: its requests take the handle path, which wakes it."""
     if spec.gateway.engine_path != "relay":
         return []
@@ -246,7 +246,7 @@ def gateway_options(spec: ClusterSpec) -> dict[str, Any]:
         "max_ongoing_requests": 1024,
         "ray_actor_options": {
             "num_cpus": 0.5,
-            "runtime_env": {"env_vars": request_path_env()},  # see deployments.engine
+            "runtime_env": {"env_vars": request_path_env()},  # see deployments.engine.deployment
         },
         "graceful_shutdown_timeout_s": spec.gateway.drain_timeout_s,
     }

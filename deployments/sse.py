@@ -4,9 +4,9 @@ An OpenAI-style stream is `data: <json>\\n\\n` events ending in `data: [DONE]\\n
 reader of that text goes through here:
 
 - `read_events`: an upstream's SSE *lines* (httpx's `aiter_lines`) as whole events,
-  multi-line `data:` joined and comments dropped (`deployments.external`);
+  multi-line `data:` joined and comments dropped (`deployments.gateway.engines.external`);
 - `events_end`: where the last whole event of a byte buffer ends, so the relay can pass
-  the engine's bytes on in whole events without decoding them (`deployments.relay`);
+  the engine's bytes on in whole events without decoding them (`deployments.gateway.engines.relay`);
 - `split_events`, `data_payloads`, `data_objects`: the events of a text block and the
   JSON of their `data: {...}` lines (usage, citations, the Responses translation).
 

@@ -76,7 +76,7 @@ def next_tier(current: str, tiers: Sequence[TierState], needed: Mapping[str, int
 
 
 def usage_counts(usage: Mapping[str, Any] | None) -> dict[str, int]:
-    """A `usage` object (as `deployments.engine_client.usage_of` reads it from an
+    """A `usage` object (as `deployments.gateway.engines.engine_client.usage_of` reads it from an
     answer; None when there is none) as the three counts, missing ones 0."""
     usage = usage or {}
     return {k: int(usage.get(k) or 0) for k in USAGE_FIELDS}

@@ -172,9 +172,10 @@ class RequestLimitsSpec(Strict):
 
 
 class LoopShareSpec(Strict):
-    """Each tenant's fair share of a gateway replica's event loop (`deployments.loop_share`).
-    Every request's loop time (reading, parsing and validating its body, counting its
-    tokens, passing its answer on) is charged to its tenant, and so is the CPU time of the
+    """Each tenant's fair share of a gateway replica's event loop
+    (`deployments.gateway.pipeline.loop_share`). Every request's loop time (reading,
+    parsing and validating its body, counting its tokens, passing its answer on) is
+    charged to its tenant, and so is the CPU time of the
     work it hands to worker threads, here or in the RAG replica (counting a long prompt's
     tokens, a filtered RAG search, chunking an upload); while another tenant has
     requests at the replica, a tenant past its share is refused with 429

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec
-from tierline.deployments.adapters import adapter_cards
-from tierline.deployments.embeddings import EmbeddingsCard
+from tierline.deployments.engine.adapters import adapter_cards
+from tierline.deployments.gateway.embeddings import EmbeddingsCard
 from tierline.router.capabilities import Capabilities
 
 __all__ = ["model_cards"]

@@ -12,29 +12,34 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from tierline.cluster.spec import AUTO_MODEL, ClusterSpec, QuotaSpec, TierSpec
-from tierline.deployments.admission import Slot, TierSlots
-from tierline.deployments.answer import Answer, StreamAnswer, WholeAnswer
-from tierline.deployments.board import TierBoard
-from tierline.deployments.cascade import cascade_for, escalate
-from tierline.deployments.edge import (
+from tierline.deployments.errors import APIError
+from tierline.deployments.gateway.cards import model_cards
+from tierline.deployments.gateway.downgrades import Downgrades
+from tierline.deployments.gateway.embeddings import (
+    EMBEDDINGS_TIER,
+    embeddings_card,
+)
+from tierline.deployments.gateway.engines.board import TierBoard
+from tierline.deployments.gateway.engines.engine_client import EngineClient, Method
+from tierline.deployments.gateway.engines.failover import Failover
+from tierline.deployments.gateway.engines.replicas import ReplicaWatcher
+from tierline.deployments.gateway.engines.watch import (
+    ReadinessCache,
+    readiness,
+    watch_health,
+    watch_replicas,
+)
+from tierline.deployments.gateway.observe.metrics import GatewayMetrics, PromRecorder, metered
+from tierline.deployments.gateway.pipeline.admission import Slot, TierSlots
+from tierline.deployments.gateway.pipeline.answer import Answer, StreamAnswer, WholeAnswer
+from tierline.deployments.gateway.pipeline.cascade import cascade_for, escalate
+from tierline.deployments.gateway.pipeline.edge import (
     draining_error,
     edge_refusal,
     every_tier_full,
     tier_full,
 )
-from tierline.deployments.embeddings import (
-    EMBEDDINGS_TIER,
-    embeddings_card,
-)
-from tierline.deployments.engine_client import EngineClient, Method
-from tierline.deployments.errors import APIError
-from tierline.deployments.failover import Failover
-from tierline.deployments.gateway.cards import model_cards
-from tierline.deployments.gateway.downgrades import Downgrades
-from tierline.deployments.gateway.tickets import Tickets
-from tierline.deployments.logs import event
-from tierline.deployments.metrics import GatewayMetrics, PromRecorder, metered
-from tierline.deployments.plan import (
+from tierline.deployments.gateway.pipeline.plan import (
     REASON_HEADER,
     TIER_HEADER,
     RequestPlan,
@@ -47,23 +52,22 @@ from tierline.deployments.plan import (
     scope,
     spec_capabilities,
 )
-from tierline.deployments.quota import QuotaClient
-from tierline.deployments.replicas import ReplicaWatcher
-from tierline.deployments.responses import Affinity
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.salting import salted
-from tierline.deployments.schemas import (
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.salting import salted
+from tierline.deployments.gateway.pipeline.schemas import (
     _Generation,
     wants_usage,
 )
-from tierline.deployments.streams import finish_whole_answer, sse_events, total_tokens
-from tierline.deployments.tokens import TokenCounter
-from tierline.deployments.watch import (
-    ReadinessCache,
-    readiness,
-    watch_health,
-    watch_replicas,
+from tierline.deployments.gateway.pipeline.streams import (
+    finish_whole_answer,
+    sse_events,
+    total_tokens,
 )
+from tierline.deployments.gateway.pipeline.tokens import TokenCounter
+from tierline.deployments.gateway.quota.service import QuotaClient
+from tierline.deployments.gateway.responses import Affinity
+from tierline.deployments.gateway.tickets import Tickets
+from tierline.deployments.logs import event
 from tierline.rag.work import off_loop
 from tierline.router import Decision
 from tierline.router.capabilities import Capabilities
@@ -198,9 +202,9 @@ class GatewayCore:
     def refusal_at_edge(
         self, raw: bytes, tenant: str, keep: dict[str, Any] | None = None
     ) -> APIError | None:
-        """The 503 for a generation request with body `raw`, decided before it is parsed
-        (drain, a full pinned tier, no room for auto; `deployments.edge`); None: go on,
-        the parsed body left in `keep`."""
+        """The 503 for a generation request with body `raw`, decided before it is parsed (drain, a
+        full pinned tier, no room for auto; `deployments.gateway.pipeline.edge`); None: go on, the
+        parsed body left in `keep`."""
         quota = self.quota_for(tenant)
         return edge_refusal(self.spec, self.board, quota, self.draining, raw, keep)
 

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tierline.cluster.spec import ClusterSpec, QuotaSpec
-from tierline.deployments.admission import Slot
-from tierline.deployments.board import TierBoard
+from tierline.deployments.gateway.engines.board import TierBoard
+from tierline.deployments.gateway.observe.metrics import GatewayMetrics
+from tierline.deployments.gateway.pipeline.admission import Slot
+from tierline.deployments.gateway.pipeline.plan import REASON_HEADER, TIER_HEADER, RequestPlan
 from tierline.deployments.gateway.tickets import Tickets
-from tierline.deployments.metrics import GatewayMetrics
-from tierline.deployments.plan import REASON_HEADER, TIER_HEADER, RequestPlan
 from tierline.router.downgrade import (
     Downgrade,
     LoadBudget,

@@ -16,39 +16,39 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from tierline.deployments.answer import encoded, with_citations
-from tierline.deployments.auth import KeyStore
-from tierline.deployments.edge import EDGE_PATHS, ParsedBodyRoute
-from tierline.deployments.embeddings import (
+from tierline.deployments.errors import APIError, error_response
+from tierline.deployments.gateway.core import GatewayCore
+from tierline.deployments.gateway.embeddings import (
     EmbeddingsCard,
     EmbeddingService,
     embeddings_router,
 )
-from tierline.deployments.errors import APIError, error_response
-from tierline.deployments.gateway.core import GatewayCore
-from tierline.deployments.heap import HeapSettle
-from tierline.deployments.loop_share import LoopShare
-from tierline.deployments.middleware import GatewayMiddleware, tenant_of
-from tierline.deployments.plan import (
+from tierline.deployments.gateway.pipeline.answer import encoded, with_citations
+from tierline.deployments.gateway.pipeline.auth import KeyStore
+from tierline.deployments.gateway.pipeline.edge import EDGE_PATHS, ParsedBodyRoute
+from tierline.deployments.gateway.pipeline.loop_share import LoopShare
+from tierline.deployments.gateway.pipeline.middleware import GatewayMiddleware, tenant_of
+from tierline.deployments.gateway.pipeline.plan import (
     REASON_HEADER,
     RETRY_AFTER_S,
     TIER_HEADER,
 )
-from tierline.deployments.quota import QuotaHold
-from tierline.deployments.rag_routes import (
+from tierline.deployments.gateway.pipeline.routing import PREFERENCE_HEADER
+from tierline.deployments.gateway.pipeline.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    _Generation,
+)
+from tierline.deployments.gateway.quota.service import QuotaHold
+from tierline.deployments.gateway.rag_routes import (
     RagClient,
     ground_chat,
     rag_router,
     upload_limits,
 )
-from tierline.deployments.responses import MemoryResponseStore, ResponseStore
-from tierline.deployments.responses.routes import responses_router
-from tierline.deployments.routing import PREFERENCE_HEADER
-from tierline.deployments.schemas import (
-    ChatCompletionBody,
-    CompletionBody,
-    _Generation,
-)
+from tierline.deployments.gateway.responses import MemoryResponseStore, ResponseStore
+from tierline.deployments.gateway.responses.routes import responses_router
+from tierline.deployments.heap import HeapSettle
 from tierline.router.cascade import THRESHOLD_HEADER
 
 __all__ = ["create_app"]

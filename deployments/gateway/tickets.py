@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from tierline.cluster.spec import QuotaSpec
 from tierline.deployments.errors import APIError
-from tierline.deployments.quota import (
+from tierline.deployments.gateway.quota.service import (
     Admission,
     QuotaClient,
     is_limited,

@@ -19,7 +19,7 @@ from tierline.cluster.reaper import ProcFs, ProcInfo
 from tierline.cluster.spec import ClusterSpec, RouterSpec
 from tierline.cluster.specfile import load_spec
 from tierline.cluster.tiny_models import ensure_tiny_models
-from tierline.deployments.auth import add_key
+from tierline.deployments.gateway.pipeline.auth import add_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

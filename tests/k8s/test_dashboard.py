@@ -1,7 +1,8 @@
 """The Grafana dashboard: every panel's PromQL names only metrics that are really exported.
 
 Known names come from three sources, none of them written by hand here:
-- tierline's own definitions (`deployments.metrics.DEFINITIONS`, as Ray exports them);
+- tierline's own definitions (`deployments.gateway.observe.metrics.DEFINITIONS`, as Ray
+  exports them);
 - a saved scrape of a real local cluster's metrics port (`tests/data/metrics/`): Serve's
   `ray_serve_*`, the engines' `ray_vllm_*` and Ray's node metrics;
 - Ray's node reporter source for the GPU gauges, which a CPU machine never exports.
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tierline.deployments.metrics import DEFINITIONS, exported_names
+from tierline.deployments.gateway.observe.metrics import DEFINITIONS, exported_names
 
 from tests.k8s.manifests import helm_template, one
 

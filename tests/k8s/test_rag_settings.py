@@ -2,7 +2,7 @@
 
 The RAG replica must run on the pod holding Milvus Lite's volume, and a Milvus server's
 token must reach the store client. The chart passes both as environment variables; here
-the rendered manifests are fed to the Python side that reads them (`deployments.rag_env`,
+the rendered manifests are fed to the Python side that reads them (`deployments.rag.env`,
 `build_rag_apps`), so a renamed variable or resource on either side fails.
 """
 
@@ -13,8 +13,8 @@ import shlex
 from typing import Any
 
 from tierline.cluster.specfile import parse_spec
-from tierline.deployments.rag import build_rag_apps
-from tierline.deployments.rag_env import (
+from tierline.deployments.rag.deployment import build_rag_apps
+from tierline.deployments.rag.env import (
     MILVUS_TOKEN_ENV,
     RAG_STORE_RESOURCE_ENV,
     chunk_store,

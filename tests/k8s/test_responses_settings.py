@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from tierline.cluster.specfile import parse_spec
-from tierline.deployments.responses import SqliteResponseStore, open_store
-from tierline.deployments.responses.store_pg import PostgresResponseStore
+from tierline.deployments.gateway.responses import SqliteResponseStore, open_store
+from tierline.deployments.gateway.responses.store_pg import PostgresResponseStore
 
 from tests.k8s.manifests import (
     CHART_RESPONSES_URI,

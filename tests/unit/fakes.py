@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import numpy as np
-from tierline.deployments.engine_client import EngineError, EngineItem, Method
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.engine_client import EngineError, EngineItem, Method
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router.embedding import HashingEmbedder
 
 

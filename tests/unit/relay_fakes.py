@@ -15,12 +15,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.adapters import adapter_sources
+from tierline.deployments.engine.adapters import adapter_sources
+from tierline.deployments.engine.relay_server import RelayMiddleware, start_relay_server
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import Admission
-from tierline.deployments.relay import RelayDirectory, RelayEngineClient
-from tierline.deployments.relay_server import RelayMiddleware, start_relay_server
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.relay import RelayDirectory, RelayEngineClient
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import Admission
 
 from tests.unit.fakes import FakeEngine
 

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
-from tierline.deployments.adapters import (
+from tierline.deployments.engine.adapters import (
     SOURCES_KEY,
     AdapterSourceError,
     adapter_sources,
     check_local_sources,
     lora_engine_kwargs,
 )
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 from tests.unit.fakes import FakeEngine
 

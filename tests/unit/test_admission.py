@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.admission import (
+from tierline.deployments.errors import APIError
+from tierline.deployments.gateway import GatewayCore
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.admission import (
     Load,
     TierSlots,
     admits,
@@ -19,12 +22,9 @@ from tierline.deployments.admission import (
     gateway_limit,
     tier_limit,
 )
-from tierline.deployments.engine_client import EngineItem, Method
-from tierline.deployments.errors import APIError
-from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router.embedding import HashingEmbedder
 from tierline.router.head import Head
 from tierline.router.scorer import SHIPPED_ARTIFACT
@@ -292,7 +292,7 @@ class UnusedHandle:
 
 
 def test_an_invalid_body_is_a_400_not_a_dead_tier() -> None:
-    from tierline.deployments.engine_client import EngineError, ServeEngineClient
+    from tierline.deployments.gateway.engines.engine_client import EngineError, ServeEngineClient
 
     async def first_item() -> EngineItem:
         client = ServeEngineClient(UnusedHandle(), "small")
@@ -322,7 +322,7 @@ class OptionsHandle:
 def test_grpc_between_deployments_sets_the_handles_transport(
     grpc: bool, by_reference: bool
 ) -> None:
-    from tierline.deployments.engine_client import ServeEngineClient
+    from tierline.deployments.gateway.engines.engine_client import ServeEngineClient
 
     handle = OptionsHandle()
     ServeEngineClient(handle, "small", grpc=grpc)
@@ -376,7 +376,11 @@ def test_a_momentarily_full_serve_queue_is_waited_for_then_reported(
 ) -> None:
     import asyncio
 
-    from tierline.deployments.engine_client import OVERLOADED, EngineError, ServeEngineClient
+    from tierline.deployments.gateway.engines.engine_client import (
+        OVERLOADED,
+        EngineError,
+        ServeEngineClient,
+    )
 
     handle = _Handle(refusals)
     client = ServeEngineClient(handle, "small", queue_wait_s=wait_s)

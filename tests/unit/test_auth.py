@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 from fastapi.routing import APIRoute
 from tierline.cluster.spec import AuthSpec
-from tierline.deployments.auth import add_key, ensure_local_key, hash_key, load_key_store
-from tierline.deployments.middleware import PUBLIC_PATHS
+from tierline.deployments.gateway.pipeline.auth import (
+    add_key,
+    ensure_local_key,
+    hash_key,
+    load_key_store,
+)
+from tierline.deployments.gateway.pipeline.middleware import PUBLIC_PATHS
 
 from tests.unit.test_gateway import make
 

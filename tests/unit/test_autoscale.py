@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tierline.cluster.spec import ClusterSpec
-from tierline.deployments.autoscale import (
+from tierline.deployments.engine.autoscale import (
     POLICY,
     RELAY_ACTIVE,
     desired_replicas,
     relay_aware_policy,
 )
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 
 
 def test_relayed_requests_count_like_handle_requests() -> None:

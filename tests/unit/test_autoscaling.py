@@ -12,11 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierline.cluster.specfile import SpecError, load_spec_text
-from tierline.deployments.engine import PREFIX_ROUTER, llm_config_kwargs
+from tierline.deployments.engine.deployment import PREFIX_ROUTER, llm_config_kwargs
 from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.replicas import ReplicaCount, deployment_states, replica_counts
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.replicas import (
+    ReplicaCount,
+    deployment_states,
+    replica_counts,
+)
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router.learned import CalibrationState, LearnedPolicy, decide_learned
 from tierline.router.rules import RulesPolicy, decide
 from tierline.router.types import RequestFeatures, RoutingError, TierState
@@ -58,7 +62,7 @@ def test_autoscaling_and_prefix_routing_reach_serve_options() -> None:
         "target_ongoing_requests": 2,
         "upscale_delay_s": 1,
         "downscale_delay_s": 20,
-        "policy": {"policy_function": "tierline.deployments.autoscale:relay_aware_policy"},
+        "policy": {"policy_function": "tierline.deployments.engine.autoscale:relay_aware_policy"},
     }
     assert "num_replicas" not in cheap and "request_router_config" not in cheap
     main = llm_config_kwargs(spec.tier("main"))["deployment_config"]

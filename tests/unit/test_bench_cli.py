@@ -95,7 +95,7 @@ def test_direct_streaming_environment_keeps_haproxy_to_its_own_folder_and_ports(
 
 # -- same engine arguments ----------------------------------------------------------------------
 def test_bare_vllm_gets_the_tier_engine_arguments() -> None:
-    from tierline.deployments.engine import llm_config_kwargs
+    from tierline.deployments.engine.deployment import llm_config_kwargs
 
     tier = load_spec(ROOT / "configs" / "bench.yaml").tiers[0]
     args = bare_vllm_args(tier)
@@ -114,7 +114,7 @@ def test_serve_llm_gets_the_same_engine_arguments_as_bare_vllm() -> None:
     bare vLLM, nothing of tierline's own settings (deployment options, stream batching,
     request-path environment), and the CPU accelerator kind on a CPU tier."""
     from ray.serve.llm import LLMConfig
-    from tierline.deployments.engine import llm_config_kwargs
+    from tierline.deployments.engine.deployment import llm_config_kwargs
 
     tier = load_spec(ROOT / "configs" / "bench.yaml").tiers[0]
     kwargs = serve_llm_config_kwargs(tier)

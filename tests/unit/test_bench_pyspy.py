@@ -11,7 +11,7 @@ RAW = "\n".join(
         # outermost frame first, the on-CPU leaf last, then the sample count
         "<module> (ray/_private/workers/default_worker.py:323);"
         "main_loop (ray/_private/worker.py:1069) 4",
-        "run (asyncio/events.py:80);__call__ (deployments/middleware.py:72);"
+        "run (asyncio/events.py:80);__call__ (deployments/gateway/pipeline/middleware.py:72);"
         "app (fastapi/routing.py:382);validate (pydantic/main.py:10) 3",
         "run (asyncio/events.py:80);send (uvicorn/protocols/http/httptools_impl.py:500) 2",
         "run (/usr/lib/python3.11/asyncio/events.py:80);"

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.board import TierBoard
+from tierline.deployments.gateway.engines.board import TierBoard
 from tierline.router.types import TierState
 
 SPEC = load_spec_text(

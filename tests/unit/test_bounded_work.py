@@ -18,8 +18,8 @@ import httpx
 import pytest
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.rag_routes import InProcessRagClient, parse_limits
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import InProcessRagClient, parse_limits
 from tierline.rag.filters import MAX_FILTER_TERMS, MAX_LIST_VALUES, parse_filter
 from tierline.rag.parsing import ParseLimits, UploadParser
 from tierline.rag.records import RagError

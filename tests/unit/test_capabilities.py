@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text, parse_spec
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.metrics import reason_kind
-from tierline.deployments.plan import (
+from tierline.deployments.gateway.observe.metrics import reason_kind
+from tierline.deployments.gateway.pipeline.plan import (
     REASON_HEADER,
     TIER_HEADER,
     count_prompt_tokens,
@@ -29,8 +29,8 @@ from tierline.deployments.plan import (
     scope,
     spec_capabilities,
 )
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router import TierState
 from tierline.router.capabilities import (
     Capabilities,
@@ -407,7 +407,7 @@ def test_spec_rejects_misplaced_parser_fields(tier: str, error: str) -> None:
 
 
 def test_requests_with_one_capable_tier_leave_the_calibration_alone() -> None:
-    from tierline.deployments.routing import LearnedRouter
+    from tierline.deployments.gateway.pipeline.routing import LearnedRouter
     from tierline.router.embedding import HashingEmbedder
     from tierline.router.head import Head
     from tierline.router.scorer import SHIPPED_ARTIFACT

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.engine_client import EngineItem, Method
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router.cascade import (
     CascadePolicy,
     CascadeStep,

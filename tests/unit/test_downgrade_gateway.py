@@ -11,13 +11,13 @@ from collections.abc import Mapping
 import pytest
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.answer import WholeAnswer
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import REASON_HEADER, TIER_HEADER, GatewayCore
-from tierline.deployments.quota import LocalQuota, ledger_for
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.answer import WholeAnswer
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import LocalQuota, ledger_for
 from tierline.router.embedding import HashingEmbedder
 from tierline.router.head import Head
 from tierline.router.scorer import CALIBRATED_ARTIFACT, SHIPPED_ARTIFACT
@@ -219,7 +219,7 @@ def test_local_config_serve_config_and_helm_values_carry_load_downgrade_on() -> 
 
 # -- what `tierline status` reads ----------------------------------------------------------------
 def test_downgrades_are_counted_and_the_load_loss_is_a_gauge() -> None:
-    from tierline.deployments.metrics import PromRecorder, reason_kind
+    from tierline.deployments.gateway.observe.metrics import PromRecorder, reason_kind
 
     core, _ = make({"small": 0.80, "large": 0.85})
     recorder = core.metrics.recorder
@@ -242,7 +242,7 @@ def test_downgrades_are_counted_and_the_load_loss_is_a_gauge() -> None:
 
 
 def test_the_bound_in_force_is_a_gauge() -> None:
-    from tierline.deployments.metrics import PromRecorder
+    from tierline.deployments.gateway.observe.metrics import PromRecorder
 
     spec = load_spec_text(
         SPEC.format(policy="learned", router="  max_quality_loss: 0.2", gateway="  replicas: 1")

@@ -1,5 +1,5 @@
-"""Admission at the edge, over HTTP: the gateway's middleware refuses a generation request
-that cannot be admitted from its raw body, before FastAPI parses it (deployments.edge),
+"""Admission at the edge, over HTTP: the gateway's middleware refuses a generation request that
+cannot be admitted from its raw body, before FastAPI parses it (deployments.gateway.pipeline.edge),
 and lets everything else through to the full path with its body intact."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 from tierline.cluster.spec import QuotaSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.board import TierBoard
-from tierline.deployments.edge import edge_refusal, requested_model
 from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.gateway.engines.board import TierBoard
+from tierline.deployments.gateway.pipeline.edge import edge_refusal, requested_model
 
 from tests.unit.fakes import CountingCounter, GatedEngine
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from tierline.cluster.spec import RagSpec
-from tierline.deployments.rag import (
+from tierline.deployments.rag.deployment import (
     ThreadedSentenceTransformer,
     embedding_actor_options,
     embedding_model,

@@ -9,8 +9,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import ledger_for
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import ledger_for
 from tierline.rag.embed import Embedded
 
 from tests.unit.fakes import FakeEngine

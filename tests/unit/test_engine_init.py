@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from tierline.cluster.spec import TierSpec
-from tierline.deployments.engine import ENGINE_INIT_CALLBACK, llm_config_kwargs
-from tierline.deployments.engine_init import SkipLocalSourceInit, needs_download
+from tierline.deployments.engine.deployment import ENGINE_INIT_CALLBACK, llm_config_kwargs
+from tierline.deployments.engine.init import SkipLocalSourceInit, needs_download
 
 
 @pytest.mark.parametrize(

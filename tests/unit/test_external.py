@@ -14,15 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.spec import ExternalSpec
 from tierline.cluster.specfile import SpecError, load_spec, load_spec_text, parse_spec, spec_to_data
-from tierline.deployments.engine_client import EngineError, EngineUnavailable
-from tierline.deployments.external import (
+from tierline.deployments.gateway import GatewayCore, create_app
+from tierline.deployments.gateway.engines.engine_client import EngineError, EngineUnavailable
+from tierline.deployments.gateway.engines.external import (
     ExternalEngineClient,
     ExternalKeyError,
     error_message,
     read_api_key,
 )
-from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 from tests.unit.fakes import FakeEngine
 

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.board import TierBoard
-from tierline.deployments.engine_client import (
+from tierline.deployments.errors import APIError
+from tierline.deployments.gateway.engines.board import TierBoard
+from tierline.deployments.gateway.engines.engine_client import (
     OVERLOADED,
     EngineClient,
     EngineError,
@@ -20,9 +21,8 @@ from tierline.deployments.engine_client import (
     EngineUnavailable,
     Method,
 )
-from tierline.deployments.errors import APIError
-from tierline.deployments.failover import FailOver, Failover, attempts, until_first
-from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.gateway.engines.failover import FailOver, Failover, attempts, until_first
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
 from tierline.router.types import TierState
 
 from tests.unit.fakes import FakeEngine

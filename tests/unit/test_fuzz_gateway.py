@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from tierline.cluster.spec import AuthSpec
-from tierline.deployments.auth import add_key, load_key_store
+from tierline.deployments.gateway.pipeline.auth import add_key, load_key_store
 
 from tests.unit.test_gateway import make
 

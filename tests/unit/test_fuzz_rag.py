@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from tierline.cluster.spec import AuthSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import add_key, load_key_store
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import add_key, load_key_store
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 

@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
 from tierline.cluster.tiny_models import build_tokenizer
-from tierline.deployments.auth import KeyStore
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import QuotaClient
-from tierline.deployments.tokens import EstimatingCounter, HFCounter
+from tierline.deployments.gateway.pipeline.auth import KeyStore
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter, HFCounter
+from tierline.deployments.gateway.quota.service import QuotaClient
 
 from tests.unit.fakes import FakeEngine
 
@@ -248,7 +248,7 @@ def test_a_flood_of_readyz_calls_costs_one_probe_per_interval() -> None:
 async def test_concurrent_readyz_calls_share_one_probe() -> None:
     import asyncio
 
-    from tierline.deployments.watch import ReadinessCache
+    from tierline.deployments.gateway.engines.watch import ReadinessCache
 
     cache, started, gate = ReadinessCache(1.0), [], asyncio.Event()
 

@@ -16,8 +16,8 @@ import pytest
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
 from tierline.router.head import Head
 from tierline.router.scorer import SHIPPED_ARTIFACT
 

@@ -7,9 +7,9 @@ import itertools
 
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.quota import LocalQuota, ledger_for
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import LocalQuota, ledger_for
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error, chat, make

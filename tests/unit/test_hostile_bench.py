@@ -83,7 +83,7 @@ def test_cost_rows_give_cpu_per_thousand_tokens_charged() -> None:
 
 def test_the_ledger_reports_what_a_tenant_was_charged() -> None:
     from tierline.cluster.spec import GatewaySpec
-    from tierline.deployments.quota import ledger_for
+    from tierline.deployments.gateway.quota.service import ledger_for
 
     ledger = ledger_for(GatewaySpec())
     assert ledger.tokens_used("t", 0.0) == 0

@@ -17,13 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tierline.cluster.spec import RequestLimitsSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.bounds import ENGINE_FIELDS, check_engine_fields, json_depth, too_deep
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.plan import count_prompts, scope
-from tierline.deployments.quota import LocalQuota, ledger_for
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.bounds import (
+    ENGINE_FIELDS,
+    check_engine_fields,
+    json_depth,
+    too_deep,
+)
+from tierline.deployments.gateway.pipeline.plan import count_prompts, scope
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import LocalQuota, ledger_for
 
 from tests.unit.fakes import GatedEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error, chat, make
@@ -349,7 +354,7 @@ def test_json_depth_agrees_with_the_parsed_value(value: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(value=_json)
 def test_cutting_strings_by_split_agrees_with_the_regex(value: Any) -> None:
-    from tierline.deployments.bounds import _STRING, outside_strings
+    from tierline.deployments.gateway.pipeline.bounds import _STRING, outside_strings
 
     for raw in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode()):
         assert outside_strings(raw) == _STRING.sub(b"", raw)

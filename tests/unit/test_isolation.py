@@ -13,13 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tierline.cluster.spec import RequestLimitsSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
-from tierline.deployments.bounds import check_media_urls, host_allowed
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.middleware import ANONYMOUS_TENANT
-from tierline.deployments.salting import tenant_salt
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.bounds import check_media_urls, host_allowed
+from tierline.deployments.gateway.pipeline.middleware import ANONYMOUS_TENANT
+from tierline.deployments.gateway.pipeline.salting import tenant_salt
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error, chat
@@ -116,7 +116,7 @@ async def test_the_relay_and_handle_paths_carry_the_salt() -> None:
 
 def test_the_handle_paths_request_keeps_the_salt() -> None:
     """Ray Serve LLM's request models (what the handle path sends) keep `cache_salt`."""
-    from tierline.deployments.engine_client import _engine_request
+    from tierline.deployments.gateway.engines.engine_client import _engine_request
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "cache_salt": "s1"}
     assert _engine_request("chat", body).cache_salt == "s1"

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cli.main import app as cli_app
 from tierline.cluster.spec import AuthSpec
-from tierline.deployments.auth import (
+from tierline.deployments.gateway.pipeline.auth import (
     RELOAD_CHECK_S,
     KeyStore,
     Principal,

@@ -1,6 +1,6 @@
-"""Each tenant's fair share of the gateway replica's event loop (`deployments.loop_share`,
-issue 27: a hostile tenant's expensive requests, even ones refused with 400, must not
-slow every other tenant's chat).
+"""Each tenant's fair share of the gateway replica's event loop
+(`deployments.gateway.pipeline.loop_share`, issue 27: a hostile tenant's expensive requests, even
+ones refused with 400, must not slow every other tenant's chat).
 
 The decisions are pure functions, tested over generated inputs; the gateway app is driven
 with a fake clock that the token counter advances by the bytes it counts (an honest fake
@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierline.cluster.spec import LoopShareSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.loop_share import (
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.loop_share import (
     ESTIMATE_WEIGHT,
     LoopShare,
     TenantUse,
@@ -34,7 +34,7 @@ from tierline.deployments.loop_share import (
     retry_after_s,
     step_cost,
 )
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import assert_openai_error, chat
@@ -333,7 +333,7 @@ def test_no_one_is_refused_while_the_loop_has_room() -> None:
 
 def test_a_refusal_for_the_share_is_counted_under_the_refused_tenant() -> None:
     """Before: the gateway counted it as a quota rejection of tenant `none`."""
-    from tierline.deployments.metrics import PromRecorder
+    from tierline.deployments.gateway.observe.metrics import PromRecorder
 
     spec = load_spec_text(GATEWAY)
     clock = FakeClock()
@@ -355,7 +355,7 @@ def test_a_refusal_for_the_share_is_counted_under_the_refused_tenant() -> None:
 
 # -- the admission reservation -------------------------------------------------------------------
 def test_the_estimate_follows_a_tenants_request_costs() -> None:
-    from tierline.deployments.loop_share import next_estimate
+    from tierline.deployments.gateway.pipeline.loop_share import next_estimate
 
     assert next_estimate(None, 0.4) == 0.4
     assert next_estimate(0.4, 0.0) == pytest.approx(0.2)
@@ -366,7 +366,7 @@ def test_the_estimate_follows_a_tenants_request_costs() -> None:
 
 
 def test_a_reservation_taken_back_later_leaves_only_what_was_charged() -> None:
-    from tierline.deployments.loop_share import released
+    from tierline.deployments.gateway.pipeline.loop_share import released
 
     use = TenantUse(used_s=0.5 + 0.3, at=0.0, last_seen=0.0)  # 0.3 of it reserved at 0
     back = released(use, 0.3, 0.0, 0.7, SPEC.window_s)
@@ -420,7 +420,7 @@ def test_the_gateway_takes_each_reservation_back_when_the_request_ends() -> None
 
 
 def test_thread_work_here_is_weighted_as_turns_of_the_gil_and_another_replicas_is_not() -> None:
-    from tierline.deployments.loop_share import work_cost
+    from tierline.deployments.gateway.pipeline.loop_share import work_cost
 
     # 6 ms in a thread: turns of 5 ms (the switch interval), each weighted 5x
     assert work_cost(0.006, 0.001, 1.0, switch_s=0.005) == pytest.approx(0.030)

@@ -16,16 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.logs import (
-    FORBIDDEN_FIELDS,
-    JsonFormatter,
-    RequestContextFilter,
-    bind_request,
-    event,
-)
-from tierline.deployments.metrics import (
+from tierline.deployments.gateway.observe.metrics import (
     DEFINITIONS,
     GatewayMetrics,
     PromRecorder,
@@ -35,7 +27,15 @@ from tierline.deployments.metrics import (
     rejection_reason,
     token_cost,
 )
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.logs import (
+    FORBIDDEN_FIELDS,
+    JsonFormatter,
+    RequestContextFilter,
+    bind_request,
+    event,
+)
 
 from tests.unit.fakes import FakeEngine
 

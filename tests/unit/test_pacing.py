@@ -1,4 +1,4 @@
-"""Paced streaming (`deployments.pacing`): fewer writes, nothing lost or reordered, the
+"""Paced streaming (`deployments.engine.pacing`): fewer writes, nothing lost or reordered, the
 first token and the last chunk never held, no chunk held past the interval."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from tierline.deployments.pacing import (
+from tierline.deployments.engine.pacing import (
     IMMEDIATE,
     MAX_TOKENS_PER_EVENT,
     PacedSend,

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.engine_client import EngineItem, Method
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore
-from tierline.deployments.plan import (
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.plan import (
     RequestPlan,
     count_prompt_tokens,
     decide_route,
@@ -22,9 +22,13 @@ from tierline.deployments.plan import (
     rules_policy,
     scope,
 )
-from tierline.deployments.quota import Admission
-from tierline.deployments.schemas import ChatCompletionBody, CompletionBody, _Generation
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    _Generation,
+)
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import Admission
 from tierline.router.types import TierState
 
 from tests.unit.fakes import CountingCounter, FakeEngine

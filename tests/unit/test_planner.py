@@ -28,7 +28,7 @@ from tierline.cluster.sizing import (
 )
 from tierline.cluster.spec import TierSpec
 from tierline.cluster.specfile import load_spec
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierline.cluster.spec import QuotaSpec
-from tierline.deployments.quota import WINDOW_S, QuotaLedger
+from tierline.deployments.gateway.quota.service import WINDOW_S, QuotaLedger
 
 
 def ledger(**limits: int) -> QuotaLedger:

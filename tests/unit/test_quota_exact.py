@@ -26,12 +26,17 @@ import httpx
 import pytest
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
-from tierline.deployments.engine_client import EngineItem, Method
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import Admission, LocalQuota, QuotaClient, ledger_for
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import (
+    Admission,
+    LocalQuota,
+    QuotaClient,
+    ledger_for,
+)
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 

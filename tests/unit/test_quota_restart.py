@@ -15,8 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierline.cluster.spec import GatewaySpec, QuotaSpec, ResponsesSpec
-from tierline.deployments.quota import TOKENS_REASON, WINDOW_S, QuotaLedger, QuotaService
-from tierline.deployments.quota_store import (
+from tierline.deployments.gateway.quota.service import (
+    TOKENS_REASON,
+    WINDOW_S,
+    QuotaLedger,
+    QuotaService,
+)
+from tierline.deployments.gateway.quota.store import (
     MemoryQuotaStore,
     PostgresQuotaStore,
     QuotaEntry,
@@ -24,7 +29,7 @@ from tierline.deployments.quota_store import (
     SqliteQuotaStore,
     open_quota_store,
 )
-from tierline.deployments.responses.store import SqliteResponseStore, StoredResponse
+from tierline.deployments.gateway.responses.store import SqliteResponseStore, StoredResponse
 
 WALL0 = 1.7e9
 

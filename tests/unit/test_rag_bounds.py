@@ -20,13 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierline.cluster.spec import GatewaySpec, RagSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.embeddings import EmbeddingsCard, embeddings_router
 from tierline.deployments.errors import APIError, error_response
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import LocalQuota, QuotaHold, ledger_for
-from tierline.deployments.rag_routes import InProcessRagClient, ground_chat, rag_router
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.embeddings import EmbeddingsCard, embeddings_router
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import LocalQuota, QuotaHold, ledger_for
+from tierline.deployments.gateway.rag_routes import InProcessRagClient, ground_chat, rag_router
 from tierline.rag.embed import Embedded
 from tierline.rag.prompt import grounded_messages
 from tierline.rag.service import RagCore, RagSettings

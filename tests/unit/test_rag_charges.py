@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.quota import LocalQuota, QuotaLedger, ledger_for
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import LocalQuota, QuotaLedger, ledger_for
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 

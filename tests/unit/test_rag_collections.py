@@ -9,11 +9,11 @@ import dataclasses
 from fastapi.testclient import TestClient
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.rag import settings_of
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
+from tierline.deployments.rag.deployment import settings_of
 from tierline.rag.service import RagCore
 from tierline.rag.store import MemoryChunkStore
 from tierline.rag.tenancy import physical_name

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.rag import build_rag_apps
-from tierline.deployments.rag_env import (
+from tierline.deployments.rag.deployment import build_rag_apps
+from tierline.deployments.rag.env import (
     MILVUS_TOKEN_ENV,
     RAG_STORE_RESOURCE_ENV,
     STORE_RESOURCE_AMOUNT,

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
 from tierline.rag.prompt import INSTRUCTION
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.rag_routes import InProcessRagClient
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import InProcessRagClient
 from tierline.rag.records import Chunk, RagError
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore

@@ -15,9 +15,13 @@ from pydantic import ValidationError
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.middleware import BodyLimit, body_limit
-from tierline.deployments.rag_routes import DOCUMENTS_PATH, InProcessRagClient, upload_limits
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.middleware import BodyLimit, body_limit
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.rag_routes import (
+    DOCUMENTS_PATH,
+    InProcessRagClient,
+    upload_limits,
+)
 from tierline.rag.service import RagCore, RagSettings
 from tierline.rag.store import MemoryChunkStore
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
-from tierline.deployments.auth import KeyStore, hash_key
-from tierline.deployments.middleware import GatewayMiddleware, refusal_tokens
-from tierline.deployments.quota import LocalQuota, ledger_for
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.middleware import GatewayMiddleware, refusal_tokens
+from tierline.deployments.gateway.quota.service import LocalQuota, ledger_for
 
 from tests.unit.test_gateway import SPEC, chat, make
 

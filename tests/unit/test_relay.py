@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import httpx
-from tierline.deployments.relay import RelayEngineClient
+from tierline.deployments.gateway.engines.relay import RelayEngineClient
 
 from tests.unit.relay_fakes import (
     TOKEN,
@@ -163,7 +163,7 @@ async def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_and_done
 
 
 async def test_first_chunk_citations_on_a_relayed_stream() -> None:
-    from tierline.deployments.answer import StreamAnswer, with_citations
+    from tierline.deployments.gateway.pipeline.answer import StreamAnswer, with_citations
 
     engine = EngineApp("r1")
     async with relays(engine) as urls, gateway({"small": urls}) as gw:
@@ -180,7 +180,7 @@ async def test_first_chunk_citations_on_a_relayed_stream() -> None:
 
 
 def _chat_body(**kw: Any) -> Any:
-    from tierline.deployments.schemas import ChatCompletionBody
+    from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
 
     return ChatCompletionBody.model_validate(chat(**kw))
 

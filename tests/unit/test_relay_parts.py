@@ -11,9 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tierline.deployments.engine_client import EngineError
-from tierline.deployments.relay import RelayDirectory, RelayEngineClient, engine_error_of
-from tierline.deployments.relay_registry import (
+from tierline.deployments.engine.relay_registry import (
     MemoryKV,
     cluster_token,
     fetch_relays,
@@ -22,8 +20,19 @@ from tierline.deployments.relay_registry import (
     read_relays,
     replica_ids,
 )
-from tierline.deployments.relay_server import RelayMiddleware, relay_key, start_relay_server
-from tierline.deployments.replica_choice import PrefixMemory, blocks, choose_replica, prefix_text
+from tierline.deployments.engine.relay_server import RelayMiddleware, relay_key, start_relay_server
+from tierline.deployments.gateway.engines.engine_client import EngineError
+from tierline.deployments.gateway.engines.relay import (
+    RelayDirectory,
+    RelayEngineClient,
+    engine_error_of,
+)
+from tierline.deployments.gateway.engines.replica_choice import (
+    PrefixMemory,
+    blocks,
+    choose_replica,
+    prefix_text,
+)
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.relay_fakes import (

@@ -8,7 +8,7 @@ from tierline.cli.main import app
 from tierline.cluster.render import IMPORT_PATH, ray_process_env, serve_config
 from tierline.cluster.spec import deployment_name
 from tierline.cluster.specfile import load_spec, parse_spec
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 from typer.testing import CliRunner
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

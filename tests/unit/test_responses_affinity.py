@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from tierline.deployments.plan import RequestPlan, decide_route
-from tierline.deployments.responses.affinity import AFFINITY_KEPT, Affinity, sticky_decision
+from tierline.deployments.gateway.pipeline.plan import RequestPlan, decide_route
+from tierline.deployments.gateway.responses.affinity import AFFINITY_KEPT, Affinity, sticky_decision
 from tierline.router import Decision, RulesPolicy, TierState
 
 POLICY = RulesPolicy(long_prompt_tokens=64, hard_keywords=("prove",))

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 from tierline.cluster.spec import AuthSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import add_key, load_key_store
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.responses import AFFINITY_KEPT, SqliteResponseStore
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.auth import add_key, load_key_store
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.responses import AFFINITY_KEPT, SqliteResponseStore
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error

@@ -14,7 +14,7 @@ from typing import Protocol
 import psycopg
 import pytest
 from tierline.cluster.spec import ClusterSpec, ResponsesSpec
-from tierline.deployments.responses.store import (
+from tierline.deployments.gateway.responses.store import (
     MemoryResponseStore,
     ResponseStore,
     SqliteResponseStore,
@@ -23,7 +23,7 @@ from tierline.deployments.responses.store import (
     sqlite_path,
     with_absolute_store,
 )
-from tierline.deployments.responses.store_pg import PostgresResponseStore
+from tierline.deployments.gateway.responses.store_pg import PostgresResponseStore
 
 from tests.unit.pg_server import new_database, running_server
 

@@ -16,10 +16,10 @@ import json
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.metrics import PromRecorder
-from tierline.deployments.responses import MemoryResponseStore, StoredResponse
-from tierline.deployments.responses.routes import STORE_HEADER
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.observe.metrics import PromRecorder
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.responses import MemoryResponseStore, StoredResponse
+from tierline.deployments.gateway.responses.routes import STORE_HEADER
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC

@@ -13,14 +13,14 @@ import psycopg
 import pytest
 from psycopg import sql
 from tierline.cluster.spec import ResponsesSpec
-from tierline.deployments.quota_store import (
+from tierline.deployments.gateway.quota.store import (
     PostgresQuotaStore,
     QuotaEntry,
     QuotaSnapshot,
     open_quota_store,
 )
-from tierline.deployments.responses.store import StoredResponse, open_store
-from tierline.deployments.responses.store_pg import PostgresResponseStore
+from tierline.deployments.gateway.responses.store import StoredResponse, open_store
+from tierline.deployments.gateway.responses.store_pg import PostgresResponseStore
 
 from tests.unit.pg_server import database_uri, new_database, running_server
 
@@ -152,7 +152,7 @@ def test_unreachable_server_fails_start_in_time(tmp_path: Path) -> None:
 
 
 def test_quota_snapshots_round_trip_beside_the_responses(pg_uri: str) -> None:
-    """The quota deployment's snapshot store (deployments/quota_store.py) keeps one row per
+    """The quota deployment's snapshot store (deployments/gateway/quota/store.py) keeps one row per
     key in its own table of the same database; a save replaces it."""
     snap = QuotaSnapshot(1.7e9, 9, (QuotaEntry("é", "tokens", 1.7e9 - 1.0, 500),))
 

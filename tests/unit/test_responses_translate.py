@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from tierline.deployments.errors import APIError
-from tierline.deployments.responses.body import (
+from tierline.deployments.gateway.responses.body import (
     ResponsesBody,
     chat_body,
     chat_messages,
     check_supported,
     input_items,
 )
-from tierline.deployments.responses.output import (
+from tierline.deployments.gateway.responses.output import (
     ResponseShell,
     StreamTranslator,
     responses_usage,

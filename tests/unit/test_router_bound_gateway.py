@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from tierline.cluster.spec import LearnedParams
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.routing import LearnedRouter, artifact_path, learned_policy
+from tierline.deployments.gateway.pipeline.routing import (
+    LearnedRouter,
+    artifact_path,
+    learned_policy,
+)
 from tierline.router.classes import OUT_OF_DOMAIN
 from tierline.router.head import Head
 from tierline.router.scorer import (

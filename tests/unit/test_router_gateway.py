@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.routing import LearnedRouter
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.routing import LearnedRouter
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 from tierline.router.embedding import HashingEmbedder
 from tierline.router.head import Head
 from tierline.router.scorer import SHIPPED_ARTIFACT
@@ -101,7 +101,7 @@ def test_metrics_count_requests_share_and_cost() -> None:
         "ray_tierline_router_score_bucket",
     ):
         assert name in text
-    # Tokens and cost are the gateway's metrics now (deployments.metrics).
+    # Tokens and cost are the gateway's metrics now (deployments.gateway.observe.metrics).
     gateway = core.metrics.recorder.text().decode()  # type: ignore[attr-defined]
     for name in (
         "ray_tierline_gateway_estimated_cost_usd_total",

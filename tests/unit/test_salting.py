@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.salting import salted, tenant_salt
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.pipeline.salting import salted, tenant_salt
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, chat

@@ -9,7 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from tierline.deployments.replicas import ReplicaCount, ServeDetails, ServeReplicaWatcher
+from tierline.deployments.gateway.engines.replicas import (
+    ReplicaCount,
+    ServeDetails,
+    ServeReplicaWatcher,
+)
 
 APP = "tierline"
 

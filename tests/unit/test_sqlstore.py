@@ -9,9 +9,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tierline.deployments.quota_store import PostgresQuotaStore, SqliteQuotaStore
-from tierline.deployments.responses.store import SqliteResponseStore
-from tierline.deployments.responses.store_pg import PostgresResponseStore
+from tierline.deployments.gateway.quota.store import PostgresQuotaStore, SqliteQuotaStore
+from tierline.deployments.gateway.responses.store import SqliteResponseStore
+from tierline.deployments.gateway.responses.store_pg import PostgresResponseStore
 from tierline.deployments.sqlstore import SqliteConnection, pg_sql, sqlite_path
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)",)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from hypothesis import given
 from hypothesis import strategies as st
 from tierline.deployments import sse
-from tierline.deployments.engine_client import usage_of
+from tierline.deployments.gateway.engines.engine_client import usage_of
 
 
 async def _lines(lines: list[str]) -> AsyncIterator[str]:

@@ -7,8 +7,8 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 
-from tierline.deployments.engine_client import EngineItem
-from tierline.deployments.streams import sse_events, total_tokens
+from tierline.deployments.gateway.engines.engine_client import EngineItem
+from tierline.deployments.gateway.pipeline.streams import sse_events, total_tokens
 
 CHUNK = 'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}\n\n'
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tierline.cluster.spec import RagSpec
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.external import forwarded_body
+from tierline.deployments.gateway.engines.external import forwarded_body
 from tierline.rag.embed import Embedded
 
 from tests.unit import test_external as ext

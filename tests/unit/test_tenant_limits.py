@@ -14,15 +14,15 @@ from fastapi.testclient import TestClient
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from tierline.cluster.specfile import load_spec_text
-from tierline.deployments.auth import KeyStore, hash_key
-from tierline.deployments.engine_client import EngineItem, Method
 from tierline.deployments.errors import APIError
 from tierline.deployments.gateway import GatewayCore, create_app
-from tierline.deployments.plan import reservation_of
-from tierline.deployments.quota import Admission, QuotaLedger, ledger_for
-from tierline.deployments.schemas import ChatCompletionBody
-from tierline.deployments.streams import DEADLINE_MESSAGE
-from tierline.deployments.tokens import EstimatingCounter
+from tierline.deployments.gateway.engines.engine_client import EngineItem, Method
+from tierline.deployments.gateway.pipeline.auth import KeyStore, hash_key
+from tierline.deployments.gateway.pipeline.plan import reservation_of
+from tierline.deployments.gateway.pipeline.schemas import ChatCompletionBody
+from tierline.deployments.gateway.pipeline.streams import DEADLINE_MESSAGE
+from tierline.deployments.gateway.pipeline.tokens import EstimatingCounter
+from tierline.deployments.gateway.quota.service import Admission, QuotaLedger, ledger_for
 
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_gateway import SPEC, assert_openai_error, chat, sse_events

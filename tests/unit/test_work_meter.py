@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from tierline.cluster.spec import LoopShareSpec
-from tierline.deployments.loop_share import LoopShare
-from tierline.deployments.middleware import ANONYMOUS_TENANT, GatewayMiddleware
-from tierline.deployments.rag import RagServer, ServeRagClient
+from tierline.deployments.gateway.pipeline.loop_share import LoopShare
+from tierline.deployments.gateway.pipeline.middleware import ANONYMOUS_TENANT, GatewayMiddleware
+from tierline.deployments.rag.deployment import RagServer, ServeRagClient
 from tierline.rag.records import RagError
 from tierline.rag.work import Tally, metering, off_loop, report
 

@@ -111,7 +111,7 @@ def test_a_tenant_at_its_budget_is_still_refused_after_the_quota_replica_crashes
     import time
 
     import ray
-    from tierline.deployments.quota import SAVE_EVERY_S
+    from tierline.deployments.gateway.quota.service import SAVE_EVERY_S
 
     c = tenant(cluster, "kept")  # 200 tokens a minute
     codes = []

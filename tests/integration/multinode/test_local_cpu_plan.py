@@ -1,9 +1,9 @@
 """A CPU-only plan drives the real local deployment (configs/local.yaml, `tierline up`).
 
-Ray is started the way `tierline.cli.local.start` starts it; the inventory is read from it; the
-plan must be what `deployments.engine` hands Ray Serve LLM, and the placement groups Serve
-would create for it (plus the gateway's CPUs) must fit the node. No engine is started:
-the local integration suite does that.
+Ray is started the way `tierline.cli.local.start` starts it; the inventory is read from it; the plan
+must be what `deployments.engine.deployment` hands Ray Serve LLM, and the placement groups Serve
+would create for it (plus the gateway's CPUs) must fit the node. No engine is started: the local
+integration suite does that.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tierline.cluster.real_models import ensure_real_models
 from tierline.cluster.sizing import model_size, read_checkpoint_config
 from tierline.cluster.spec import ClusterSpec
 from tierline.cluster.specfile import load_spec
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 
 from tests.integration.multinode.test_placement import create_and_wait, landed, remove_all
 

@@ -15,7 +15,7 @@ from tierline.cluster.inventory import (
 from tierline.cluster.planner import Plan, plan_cluster
 from tierline.cluster.spec import TierSpec
 from tierline.cluster.specfile import load_spec
-from tierline.deployments.engine import llm_config_kwargs
+from tierline.deployments.engine.deployment import llm_config_kwargs
 
 from tests.integration.multinode.conftest import GPU_NODES, GPUS_PER_NODE
 

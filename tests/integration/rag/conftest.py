@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 from tierline.cli import local
 from tierline.cluster.spec import ClusterSpec
-from tierline.deployments.auth import add_key
+from tierline.deployments.gateway.pipeline.auth import add_key
 
 from tests.integration.conftest import (
     API_KEY,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import httpx
-from tierline.deployments.auth import add_key, remove_keys
+from tierline.deployments.gateway.pipeline.auth import add_key, remove_keys
 
 from tests.integration.conftest import KEYS_FILE
 from tests.integration.rag.conftest import RagCluster

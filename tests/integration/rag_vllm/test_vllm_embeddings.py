@@ -74,7 +74,7 @@ def test_two_rag_replicas_on_a_milvus_server_answer_alike(vllm_rag_cluster: RagC
     """`rag.replicas: 2` on a Milvus server: both replicas run, hold no index, and any of
     them answers a query the same way (Serve spreads the requests over both)."""
     from ray import serve
-    from tierline.deployments.rag import RAG_DEPLOYMENT
+    from tierline.deployments.rag.deployment import RAG_DEPLOYMENT
 
     handle = serve.get_deployment_handle(RAG_DEPLOYMENT, app_name=vllm_rag_cluster.spec.name)
     pids = {handle.pid.remote().result(timeout_s=60) for _ in range(24)}

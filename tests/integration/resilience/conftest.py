@@ -15,7 +15,7 @@ import pytest
 import yaml
 from tierline.cli.local import endpoint, wait_ready
 from tierline.cluster.spec import ClusterSpec, RouterSpec, TenantSpec
-from tierline.deployments.auth import add_key
+from tierline.deployments.gateway.pipeline.auth import add_key
 
 from tests.integration.conftest import (
     KEYS_FILE,

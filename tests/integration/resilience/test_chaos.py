@@ -23,10 +23,10 @@ from tests.integration.conftest import AUTH, descendants, engine_processes, seco
 from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
 from tests.integration.resilience.figures import percentiles_ms, record
 
-# The small tier: one engine replica taking 4 requests at once, and Serve queues 4 more at
-# each of the 2 gateway replicas: 4 + 2 * 4 = 12 in flight. The gateway admits
-# ceil(4 / 2) + 4 = 6 per replica (deployments.admission), the same 12 in all. The flood
-# sends 160 at once, over 10x that.
+# The small tier: one engine replica taking 4 requests at once, and Serve queues 4 more at each of
+# the 2 gateway replicas: 4 + 2 * 4 = 12 in flight. The gateway admits ceil(4 / 2) + 4 = 6 per
+# replica (deployments.gateway.pipeline.admission), the same 12 in all. The flood sends 160 at once,
+# over 10x that.
 SMALL_CAPACITY = 16
 # The large tier: 8 at once on its replica, 8 queued at each gateway replica: 8 + 2 * 8.
 LARGE_CAPACITY = 24

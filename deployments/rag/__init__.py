@@ -1,0 +1,1 @@
+"""The RAG deployment: embeddings and the vector store, with their settings."""
