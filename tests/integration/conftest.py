@@ -95,6 +95,23 @@ def leftover_processes(snapshot: dict[int, str], timeout_s: float = 120.0) -> li
         time.sleep(1.0)
 
 
+def replica_process(deployment: str) -> psutil.Process:
+    """The process of a Serve replica of `deployment` (`ray::ServeReplica:<app>:<name>`)."""
+    for p in psutil.process_iter(["cmdline"]):
+        text = " ".join(p.info["cmdline"] or [])
+        if f":{deployment}" in text and "ServeReplica" in text:
+            return p
+    raise LookupError(f"no replica process for {deployment}")
+
+
+def listener(port: int) -> str:
+    """The command line of the process listening on `port`."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return " ".join(psutil.Process(conn.pid).cmdline())
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 def engine_processes(root: int) -> dict[int, ProcInfo]:
     """vLLM's processes under `root` (engine core, workers), with their marks."""
     snap = ProcFs().snapshot()

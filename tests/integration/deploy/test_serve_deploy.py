@@ -45,8 +45,10 @@ from tests.integration.conftest import (
     engine_processes,
     free_port,
     leftover_processes,
+    listener,
     local_spec,
     marked_by_one_cluster,
+    replica_process,
     seconds_until_gone,
 )
 from tests.integration.resilience.figures import record
@@ -178,13 +180,6 @@ def _relay_record(request_id: str, timeout_s: float) -> dict[str, object] | None
         time.sleep(1)
 
 
-def _listener(port: int) -> str:
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return " ".join(psutil.Process(conn.pid).cmdline())
-    raise AssertionError(f"nothing listens on port {port}")
-
-
 def test_rendered_config_deploys_and_serves(
     ray_head: RayHead, spec: ClusterSpec, tmp_path: Path
 ) -> None:
@@ -215,7 +210,7 @@ def test_rendered_config_deploys_and_serves(
     assert chunks and chunks[-1].choices[0].finish_reason is not None
     assert _relay_record(rid, timeout_s=30), f"no relay access record for {rid}"
     # the fast path: the gateway replica itself holds the spec's port, not Serve's proxy
-    owner = _listener(spec.gateway.port)
+    owner = listener(spec.gateway.port)
     assert "ServeReplica" in owner and "gateway" in owner, owner
     status = run(str(BIN / "serve"), "status", "--address", ray_head.url)
     assert status.returncode == 0
@@ -314,14 +309,6 @@ def test_relayed_streams_are_charged_the_tokens_they_served(spec: ClusterSpec) -
     assert _relay_record(relayed[0], timeout_s=30), "the metered streams were not relayed"
 
 
-def _replica_process(deployment: str) -> psutil.Process:
-    for p in psutil.process_iter(["cmdline"]):
-        text = " ".join(p.info["cmdline"] or [])
-        if f":{deployment}" in text and "ServeReplica" in text:
-            return p
-    raise LookupError(f"no replica process for {deployment}")
-
-
 def _long_answer(stream: bool = True) -> dict[str, object]:
     """An answer of the large tier that runs for seconds (ignore_eos: all of max_tokens)."""
     return {
@@ -356,15 +343,14 @@ def test_a_client_leaving_mid_stream_cancels_the_engine_request(spec: ClusterSpe
     )
 
 
-def _pinned_to_large(url: str, stream: bool) -> tuple[int, str, str, str]:
-    """A short request pinned to the large tier: its status, tier and route reason
-    headers, and its body."""
-    r = httpx.post(
-        f"{url}/v1/chat/completions",
-        json={**_long_answer(stream), "max_tokens": 8},
-        headers=AUTH,
-        timeout=120,
-    )
+def _pinned_to_large(url: str, stream: bool, max_tokens: int = 8) -> httpx.Response:
+    """A short request pinned to the large tier."""
+    body = {**_long_answer(stream), "max_tokens": max_tokens}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+
+
+def _outcome(r: httpx.Response) -> tuple[int, str, str, str]:
+    """Status, tier and route reason headers, body."""
     return (
         r.status_code,
         r.headers.get("x-tierline-tier", ""),
@@ -382,9 +368,9 @@ def test_an_engine_dying_mid_stream_ends_the_stream_and_the_next_requests_fail_o
     its fallback before their first byte, every one answered; then Serve replaces the
     replica and the tier answers itself again."""
     url = endpoint(spec)
-    victim = _replica_process("tier-large")
+    victim = replica_process("tier-large")
     lines: list[str] = []
-    sent: list[Future[tuple[int, str, str, str]]] = []
+    sent: list[Future[httpx.Response]] = []
     killed_at = 0.0
     with (
         ThreadPoolExecutor(4) as pool,
@@ -401,7 +387,7 @@ def test_an_engine_dying_mid_stream_ends_the_stream_and_the_next_requests_fail_o
                 victim.send_signal(signal.SIGKILL)
                 killed_at = time.monotonic()
                 sent = [pool.submit(_pinned_to_large, url, s) for s in (False, True, False, True)]
-        answered = [f.result() for f in sent]
+        answered = [_outcome(f.result()) for f in sent]
     assert not victim.is_running()
     # the stream ended as a client can tell: an error event, then [DONE]; not cut, not hung
     assert lines[-1] == "data: [DONE]", lines[-3:]
@@ -417,12 +403,7 @@ def test_an_engine_dying_mid_stream_ends_the_stream_and_the_next_requests_fail_o
     waited: dict[int, int] = {}
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        r = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={**_long_answer(False), "max_tokens": 4},
-            headers=AUTH,
-            timeout=120,
-        )
+        r = _pinned_to_large(url, False, max_tokens=4)
         waited[r.status_code] = waited.get(r.status_code, 0) + 1
         if r.status_code == 200 and r.headers.get("x-tierline-tier") == "large":
             break
@@ -441,7 +422,7 @@ def test_an_engine_dying_mid_stream_ends_the_stream_and_the_next_requests_fail_o
             "large_serving_again_s": round(time.monotonic() - killed_at, 1),
         },
     )
-    assert _replica_process("tier-large").pid != victim.pid
+    assert replica_process("tier-large").pid != victim.pid
 
 
 def _ray_stop_force(head: int) -> list[int]:

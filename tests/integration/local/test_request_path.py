@@ -8,28 +8,19 @@ import time
 import uuid
 
 import httpx
-import psutil
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import API_KEY, AUTH
+from tests.integration.conftest import API_KEY, AUTH, listener
 from tests.integration.local.conftest import Cluster, serve_log_records
 
 MSG = [{"role": "user", "content": "Name a colour."}]
 
 
-def _listener(port: int) -> str:
-    """The command line of the process listening on `port`."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return " ".join(psutil.Process(conn.pid).cmdline())
-    raise AssertionError(f"nothing listens on port {port}")
-
-
 def test_the_gateway_replica_serves_the_spec_port_itself(cluster: Cluster) -> None:
     url = cluster.url
     port = int(url.rsplit(":", 1)[1])
-    owner = _listener(port)
+    owner = listener(port)
     assert "ServeReplica" in owner and "gateway" in owner, owner
     assert "ProxyActor" not in owner
 

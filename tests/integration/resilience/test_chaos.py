@@ -16,10 +16,15 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-import psutil
 from tierline.cli.local import wait_ready
 
-from tests.integration.conftest import AUTH, descendants, engine_processes, seconds_until_gone
+from tests.integration.conftest import (
+    AUTH,
+    descendants,
+    engine_processes,
+    replica_process,
+    seconds_until_gone,
+)
 from tests.integration.resilience.conftest import QUOTA_RPM, UpCluster
 from tests.integration.resilience.figures import percentiles_ms, record
 
@@ -250,16 +255,8 @@ def test_a_request_to_a_full_tier_is_refused_at_once(up_cluster: UpCluster) -> N
     assert ok.status_code == 200
 
 
-def _replica_process(deployment: str) -> psutil.Process:
-    for p in psutil.process_iter(["cmdline"]):
-        text = " ".join(p.info["cmdline"] or [])
-        if f":{deployment}" in text and "ServeReplica" in text:
-            return p
-    raise LookupError(f"no replica process for {deployment}")
-
-
 def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
-    victim = _replica_process("tier-small")
+    victim = replica_process("tier-small")
     engines = engine_processes(victim.pid)  # its vLLM engine core and workers
     assert engines, "no vLLM process under the replica"
     children = victim.children(recursive=True)  # those, and the replica's watchdog
@@ -362,7 +359,7 @@ def test_killing_an_engine_replica_loses_nothing(up_cluster: UpCluster) -> None:
             "last_engine_process_gone_s": round(engines_gone[0], 2),
         },
     )
-    assert _replica_process("tier-small").pid != victim.pid
+    assert replica_process("tier-small").pid != victim.pid
     wait_ready(up_cluster.url, timeout_s=600)
 
 
